@@ -38,9 +38,15 @@ choice models, which interest_evolution does not use.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from envs.catalog import Catalog
+from envs.config import SessionConfig
+from envs.core import BatchedSimulator, Transition
 
 
 @dataclass(frozen=True)
@@ -181,3 +187,276 @@ def budget_after_click(
         + config.document_quality_factor * quality
     )
     return time_left - watch_time + config.budget_update_alpha * watch_time * received_utility
+
+
+# -- catalog --------------------------------------------------------------------------
+
+_TRASHY_TOPICS = (
+    "rage bait",
+    "celebrity gossip",
+    "prank",
+    "fail compilation",
+    "conspiracy",
+    "tabloid",
+    "drama recap",
+    "meme dump",
+    "clickbait challenge",
+    "reaction",
+    "unboxing hype",
+    "loud vlog",
+    "mukbang",
+    "gaming highlights",
+)
+_NUTRITIOUS_TOPICS = (
+    "cooking",
+    "travel",
+    "news analysis",
+    "science explainer",
+    "history documentary",
+    "university lecture",
+)
+_LOW_QUALITY_WORDS = ("low-effort", "cheap", "rushed", "shaky", "reposted")
+_PLAIN_WORDS = ("new", "short", "weekly", "quick", "latest")
+_HIGH_QUALITY_WORDS = ("in-depth", "carefully researched", "award-winning", "expert", "beautifully shot")
+
+
+def topic_names(num_clusters: int) -> tuple[str, ...]:
+    """Readable cluster names (trashiest first, as the quality means are ordered)."""
+    if num_clusters == len(_TRASHY_TOPICS) + len(_NUTRITIOUS_TOPICS):
+        return _TRASHY_TOPICS + _NUTRITIOUS_TOPICS
+    return tuple(f"cluster {c:02d}" for c in range(num_clusters))
+
+
+def video_texts(
+    topic: np.ndarray, quality: np.ndarray, names: tuple[str, ...], rng: np.random.Generator
+) -> list[str]:
+    """Short titles ``"<adjective> <cluster> video"``; the adjective hints at quality, with noise."""
+    noisy_quality = quality + rng.standard_normal(len(quality))
+    band = np.digitize(noisy_quality, [-1.5, 1.5])  # 0 low, 1 plain, 2 high
+    word_lists = (_LOW_QUALITY_WORDS, _PLAIN_WORDS, _HIGH_QUALITY_WORDS)
+    word_index = rng.integers(0, len(_PLAIN_WORDS), size=len(quality))
+    return [
+        f"{word_lists[b][w].capitalize()} {names[t]} video"
+        for b, w, t in zip(band.tolist(), word_index.tolist(), topic.tolist(), strict=True)
+    ]
+
+
+def sample_interest_evolution_catalog(config: InterestEvolutionConfig, rng: np.random.Generator) -> Catalog:
+    """A catalog of ``config.num_items`` videos from RecSim's video distribution.
+
+    RecSim has no clickbait (``appeal`` is 0) and every cluster is equally
+    popular in expectation under its user distribution (``popularity`` is 0.5).
+    """
+    cluster, quality, length = sample_videos(config, config.num_items, rng)
+    names = topic_names(config.num_clusters)
+    return Catalog(
+        topic=cluster,
+        topic_names=names,
+        quality=quality.astype(np.float32),
+        appeal=np.zeros(config.num_items, dtype=np.float32),
+        length=length.astype(np.float32),
+        popularity=np.full(config.num_items, 0.5, dtype=np.float32),
+        texts=tuple(video_texts(cluster, quality, names, rng)),
+    )
+
+
+# -- user model -----------------------------------------------------------------------
+
+
+@dataclass
+class InterestEvolutionState:
+    """Hidden state of B RecSim users. Never part of the observation."""
+
+    interest: np.ndarray
+    """(B, num_clusters) in [-1, 1]"""
+    time_left: np.ndarray
+    """(B,) minutes left in the session"""
+    steps: np.ndarray
+    """(B,) int: slates seen this session"""
+    clicks: np.ndarray
+    """(B,) int: clicks this session"""
+    minutes_watched: np.ndarray
+    """(B,) minutes watched this session (the return so far)"""
+
+
+class InterestEvolutionUserModel:
+    """RecSim interest_evolution users as an ``envs.core.UserModel`` (batched over B users).
+
+    The proportional choice rule ``p_j ~ s_j - min_normalizer`` is expressed in
+    the core's multinomial logit as utilities ``log(s_j - min_normalizer)``
+    (no-click: ``log(no_click_mass - min_normalizer)``) and no position bias:
+    softmax of logs is exactly the proportional rule, and the utilities keep the
+    order of the affinities ``s_j = interest[cluster_j]`` that RecSim scores with.
+
+    Visible context (3 numbers in [0, 1]): slates seen this session /
+    ``context_steps``, the session's click rate, and minutes watched / (2 x the
+    time budget). RecSim also shows the user's interests; longrec does not (they
+    are in ``hidden_state``).
+    """
+
+    context_dim = 3
+    context_steps = 400
+    """slates at which the step-count context saturates"""
+
+    def __init__(self, catalog: Catalog, config: InterestEvolutionConfig) -> None:
+        if catalog.num_topics != config.num_clusters:
+            raise ValueError(
+                f"catalog has {catalog.num_topics} topics but config.num_clusters={config.num_clusters}"
+            )
+        self.catalog = catalog
+        self.config = config
+        self._quality = catalog.quality.astype(np.float64)
+        self._length = catalog.length.astype(np.float64)
+        self._log_no_click = float(np.log(config.no_click_mass - config.min_normalizer))
+
+    # -- user sampler -------------------------------------------------------------------
+    def init_state(self, num_users: int, rng: np.random.Generator) -> InterestEvolutionState:
+        state = InterestEvolutionState(
+            interest=np.zeros((num_users, self.config.num_clusters)),
+            time_left=np.zeros(num_users),
+            steps=np.zeros(num_users, dtype=np.int64),
+            clicks=np.zeros(num_users, dtype=np.int64),
+            minutes_watched=np.zeros(num_users),
+        )
+        self.reset_users(state, np.ones(num_users, dtype=bool), rng)
+        return state
+
+    def reset_users(self, state: InterestEvolutionState, mask: np.ndarray, rng: np.random.Generator) -> None:
+        """Replace the users in ``mask`` with freshly sampled ones (in place)."""
+        idx = np.flatnonzero(mask)
+        state.interest[idx] = sample_interests(self.config, len(idx), rng)
+        state.time_left[idx] = self.config.time_budget
+        state.steps[idx] = 0
+        state.clicks[idx] = 0
+        state.minutes_watched[idx] = 0.0
+
+    # -- choice model inputs -------------------------------------------------------------
+    def position_bias(self, slate_size: int) -> np.ndarray:
+        return np.zeros(slate_size)
+
+    def affinity(self, state: InterestEvolutionState, item_ids: np.ndarray) -> np.ndarray:
+        """RecSim's document score ``interest . one_hot(cluster)`` of ``item_ids`` (B, M)."""
+        return np.take_along_axis(state.interest, self.catalog.topic[item_ids], axis=1)
+
+    def item_utilities(self, state: InterestEvolutionState, item_ids: np.ndarray) -> np.ndarray:
+        shifted = self.affinity(state, item_ids) - self.config.min_normalizer
+        # An interest of exactly -1 has zero click mass: log(0) = -inf is the right utility.
+        with np.errstate(divide="ignore"):
+            return np.log(shifted)
+
+    def no_click_utility(self, state: InterestEvolutionState) -> np.ndarray:
+        return np.full(len(state.time_left), self._log_no_click)
+
+    # -- response and state transition ---------------------------------------------------
+    def transition(
+        self,
+        state: InterestEvolutionState,
+        slate_item_ids: np.ndarray,
+        clicked_item: np.ndarray,
+        rng: np.random.Generator,
+    ) -> Transition:
+        config = self.config
+        num_users = len(clicked_item)
+        rows = np.arange(num_users)
+        clicked = clicked_item >= 0
+        item = np.where(clicked, clicked_item, 0)
+        cluster = self.catalog.topic[item]
+        interest = state.interest[rows, cluster]
+        length = self._length[item]
+
+        watch_time = np.where(clicked, np.minimum(state.time_left, length), 0.0)
+        after_click = budget_after_click(state.time_left, watch_time, self._quality[item], interest, config)
+        state.time_left = np.where(clicked, after_click, state.time_left - config.step_penalty)
+
+        positive = rng.random(num_users) < positive_update_probability(interest)
+        state.interest[rows, cluster] = np.where(
+            clicked, evolve_interest(interest, positive, config), interest
+        )
+
+        state.steps += 1
+        state.clicks += clicked
+        state.minutes_watched += watch_time
+        session_ended = state.time_left <= 0.0
+        no = np.zeros(num_users, dtype=bool)
+        return Transition(
+            reward=watch_time,
+            consumption=np.where(clicked, watch_time / length, 0.0),
+            session_ended=session_ended,
+            returned=no,
+            terminated=session_ended,
+            truncated=no.copy(),
+        )
+
+    # -- what the policy and the analyst may see -----------------------------------------
+    def context(self, state: InterestEvolutionState) -> np.ndarray:
+        return np.stack(
+            [
+                np.minimum(state.steps / self.context_steps, 1.0),
+                state.clicks / np.maximum(state.steps, 1),
+                np.minimum(state.minutes_watched / (2.0 * self.config.time_budget), 1.0),
+            ],
+            axis=1,
+        ).astype(np.float32)
+
+    def hidden_state(self, state: InterestEvolutionState) -> dict[str, np.ndarray]:
+        """``interest`` and ``time_left``; RecSim users have no satisfaction or fatigue (zeros)."""
+        num_users = len(state.time_left)
+        return {
+            "interest": state.interest.copy(),
+            "satisfaction": np.zeros(num_users),
+            "fatigue": np.zeros_like(state.interest),
+            "time_left": state.time_left.copy(),
+        }
+
+    def sessions(self, state: InterestEvolutionState) -> np.ndarray:
+        """Completed sessions: 1 once the budget has run out (the episode is one session)."""
+        return (state.time_left <= 0.0).astype(np.int64)
+
+
+# -- assembly ---------------------------------------------------------------------------
+
+
+def make_interest_evolution_core(
+    num_users: int = 1,
+    num_candidates: int = 10,
+    slate_size: int = 2,
+    history_length: int = 20,
+    catalog_seed: int = 0,
+    config: InterestEvolutionConfig | None = None,
+    **overrides: Any,
+) -> BatchedSimulator:
+    """A ``BatchedSimulator`` of RecSim's interest_evolution for ``num_users`` users.
+
+    ``num_candidates`` (C) and ``slate_size`` (K) are RecSim's arguments of the
+    same names (RecSim's defaults in its examples: C = 10, K = 2). The catalog
+    is drawn once from ``catalog_seed``; users and clicks come from the seed
+    given to ``reset``. ``overrides`` replace fields of
+    ``InterestEvolutionConfig`` (e.g. ``num_items=2000``, ``time_budget=100``).
+    """
+    config = config or InterestEvolutionConfig()
+    if overrides:
+        valid = [field.name for field in dataclasses.fields(InterestEvolutionConfig)]
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"unknown InterestEvolution argument(s) {unknown}; valid: num_users, num_candidates, "
+                f"slate_size, history_length, catalog_seed, config, {', '.join(valid)}"
+            )
+        config = dataclasses.replace(config, **overrides)
+    for name, value in (("num_candidates", num_candidates), ("slate_size", slate_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name}={value!r} must be an integer")
+    if num_candidates > config.num_items:
+        raise ValueError(
+            f"num_candidates={num_candidates} exceeds the catalog size num_items={config.num_items}"
+        )
+    session = SessionConfig(
+        num_candidates=int(num_candidates),
+        slate_size=int(slate_size),
+        history_length=history_length,
+        horizon_days=1,
+        budget_mean=config.time_budget,
+        budget_sd=0.0,
+    )
+    catalog = sample_interest_evolution_catalog(config, np.random.default_rng(catalog_seed))
+    return BatchedSimulator(InterestEvolutionUserModel(catalog, config), session, num_users=num_users)
