@@ -1,0 +1,323 @@
+"""The batched simulator core: B users, one numpy array per quantity.
+
+RecSim (Ie et al. 2019) assembles an environment from a document sampler, a
+user model and a choice model and steps one user at a time. Here the same
+separation holds, but one ``BatchedSimulator`` steps all B users at once and
+every view (``SingleUserEnv``, ``BatchedVectorEnv``, ``SB3VecEnv``) is a thin
+wrapper over it, so the three give identical trajectories for the same seed.
+
+Randomness comes only from ``self.np_random``, created in ``reset(seed=...)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from envs.catalog import Catalog
+from envs.config import SessionConfig
+
+RESPONSE_PAD, RESPONSE_SKIP, RESPONSE_CLICK = 0, 1, 2
+
+
+@dataclass
+class Transition:
+    """What one step did to each user (all arrays of shape (B,))."""
+
+    reward: np.ndarray
+    consumption: np.ndarray
+    session_ended: np.ndarray
+    returned: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+
+
+DUPLICATE_MODES = ("error", "penalty")
+
+
+class UserModel(Protocol):
+    """What the core needs from a user model (see ``envs.user.LongTermUserModel``)."""
+
+    catalog: Catalog
+    context_dim: int
+
+    def init_state(self, num_users: int, rng: np.random.Generator) -> Any: ...
+
+    def reset_users(self, state: Any, mask: np.ndarray, rng: np.random.Generator) -> None: ...
+
+    def position_bias(self, slate_size: int) -> np.ndarray: ...
+
+    def item_utilities(self, state: Any, item_ids: np.ndarray) -> np.ndarray: ...
+
+    def no_click_utility(self, state: Any) -> np.ndarray: ...
+
+    def transition(
+        self, state: Any, slate_item_ids: np.ndarray, clicked_item: np.ndarray, rng: np.random.Generator
+    ) -> Transition: ...
+
+    def context(self, state: Any) -> np.ndarray: ...
+
+    def hidden_state(self, state: Any) -> dict[str, np.ndarray]: ...
+
+    def sessions(self, state: Any) -> np.ndarray: ...
+
+
+@dataclass
+class StepResult:
+    """Batched outcome of one ``BatchedSimulator.step``."""
+
+    observation: dict[str, np.ndarray]
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    info: dict[str, np.ndarray]
+    final_observation: dict[str, np.ndarray] | None
+    """observation of the users whose episode ended (rows where terminated | truncated), else None"""
+
+
+def sample_distinct_candidates(
+    rng: np.random.Generator, num_items: int, shape: tuple[int, int]
+) -> np.ndarray:
+    """Uniform candidates, distinct within each row (redraws the rare collisions)."""
+    rows, cols = shape
+    if cols > num_items:
+        raise ValueError(f"num_candidates={cols} exceeds the catalog size {num_items}")
+    candidates = rng.integers(0, num_items, size=shape)
+    while True:
+        order = np.argsort(candidates, axis=1, kind="stable")
+        sorted_ids = np.take_along_axis(candidates, order, axis=1)
+        duplicate_sorted = np.zeros(shape, dtype=bool)
+        duplicate_sorted[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
+        if not duplicate_sorted.any():
+            return candidates
+        r, c = np.nonzero(duplicate_sorted)
+        candidates[r, order[r, c]] = rng.integers(0, num_items, size=len(r))
+
+
+class BatchedSimulator:
+    """Simulate ``num_users`` users of one catalog in lock step.
+
+    Each step every user is shown a slate of K of their C candidates; the
+    choice model (multinomial logit with position bias and a no-click option)
+    picks at most one item; the user model turns the choice into a reward and
+    a new hidden state. A user whose episode ends is replaced by a fresh user
+    in the same step (the observation returned is the new user's; the final
+    observation of the old one is in ``StepResult.final_observation``).
+    """
+
+    def __init__(
+        self,
+        user_model: UserModel,
+        session: SessionConfig,
+        num_users: int = 1,
+        duplicate_mode: str = "error",
+        duplicate_penalty: float = 1.0,
+    ) -> None:
+        if num_users < 1:
+            raise ValueError(f"num_users={num_users!r} must be >= 1")
+        if duplicate_mode not in DUPLICATE_MODES:
+            raise ValueError(f"duplicate_mode={duplicate_mode!r} is not valid; valid: {DUPLICATE_MODES}")
+        if session.num_candidates > user_model.catalog.num_items:
+            raise ValueError(
+                f"num_candidates={session.num_candidates} exceeds the catalog size "
+                f"{user_model.catalog.num_items}"
+            )
+        self.user_model = user_model
+        self.catalog = user_model.catalog
+        self.session = session
+        self.num_users = num_users
+        self.duplicate_mode = duplicate_mode
+        self.duplicate_penalty = duplicate_penalty
+        self.num_candidates = session.num_candidates
+        self.slate_size = session.slate_size
+        self.history_length = session.history_length
+        self.context_dim = user_model.context_dim
+        self._position_bias = user_model.position_bias(self.slate_size)
+        self.np_random: np.random.Generator = np.random.default_rng()
+        self._state: Any = None
+        self._users = np.arange(num_users)
+
+    # -- episode control ---------------------------------------------------
+    @property
+    def is_reset(self) -> bool:
+        return self._state is not None
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Start all users afresh; ``seed`` re-creates the generator (None keeps it)."""
+        if seed is not None or self._state is None:
+            self.np_random = np.random.default_rng(seed)
+        if self._state is None:
+            self._state = self.user_model.init_state(self.num_users, self.np_random)
+        else:
+            self.user_model.reset_users(self._state, np.ones(self.num_users, dtype=bool), self.np_random)
+        b, h = self.num_users, self.history_length
+        self.history_item_ids = np.full((b, h), self.catalog.num_items, dtype=np.int64)
+        self.history_responses = np.zeros((b, h), dtype=np.int64)
+        self.history_consumption = np.zeros((b, h), dtype=np.float32)
+        self.episode_return = np.zeros(b)
+        self.episode_length = np.zeros(b, dtype=np.int64)
+        self.candidate_item_ids = sample_distinct_candidates(
+            self.np_random, self.catalog.num_items, (b, self.num_candidates)
+        )
+        return self.observation()
+
+    def observation(self) -> dict[str, np.ndarray]:
+        """Visible observation of every user (copies; safe to keep)."""
+        return {
+            "history_item_ids": self.history_item_ids.copy(),
+            "history_responses": self.history_responses.copy(),
+            "history_consumption": self.history_consumption.copy(),
+            "candidate_item_ids": self.candidate_item_ids.copy(),
+            "context": self.user_model.context(self._state),
+        }
+
+    # -- validation --------------------------------------------------------
+    def validate_slates(self, slates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Check shape/range/duplicates; return (int slates, rows with duplicates)."""
+        if self._state is None:
+            raise ValueError("step() called before reset(); call reset(seed=...) first")
+        slates = np.asarray(slates)
+        expected = (self.num_users, self.slate_size)
+        if slates.shape != expected:
+            raise ValueError(f"slate batch has shape {slates.shape}; expected {expected} (users, slate_size)")
+        if not np.issubdtype(slates.dtype, np.integer):
+            if not np.all(np.mod(slates, 1) == 0):
+                raise ValueError(f"slate entries must be integers; got dtype {slates.dtype}")
+            slates = slates.astype(np.int64)
+        bad = (slates < 0) | (slates >= self.num_candidates)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"slate entry {slates[row, col]} (user {row}, position {col}) is out of range; "
+                f"valid candidate indices: 0..{self.num_candidates - 1}"
+            )
+        ordered = np.sort(slates, axis=1)
+        duplicate_rows = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+        if duplicate_rows.any() and self.duplicate_mode == "error":
+            row = int(np.flatnonzero(duplicate_rows)[0])
+            raise ValueError(
+                f"slate {slates[row].tolist()} of user {row} repeats a candidate; a slate needs "
+                f"{self.slate_size} distinct indices (or duplicate_mode='penalty')"
+            )
+        return slates, duplicate_rows
+
+    # -- the step ------------------------------------------------------------
+    def step(self, slates: np.ndarray) -> StepResult:
+        slates, duplicate_rows = self.validate_slates(slates)
+        rng, b = self.np_random, self.num_users
+        slate_item_ids = np.take_along_axis(self.candidate_item_ids, slates, axis=1)
+        utilities = self.user_model.item_utilities(self._state, slate_item_ids) + self._position_bias
+        if duplicate_rows.any():
+            # penalty mode: a repeated entry is shown once; later copies cannot be chosen
+            ordered_first = _first_occurrence_mask(slates)
+            utilities = np.where(ordered_first, utilities, -np.inf)
+        position = _sample_mnl(utilities, self.user_model.no_click_utility(self._state), rng)
+        clicked = position >= 0
+        clicked_item = np.where(clicked, slate_item_ids[self._users, np.maximum(position, 0)], -1)
+        transition = self.user_model.transition(self._state, slate_item_ids, clicked_item, rng)
+        reward = transition.reward - self.duplicate_penalty * duplicate_rows
+
+        self._push_history(slate_item_ids, position, transition.consumption)
+        self.episode_return += reward
+        self.episode_length += 1
+        done = transition.terminated | transition.truncated
+        info = {
+            "session_ended": transition.session_ended,
+            "returned": transition.returned,
+            "churned": transition.terminated,
+            "day": self.user_model.sessions(self._state),
+            "clicked_position": position,
+            "clicked_item_id": clicked_item,
+            "consumption": transition.consumption,
+            "reward": reward,
+            "duplicate_slate": duplicate_rows,
+            "episode_return": self.episode_return.copy(),
+            "episode_length": self.episode_length.copy(),
+        }
+        final_observation = None
+        if done.any():
+            final_observation = self.observation()
+            self._reset_users(done)
+        self.candidate_item_ids = sample_distinct_candidates(
+            rng, self.catalog.num_items, (b, self.num_candidates)
+        )
+        return StepResult(
+            self.observation(), reward, transition.terminated, transition.truncated, info, final_observation
+        )
+
+    def _push_history(self, slate_item_ids: np.ndarray, position: np.ndarray, consumption: np.ndarray) -> None:
+        k = self.slate_size
+        responses = np.full(slate_item_ids.shape, RESPONSE_SKIP, dtype=np.int64)
+        consumed = np.zeros(slate_item_ids.shape, dtype=np.float32)
+        clicked_rows = np.flatnonzero(position >= 0)
+        responses[clicked_rows, position[clicked_rows]] = RESPONSE_CLICK
+        consumed[clicked_rows, position[clicked_rows]] = consumption[clicked_rows]
+        if k >= self.history_length:
+            self.history_item_ids[:] = slate_item_ids[:, -self.history_length :]
+            self.history_responses[:] = responses[:, -self.history_length :]
+            self.history_consumption[:] = consumed[:, -self.history_length :]
+            return
+        for history, new in (
+            (self.history_item_ids, slate_item_ids),
+            (self.history_responses, responses),
+            (self.history_consumption, consumed),
+        ):
+            history[:, :-k] = history[:, k:]
+            history[:, -k:] = new
+
+    def _reset_users(self, mask: np.ndarray) -> None:
+        self.user_model.reset_users(self._state, mask, self.np_random)
+        self.history_item_ids[mask] = self.catalog.num_items
+        self.history_responses[mask] = RESPONSE_PAD
+        self.history_consumption[mask] = 0.0
+        self.episode_return[mask] = 0.0
+        self.episode_length[mask] = 0
+
+    def reset_users(self, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Replace the users in ``mask`` by new ones and redraw their candidates."""
+        self._reset_users(mask)
+        self.candidate_item_ids[mask] = sample_distinct_candidates(
+            self.np_random, self.catalog.num_items, (int(mask.sum()), self.num_candidates)
+        )
+        return self.observation()
+
+    # -- privileged access (oracles, analysis) -------------------------------
+    def hidden_state(self) -> dict[str, np.ndarray]:
+        """The hidden user state (never in observations): for oracle baselines and analysis."""
+        if self._state is None:
+            raise ValueError("hidden_state() called before reset()")
+        return self.user_model.hidden_state(self._state)
+
+    def candidate_utilities(self) -> np.ndarray:
+        """(B, C) true MNL utilities of the current candidates (no position bias)."""
+        if self._state is None:
+            raise ValueError("candidate_utilities() called before reset()")
+        return self.user_model.item_utilities(self._state, self.candidate_item_ids)
+
+    def no_click_utility(self) -> np.ndarray:
+        """(B,) true utility of not clicking, for myopic click-maximising baselines."""
+        return self.user_model.no_click_utility(self._state)
+
+    @property
+    def position_bias(self) -> np.ndarray:
+        return self._position_bias.copy()
+
+
+def _first_occurrence_mask(slates: np.ndarray) -> np.ndarray:
+    k = slates.shape[1]
+    same = slates[:, :, None] == slates[:, None, :]
+    earlier = np.tril(np.ones((k, k), dtype=bool), k=-1)
+    return ~(same & earlier[None]).any(axis=2)
+
+
+def _sample_mnl(utilities: np.ndarray, no_click_utility: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Sample one option per row of a multinomial logit; -1 means the no-click option."""
+    logits = np.concatenate([no_click_utility[:, None], utilities], axis=1)
+    logits = logits - logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    cumulative = np.cumsum(weights, axis=1)
+    draw = rng.random(len(weights)) * cumulative[:, -1]
+    choice = (cumulative < draw[:, None]).sum(axis=1)
+    return np.minimum(choice, utilities.shape[1]) - 1
