@@ -55,7 +55,7 @@ def _import_recsim():
 
 
 @contextlib.contextmanager
-def _global_numpy_seed(seed: int) -> Iterator[None]:
+def global_numpy_seed(seed: int) -> Iterator[None]:
     """Seed the global ``np.random`` that RecSim's choice model draws from, then restore it."""
     saved_state = np.random.get_state()  # noqa: NPY002 - RecSim itself uses the global state
     np.random.seed(seed)  # noqa: NPY002
@@ -122,7 +122,7 @@ def run_recsim_episodes(
     env = make_recsim_env(num_candidates, slate_size, seed)
     rng = np.random.default_rng(seed)
     returns = np.zeros(episodes)
-    with _global_numpy_seed(seed):
+    with global_numpy_seed(seed):
         for episode in range(episodes):
             _, doc_obs = env.reset()
             done = False
@@ -142,7 +142,7 @@ def recsim_steps_per_second(
     env = make_recsim_env(num_candidates, slate_size, seed)
     rng = np.random.default_rng(seed)
     slates = [list(rng.permutation(num_candidates)[:slate_size]) for _ in range(256)]
-    with _global_numpy_seed(seed):
+    with global_numpy_seed(seed):
         env.reset()
         start = time.perf_counter()
         for step in range(num_steps):

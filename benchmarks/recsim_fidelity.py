@@ -39,7 +39,9 @@ import envs  # noqa: E402
 ENV_ID = "longrec/InterestEvolution-v0"
 
 
-def longrec_returns(policy: str, num_candidates: int, slate_size: int, episodes: int, seed: int) -> np.ndarray:
+def longrec_returns(
+    policy: str, num_candidates: int, slate_size: int, episodes: int, seed: int
+) -> np.ndarray:
     """Return of the first episode of each of ``episodes`` users, all simulated in one batch."""
     if policy not in peer.POLICY_FNS:
         raise ValueError(f"unknown policy {policy!r}; valid: {sorted(peer.POLICY_FNS)}")
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     if args.episodes < 2:
         parser.error(f"--episodes {args.episodes} must be >= 2")
     if not peer.recsim_available():
-        parser.error("recsim is not importable; install the peers extra: pip install recsim-no-tf six absl-py gym")
+        parser.error(
+            "recsim is not importable; install the peers extra: pip install recsim-no-tf six absl-py gym"
+        )
 
     print(f"C={args.num_candidates} K={args.slate_size} episodes={args.episodes} seed={args.seed}")
     result: dict[str, dict[str, float]] = {}
@@ -92,7 +96,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         ours = longrec_returns(policy, args.num_candidates, args.slate_size, args.episodes, args.seed)
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
-        theirs = peer.run_recsim_episodes(policy, args.num_candidates, args.slate_size, args.episodes, args.seed)
+        theirs = peer.run_recsim_episodes(
+            policy, args.num_candidates, args.slate_size, args.episodes, args.seed
+        )
         theirs_s = time.perf_counter() - start
         (m_ours, se_ours), (m_theirs, se_theirs) = _mean_se(ours), _mean_se(theirs)
         rel_diff = (m_ours - m_theirs) / m_theirs
