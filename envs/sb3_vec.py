@@ -22,6 +22,7 @@ class SB3VecEnv(VecEnv):
 
     def __init__(self, core: BatchedSimulator) -> None:
         self.core = core
+        self.render_mode = None
         super().__init__(core.num_users, single_observation_space(core), single_action_space(core))
         self._actions: np.ndarray | None = None
         self._seed: int | None = None

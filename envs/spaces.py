@@ -22,9 +22,35 @@ def single_observation_space(core: BatchedSimulator) -> spaces.Dict:
     )
 
 
-def single_action_space(core: BatchedSimulator) -> spaces.MultiDiscrete:
-    """A slate: K indices into the candidate list."""
-    return spaces.MultiDiscrete(np.full(core.slate_size, core.num_candidates, dtype=np.int64))
+class SlateSpace(spaces.MultiDiscrete):
+    """``MultiDiscrete([C] * K)`` whose ``sample()`` draws K *distinct* candidates.
+
+    ``contains`` is MultiDiscrete's (a slate with repeats is in the space, and the
+    simulator rejects or penalises it); sampling never repeats, so random
+    exploration and the environment checkers produce valid slates.
+    """
+
+    def __init__(
+        self, num_candidates: int, slate_size: int, num_slates: int | None = None, seed: int | None = None
+    ) -> None:
+        if slate_size > num_candidates:
+            raise ValueError(f"slate_size={slate_size} must be <= num_candidates={num_candidates}")
+        shape = (slate_size,) if num_slates is None else (num_slates, slate_size)
+        super().__init__(np.full(shape, num_candidates, dtype=np.int64), seed=seed)
+        self.num_candidates, self.slate_size, self.num_slates = num_candidates, slate_size, num_slates
+
+    def sample(self, mask=None, probability=None) -> np.ndarray:
+        if mask is not None or probability is not None:
+            return super().sample(mask=mask, probability=probability)
+        rows = 1 if self.num_slates is None else self.num_slates
+        keys = self.np_random.random((rows, self.num_candidates))
+        slates = np.argsort(keys, axis=1)[:, : self.slate_size].astype(self.dtype)
+        return slates[0] if self.num_slates is None else slates
+
+
+def single_action_space(core: BatchedSimulator) -> SlateSpace:
+    """A slate: K distinct indices into the candidate list (position 0 = top)."""
+    return SlateSpace(core.num_candidates, core.slate_size)
 
 
 def row(batch: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:

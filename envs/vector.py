@@ -14,7 +14,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.core import BatchedSimulator
-from envs.spaces import row, single_action_space, single_observation_space
+from envs.spaces import SlateSpace, row, single_action_space, single_observation_space
 
 
 class BatchedVectorEnv(VectorEnv):
@@ -28,7 +28,7 @@ class BatchedVectorEnv(VectorEnv):
         self.single_observation_space = single_observation_space(core)
         self.single_action_space = single_action_space(core)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.action_space = SlateSpace(core.num_candidates, core.slate_size, num_slates=self.num_envs)
 
     @property
     def catalog(self):

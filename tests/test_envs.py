@@ -1,0 +1,229 @@
+"""The simulator: checkers, determinism, agreement of the three views, errors, logs."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import envs
+from envs.logging_policy import generate_logs, load_logs, top_k
+
+ALL_IDS = envs.registered_ids()
+LONG_HORIZON_IDS = [i for i in ALL_IDS if "InterestEvolution" not in i]
+
+
+def first_slate(k: int, n: int = 1) -> np.ndarray:
+    return np.tile(np.arange(k), (n, 1))
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_gymnasium_and_sb3_checkers_pass(env_id):
+    env = gym.make(env_id)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(gym.make(env_id).unwrapped, warn=False)
+
+
+@pytest.mark.parametrize("env_id", ALL_IDS)
+def test_two_rollouts_with_same_seed_are_identical(env_id):
+    def rollout(seed):
+        env = gym.make(env_id)
+        obs, _ = env.reset(seed=seed)
+        env.action_space.seed(seed)
+        trace = [obs["candidate_item_ids"].copy()]
+        for _ in range(60):
+            obs, reward, terminated, truncated, info = env.step(env.action_space.sample() * 0 + np.arange(
+                env.action_space.shape[0]))
+            trace.append(np.concatenate([obs["candidate_item_ids"], obs["history_item_ids"], [reward]]))
+            if terminated or truncated:
+                obs, _ = env.reset()
+        return np.concatenate(trace)
+
+    a, b, c = rollout(3), rollout(3), rollout(4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("env_id", ["longrec/Video-v0", "longrec/News-v0"])
+def test_single_vector_and_sb3_views_agree_step_for_step(env_id):
+    k = gym.make(env_id).action_space.shape[0]
+    rng = np.random.default_rng(0)
+    single = gym.make(env_id).unwrapped
+    vector = envs.make_vec(env_id, num_envs=1)
+    sb3 = envs.make_sb3_vec(env_id, num_envs=1)
+    s_obs, _ = single.reset(seed=11)
+    v_obs, _ = vector.reset(seed=11)
+    sb3.seed(11)
+    b_obs = sb3.reset()
+    episodes_ended = 0
+    for _ in range(400):
+        for key in s_obs:
+            np.testing.assert_array_equal(s_obs[key], v_obs[key][0])
+            np.testing.assert_array_equal(s_obs[key], b_obs[key][0])
+        slate = rng.permutation(single.core.num_candidates)[:k]
+        s_obs, s_r, s_term, s_trunc, _ = single.step(slate)
+        v_obs, v_r, v_term, v_trunc, v_info = vector.step(slate[None])
+        b_obs, b_r, b_done, b_info = sb3.step(slate[None])
+        assert s_r == pytest.approx(v_r[0]) and s_r == pytest.approx(float(b_r[0]), rel=1e-6)
+        assert (s_term, s_trunc) == (bool(v_term[0]), bool(v_trunc[0]))
+        assert (s_term or s_trunc) == bool(b_done[0])
+        if s_term or s_trunc:
+            episodes_ended += 1
+            for key in s_obs:
+                np.testing.assert_array_equal(s_obs[key], v_info["final_obs"][0][key])
+                np.testing.assert_array_equal(s_obs[key], b_info[0]["terminal_observation"][key])
+            s_obs, _ = single.reset()
+    assert episodes_ended >= 1
+
+
+def test_batched_vector_env_matches_sb3_vec_env_for_many_users():
+    vector = envs.make_vec("longrec/Video-v0", num_envs=64)
+    sb3 = envs.make_sb3_vec("longrec/Video-v0", num_envs=64)
+    v_obs, _ = vector.reset(seed=5)
+    sb3.seed(5)
+    b_obs = sb3.reset()
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        slates = np.argsort(rng.random((64, 20)), axis=1)[:, :5]
+        v_obs, v_r, *_ = vector.step(slates)
+        b_obs, b_r, *_ = sb3.step(slates)
+        np.testing.assert_array_equal(v_obs["history_item_ids"], b_obs["history_item_ids"])
+        np.testing.assert_allclose(v_r, b_r, rtol=1e-6)
+
+
+def test_observation_never_contains_hidden_state():
+    env = gym.make("longrec/Video-v0")
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {
+        "history_item_ids", "history_responses", "history_consumption", "candidate_item_ids", "context",
+    }
+    hidden = env.unwrapped.hidden_state()
+    assert {"interest", "satisfaction", "fatigue", "time_left"} <= set(hidden)
+    assert not any(np.shares_memory(hidden["satisfaction"], v) for v in obs.values())
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (np.array([0, 0, 1, 2, 3]), "repeats a candidate"),
+        (np.array([0, 1, 2, 3, 20]), "out of range; valid candidate indices: 0..19"),
+        (np.array([0, 1, 2]), "expected (1, 5)"),
+    ],
+)
+def test_bad_slates_raise_clear_errors(action, message):
+    env = gym.make("longrec/Video-v0").unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        env.step(action)
+
+
+def test_step_before_reset_and_bad_config_raise():
+    env = gym.make("longrec/Video-v0").unwrapped
+    with pytest.raises(ValueError, match="before reset"):
+        env.step(np.arange(5))
+    with pytest.raises(ValueError, match=r"slate_size=30 must be in \[1, num_candidates=20\]"):
+        gym.make("longrec/Video-v0", slate_size=30)
+    with pytest.raises(ValueError, match="unknown environment option 'num_candidate'"):
+        gym.make("longrec/Video-v0", num_candidate=10)
+    with pytest.raises(ValueError, match="duplicate_mode='ignore' is not valid"):
+        gym.make("longrec/Video-v0", duplicate_mode="ignore")
+    with pytest.raises(ValueError, match="user.return_threshold=2.0 is out of range"):
+        gym.make("longrec/Video-v0", user={"return_threshold": 2.0})
+
+
+def test_duplicate_penalty_mode_penalises_instead_of_raising():
+    core = envs.make_core("longrec/Video-v0", num_users=4, duplicate_mode="penalty", duplicate_penalty=5.0)
+    core.reset(seed=0)
+    slates = first_slate(5, 4)
+    slates[0] = [0, 0, 1, 2, 3]
+    result = core.step(slates)
+    assert result.info["duplicate_slate"].tolist() == [True, False, False, False]
+    assert result.reward[0] <= result.info["consumption"][0] * core.catalog.length.max() - 5.0 + 1e-9
+
+
+def test_candidates_are_distinct_and_history_records_the_slate():
+    core = envs.make_core("longrec/Video-v0", num_users=256)
+    obs = core.reset(seed=0)
+    for _ in range(5):
+        cand = obs["candidate_item_ids"]
+        assert all(len(set(row)) == len(row) for row in cand)
+        slates = first_slate(5, 256)
+        result = core.step(slates)
+        alive = ~(result.terminated | result.truncated)
+        np.testing.assert_array_equal(result.observation["history_item_ids"][alive, -5:], cand[alive, :5])
+        clicked = result.info["clicked_position"]
+        rows = np.flatnonzero(alive & (clicked >= 0))
+        assert (result.observation["history_responses"][rows, -5 + clicked[rows]] == 2).all()
+        obs = result.observation
+
+
+def test_sessions_end_users_return_and_churn():
+    core = envs.make_core("longrec/Video-v0", num_users=500)
+    core.reset(seed=0)
+    returned = churned = ended = 0
+    for _ in range(300):
+        result = core.step(first_slate(5, 500))
+        ended += result.info["session_ended"].sum()
+        returned += result.info["returned"].sum()
+        churned += result.info["churned"].sum()
+    assert ended == returned + churned
+    assert returned > 0 and churned > 0
+
+
+def test_hidden_state_evolves_satisfaction_falls_under_clickbait():
+    core = envs.make_core("longrec/Video-v0", num_users=1000)
+    core.reset(seed=0)
+    start = core.hidden_state()["satisfaction"].mean()
+    for _ in range(10):
+        core.step(top_k(core.candidate_utilities(), 5))
+    assert core.hidden_state()["satisfaction"].mean() < start - 0.05
+
+
+def _life_returns(env_id, policy, num_users=1000, seed=0):
+    core = envs.make_core(env_id, num_users=num_users)
+    core.reset(seed=seed)
+    total, alive, clicks, steps = np.zeros(num_users), np.ones(num_users, bool), 0, 0
+    while alive.any():
+        result = core.step(policy(core))
+        total += np.where(alive, result.reward, 0.0)
+        clicks += (result.info["clicked_position"][alive] >= 0).sum()
+        steps += alive.sum()
+        alive &= ~(result.terminated | result.truncated)
+    return total.mean(), clicks / steps
+
+
+def _quality_aware(core):
+    ids = core.candidate_item_ids
+    interest = np.take_along_axis(core.hidden_state()["interest"], core.catalog.topic[ids], axis=1)
+    return top_k(core.catalog.quality[ids] + 0.7 * interest - 0.5 * core.catalog.appeal[ids], core.slate_size)
+
+
+@pytest.mark.parametrize("env_id", LONG_HORIZON_IDS)
+def test_clickbait_trap_is_real(env_id):
+    myopic_return, myopic_ctr = _life_returns(env_id, lambda c: top_k(c.candidate_utilities(), c.slate_size))
+    aware_return, aware_ctr = _life_returns(env_id, _quality_aware)
+    assert myopic_ctr > aware_ctr + 0.03
+    assert aware_return >= 1.3 * myopic_return
+
+
+def test_logs_round_trip(tmp_path):
+    path = tmp_path / "logs.npz"
+    data = generate_logs("longrec/Video-v0", num_users=20, seed=0, path=path, behaviour="noisy_quality")
+    loaded = load_logs(path)
+    assert len(loaded) == len(data) > 20
+    assert loaded.meta["behaviour"] == "noisy_quality" and loaded.meta["num_items"] == 2000
+    np.testing.assert_array_equal(loaded.slate_item_ids, data.slate_item_ids)
+    rows = loaded.clicked_position >= 0
+    np.testing.assert_array_equal(
+        loaded.slate_item_ids[rows, loaded.clicked_position[rows]], loaded.clicked_item_id[rows]
+    )
+    np.testing.assert_array_equal(
+        np.take_along_axis(loaded.candidate_item_ids, loaded.slate, 1), loaded.slate_item_ids
+    )
+    assert set(np.unique(loaded.user_id)) == set(range(20))
+    again = generate_logs("longrec/Video-v0", num_users=20, seed=0, behaviour="noisy_quality")
+    np.testing.assert_array_equal(again.reward, data.reward)
+    with pytest.raises(ValueError, match="behaviour='best' is not known"):
+        generate_logs("longrec/Video-v0", num_users=2, seed=0, behaviour="best")
