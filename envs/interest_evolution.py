@@ -308,6 +308,7 @@ class InterestEvolutionUserModel:
         self._quality = catalog.quality.astype(np.float64)
         self._length = catalog.length.astype(np.float64)
         self._log_no_click = float(np.log(config.no_click_mass - config.min_normalizer))
+        self._offsets = np.zeros(0, dtype=np.int64)
 
     # -- user sampler -------------------------------------------------------------------
     def init_state(self, num_users: int, rng: np.random.Generator) -> InterestEvolutionState:
@@ -336,7 +337,8 @@ class InterestEvolutionUserModel:
 
     def affinity(self, state: InterestEvolutionState, item_ids: np.ndarray) -> np.ndarray:
         """RecSim's document score ``interest . one_hot(cluster)`` of ``item_ids`` (B, M)."""
-        return np.take_along_axis(state.interest, self.catalog.topic[item_ids], axis=1)
+        flat = self._row_offsets(len(item_ids))[:, None] + self.catalog.topic[item_ids]
+        return state.interest.take(flat)
 
     def item_utilities(self, state: InterestEvolutionState, item_ids: np.ndarray) -> np.ndarray:
         shifted = self.affinity(state, item_ids) - self.config.min_normalizer
@@ -357,46 +359,47 @@ class InterestEvolutionUserModel:
     ) -> Transition:
         config = self.config
         num_users = len(clicked_item)
-        rows = np.arange(num_users)
         clicked = clicked_item >= 0
-        item = np.where(clicked, clicked_item, 0)
-        cluster = self.catalog.topic[item]
-        interest = state.interest[rows, cluster]
+        item = np.maximum(clicked_item, 0)
+        # flat index of (user, clicked cluster) into the (B, clusters) interest matrix
+        flat = self._row_offsets(num_users) + self.catalog.topic[item]
+        interest = state.interest.take(flat)
         length = self._length[item]
 
-        watch_time = np.where(clicked, np.minimum(state.time_left, length), 0.0)
-        after_click = budget_after_click(state.time_left, watch_time, self._quality[item], interest, config)
-        state.time_left = np.where(clicked, after_click, state.time_left - config.step_penalty)
+        watch_time = np.minimum(state.time_left, length) * clicked
+        # a click costs the watch time and refunds alpha * watch * utility; no click costs the step penalty
+        new_time_left = budget_after_click(state.time_left, watch_time, self._quality[item], interest, config)
+        new_time_left -= config.step_penalty * ~clicked
+        state.time_left = new_time_left
 
         positive = rng.random(num_users) < positive_update_probability(interest)
-        state.interest[rows, cluster] = np.where(
-            clicked, evolve_interest(interest, positive, config), interest
-        )
+        np.put(state.interest, flat, np.where(clicked, evolve_interest(interest, positive, config), interest))
 
         state.steps += 1
         state.clicks += clicked
         state.minutes_watched += watch_time
-        session_ended = state.time_left <= 0.0
-        no = np.zeros(num_users, dtype=bool)
+        session_ended = new_time_left <= 0.0
         return Transition(
             reward=watch_time,
-            consumption=np.where(clicked, watch_time / length, 0.0),
+            consumption=watch_time / length,
             session_ended=session_ended,
-            returned=no,
-            terminated=session_ended,
-            truncated=no.copy(),
+            returned=np.zeros(num_users, dtype=bool),
+            terminated=session_ended.copy(),
+            truncated=np.zeros(num_users, dtype=bool),
         )
+
+    def _row_offsets(self, num_users: int) -> np.ndarray:
+        if len(self._offsets) != num_users:
+            self._offsets = np.arange(num_users) * self.config.num_clusters
+        return self._offsets
 
     # -- what the policy and the analyst may see -----------------------------------------
     def context(self, state: InterestEvolutionState) -> np.ndarray:
-        return np.stack(
-            [
-                np.minimum(state.steps / self.context_steps, 1.0),
-                state.clicks / np.maximum(state.steps, 1),
-                np.minimum(state.minutes_watched / (2.0 * self.config.time_budget), 1.0),
-            ],
-            axis=1,
-        ).astype(np.float32)
+        context = np.empty((len(state.steps), self.context_dim), dtype=np.float32)
+        context[:, 0] = np.minimum(state.steps * (1.0 / self.context_steps), 1.0)
+        context[:, 1] = state.clicks / np.maximum(state.steps, 1)
+        context[:, 2] = np.minimum(state.minutes_watched * (0.5 / self.config.time_budget), 1.0)
+        return context
 
     def hidden_state(self, state: InterestEvolutionState) -> dict[str, np.ndarray]:
         """``interest`` and ``time_left``; RecSim users have no satisfaction or fatigue (zeros)."""
