@@ -495,20 +495,22 @@ class _Compiled:
     title_templates: tuple[str, ...]
     description_templates: tuple[str, ...]
     phrases: tuple[tuple[tuple[str, ...], ...], ...]
-    early_derived: tuple[tuple[str, str, str], ...]
-    """``(slot, kind, condition slot)`` derived from topic / filler slots (may be used inside phrases)."""
-    late_derived: tuple[tuple[str, str, str], ...]
-    """``(slot, kind, condition slot)`` that depend on marker slots."""
+    early_derived: tuple[tuple[str, str, str, str], ...]
+    """``(slot, kind, condition slot, field name)`` derived from topic / filler slots (used in phrases too)."""
+    late_derived: tuple[tuple[str, str, str, str], ...]
+    """``(slot, kind, condition slot, field name)`` that depend on marker slots."""
+    articles: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    """Cache phrase -> ``"a phrase"`` / ``"an phrase"`` (the vocabularies are small)."""
 
 
 def _rewrite(template: str, needs: set[tuple[str, str, str]], sentence_enders: frozenset[str]) -> str:
     """Rewrite ``a {x}`` to ``{x__a}`` and a sentence-opening ``{x}`` to ``{x__cap}``.
 
-    A slot opens a sentence at the start of the template, after ``.``/``!``/``?``,
-    or right after a slot in ``sentence_enders`` (slots whose values may end a sentence).
+    A slot opens a sentence after ``.``/``!``/``?`` or right after a slot in
+    ``sentence_enders`` (slots whose values may end a sentence); the first letter
+    of a whole title or description is capitalised by ``_tidy``.
     """
     out: list[str] = []
-    at_start = True
     previous: str | None = None
     for literal, name, _, _ in string.Formatter().parse(template):
         escaped = literal.replace("{", "{{").replace("}", "}}")
@@ -521,7 +523,7 @@ def _rewrite(template: str, needs: set[tuple[str, str, str]], sentence_enders: f
             kind = "a" if article.group(1) == "a" else "A"
             needs.add((name, kind, ""))
             out.append(escaped[: article.start(1)] + "{" + name + "__" + kind + "}")
-        elif (at_start and not stripped) or stripped.endswith((".", "!", "?")):
+        elif stripped.endswith((".", "!", "?")):
             needs.add((name, "cap", ""))
             out.append(escaped + "{" + name + "__cap}")
         elif not stripped and previous in sentence_enders:
@@ -530,7 +532,6 @@ def _rewrite(template: str, needs: set[tuple[str, str, str]], sentence_enders: f
             out.append(escaped + "{" + name + "__cap_" + previous + "}")
         else:
             out.append(escaped + "{" + name + "}")
-        at_start = False
         previous = name
     return "".join(out)
 
@@ -565,27 +566,27 @@ def _compile(spec: TextSpec) -> _Compiled:
                 f"so the article could dangle; remove the empty entries or the article"
             )
     marker = set(spec.marker_slot_names)
-    early = tuple(sorted(n for n in needs if n[0] not in marker and n[2] not in marker))
-    late = tuple(sorted(n for n in needs if n[0] in marker or n[2] in marker))
+    named = sorted((s, k, c, s + "__" + k + ("_" + c if c else "")) for s, k, c in needs)
+    early = tuple(n for n in named if n[0] not in marker and n[2] not in marker)
+    late = tuple(n for n in named if n[0] in marker or n[2] in marker)
     return _Compiled(titles, descriptions, phrases, early, late)
 
 
-def _derive(fields: dict[str, str], derived: tuple[tuple[str, str, str], ...]) -> None:
-    for slot, kind, condition in derived:
+def _derive(
+    fields: dict[str, str], derived: tuple[tuple[str, str, str, str], ...], articles: dict[str, str]
+) -> None:
+    """Add the capitalised / article-prefixed fields that the compiled templates use."""
+    for slot, kind, condition, name in derived:
         value = fields[slot]
         if kind == "cap":
-            if condition:
-                ends_sentence = fields[condition].rstrip().endswith((".", "!", "?"))
-                fields[slot + "__cap_" + condition] = (
-                    value[:1].upper() + value[1:] if ends_sentence else value
-                )
-            else:
-                fields[slot + "__cap"] = value[:1].upper() + value[1:]
+            if not condition or fields[condition].rstrip().endswith((".", "!", "?")):
+                value = value[:1].upper() + value[1:]
+            fields[name] = value
         else:
-            article = _indefinite_article(value)
-            if kind == "A":
-                article = article.capitalize()
-            fields[slot + "__" + kind] = article + " " + value
+            with_article = articles.get(value)
+            if with_article is None:
+                with_article = articles[value] = _indefinite_article(value) + " " + value
+            fields[name] = with_article if kind == "a" else with_article[:1].upper() + with_article[1:]
 
 
 def _tidy(text: str) -> str:
@@ -672,27 +673,38 @@ def generate_titles_and_descriptions(
     phrase_sizes = np.array([[len(p) for p in pools] for pools in spec.phrases], dtype=np.int64)
     marker_pick = _uniform_index(rng, phrase_sizes[marker_class, np.arange(len(spec.marker_slot_names))])
 
+    # Python lists: indexing them per item is much faster than indexing numpy arrays.
     compiled = spec._compiled
+    topic_slots = tuple(enumerate(spec.topic_slot_names))
+    filler_slots = tuple(zip(spec.filler_slot_names, spec.fillers, strict=True))
+    marker_slots = tuple(enumerate(spec.marker_slot_names))
     titles: list[str] = []
     descriptions: list[str] = []
-    topic_slots = spec.topic_slot_names
-    filler_slots = spec.filler_slot_names
-    marker_slots = spec.marker_slot_names
-    for i in range(n):
-        t = int(topic[i])
+    for t, t_pick, f_pick, m_class, m_pick, ti, di in zip(
+        topic.tolist(),
+        topic_pick.tolist(),
+        filler_pick.tolist(),
+        marker_class.tolist(),
+        marker_pick.tolist(),
+        title_idx.tolist(),
+        desc_idx.tolist(),
+        strict=True,
+    ):
         vocab = spec.topic_vocab[t]
         fields = {"noun": spec.item_noun, "topic": spec.topic_labels[t]}
-        for s, slot in enumerate(topic_slots):
-            fields[slot] = vocab[s][topic_pick[i, s]]
-        for s, slot in enumerate(filler_slots):
-            fields[slot] = spec.fillers[s][filler_pick[i, s]]
-        _derive(fields, compiled.early_derived)
-        for s, slot in enumerate(marker_slots):
-            phrase = compiled.phrases[marker_class[i, s]][s][marker_pick[i, s]]
+        for s, slot in topic_slots:
+            fields[slot] = vocab[s][t_pick[s]]
+        for (slot, entries), pick in zip(filler_slots, f_pick, strict=True):
+            fields[slot] = entries[pick]
+        if compiled.early_derived:
+            _derive(fields, compiled.early_derived, compiled.articles)
+        for s, slot in marker_slots:
+            phrase = compiled.phrases[m_class[s]][s][m_pick[s]]
             fields[slot] = phrase.format_map(fields) if "{" in phrase else phrase
-        _derive(fields, compiled.late_derived)
-        titles.append(_tidy(compiled.title_templates[title_idx[i]].format_map(fields)))
-        descriptions.append(_tidy(compiled.description_templates[desc_idx[i]].format_map(fields)))
+        if compiled.late_derived:
+            _derive(fields, compiled.late_derived, compiled.articles)
+        titles.append(_tidy(compiled.title_templates[ti].format_map(fields)))
+        descriptions.append(_tidy(compiled.description_templates[di].format_map(fields)))
     return titles, descriptions
 
 
