@@ -80,6 +80,8 @@ class SessionConfig:
     """standard deviation of the session time budget"""
     browse_cost: float = 1.0
     """time a user spends looking at a slate, whether or not they click"""
+    time_per_length: float = 1.0
+    """session time spent per unit of consumed length (1 for minutes of video; small for prices)"""
     max_steps_per_session: int = 40
     """safety cap on slates per session (normalises the step-in-session context)"""
 
@@ -97,6 +99,7 @@ class SessionConfig:
         _check_range("session", "budget_mean", self.budget_mean, 1e-6)
         _check_range("session", "budget_sd", self.budget_sd, 0.0)
         _check_range("session", "browse_cost", self.browse_cost, 1e-6)
+        _check_range("session", "time_per_length", self.time_per_length, 0.0)
         if self.max_steps_per_session < 1:
             raise ValueError(f"session.max_steps_per_session={self.max_steps_per_session!r} must be >= 1")
 
@@ -125,6 +128,8 @@ class UserConfig:
     position_decay: float = 0.3
     """position bias: utility of slate position k is lowered by position_decay * k"""
     # consumption
+    consumption_bias: float = 0.0
+    """offset of the watch fraction / purchase probability logit"""
     consumption_quality_weight: float = 1.0
     """watch fraction logit weight of hidden quality"""
     consumption_appeal_weight: float = 2.0

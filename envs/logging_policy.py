@@ -15,6 +15,7 @@ production system would have learned to):
 * ``myopic``: the K candidates of highest true click utility (the clickbait trap).
 * ``noisy_quality``: candidates ranked by ``quality + interest - appeal`` plus
   Gumbel noise of scale ``temperature``: a decent but imperfect recommender.
+* ``quality_aware``: the same ranking without noise.
 """
 
 from __future__ import annotations
@@ -70,10 +71,16 @@ def noisy_quality_behaviour(
     return top_k(score + temperature * gumbel, core.slate_size)
 
 
+def quality_aware_behaviour(core: BatchedSimulator, rng: np.random.Generator) -> np.ndarray:
+    """``noisy_quality`` without noise: knows hidden quality and interest, avoids clickbait."""
+    return noisy_quality_behaviour(core, rng, temperature=0.0)
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "random": random_behaviour,
     "myopic": myopic_behaviour,
     "noisy_quality": noisy_quality_behaviour,
+    "quality_aware": quality_aware_behaviour,
 }
 
 
@@ -102,13 +109,64 @@ class LoggedData:
         return {key: getattr(self, key) for key in OBSERVATION_KEYS}
 
 
+@dataclass
+class LivesSummary:
+    """Per-user totals of one life each (arrays of shape (num_users,))."""
+
+    total_reward: np.ndarray
+    clicks: np.ndarray
+    slates: np.ndarray
+    sessions: np.ndarray
+
+
+StepCallback = Callable[[np.ndarray, dict[str, np.ndarray], np.ndarray, Any], None]
+
+
+def simulate_lives(
+    core: BatchedSimulator,
+    policy: Callable[[BatchedSimulator, np.random.Generator], np.ndarray],
+    seed: int,
+    on_step: StepCallback | None = None,
+    progress: bool = False,
+) -> LivesSummary:
+    """Run ``policy`` until every one of ``core``'s users has lived one whole episode.
+
+    ``on_step(alive_rows, observation, slates, step_result)`` sees each step
+    before the finished users are dropped. Users that finish are replaced by the
+    core (auto-reset) but their replacements are not counted.
+    """
+    n = core.num_users
+    observation = core.reset(seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    alive = np.ones(n, dtype=bool)
+    summary = LivesSummary(np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n))
+    bar = _progress(progress, n)
+    while alive.any():
+        slates = policy(core, rng)
+        result = core.step(slates)
+        rows = np.flatnonzero(alive)
+        if on_step is not None:
+            on_step(rows, observation, slates, result)
+        summary.total_reward[rows] += result.reward[rows]
+        summary.clicks[rows] += result.info["clicked_position"][rows] >= 0
+        summary.slates[rows] += 1
+        finished = alive & (result.terminated | result.truncated)
+        summary.sessions[finished] = result.info["day"][finished]
+        alive &= ~finished
+        if bar is not None:
+            bar.update(int(finished.sum()))
+        observation = result.observation
+    if bar is not None:
+        bar.close()
+    return summary
+
+
 def generate_logs(
     env_id: str,
     num_users: int,
     seed: int,
     path: str | Path | None = None,
     behaviour: str = "noisy_quality",
-    max_steps: int = 100_000_000,
     progress: bool = False,
     **env_kwargs: Any,
 ) -> LoggedData:
@@ -122,18 +180,10 @@ def generate_logs(
         raise ValueError(f"behaviour={behaviour!r} is not known; valid: {sorted(BEHAVIOURS)}")
     if num_users < 1:
         raise ValueError(f"num_users={num_users!r} must be >= 1")
-    policy = BEHAVIOURS[behaviour]
     core = make_core(env_id, num_users=num_users, **env_kwargs)
-    observation = core.reset(seed=seed)
-    rng = np.random.default_rng([seed, 1])
-    alive = np.ones(num_users, dtype=bool)
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in LoggedData.__dataclass_fields__ if key != "meta"}
-    bar = _progress(progress, num_users)
-    steps = 0
-    while alive.any() and steps < max_steps:
-        slates = policy(core, rng)
-        result = core.step(slates)
-        rows = np.flatnonzero(alive)
+
+    def record(rows, observation, slates, result) -> None:
         for key in OBSERVATION_KEYS:
             chunks[key].append(observation[key][rows])
         chunks["slate"].append(slates[rows])
@@ -143,14 +193,8 @@ def generate_logs(
         chunks["consumption"].append(result.info["consumption"][rows].astype(np.float32))
         chunks["reward"].append(result.reward[rows].astype(np.float32))
         chunks["user_id"].append(rows)
-        finished = alive & (result.terminated | result.truncated)
-        alive &= ~finished
-        if bar is not None:
-            bar.update(int(finished.sum()))
-        observation = result.observation
-        steps += 1
-    if bar is not None:
-        bar.close()
+
+    simulate_lives(core, BEHAVIOURS[behaviour], seed, on_step=record, progress=progress)
     arrays = {key: np.concatenate(value) for key, value in chunks.items()}
     meta = {
         "env_id": env_id,

@@ -152,7 +152,8 @@ class LongTermUserModel:
         quality, appeal = cat.quality[item], cat.appeal[item]
         noise = rng.standard_normal(num_users)
         fraction = sigmoid(
-            u.consumption_quality_weight * quality
+            u.consumption_bias
+            + u.consumption_quality_weight * quality
             + u.consumption_appeal_weight * (appeal - 0.5)
             + u.consumption_interest_weight * interest
             - fatigue
@@ -182,7 +183,7 @@ class LongTermUserModel:
         state.fatigue *= u.fatigue_step_decay
         state.fatigue[rows, topic] += u.fatigue_increment * consumption
 
-        state.time_left -= s.browse_cost + minutes
+        state.time_left -= s.browse_cost + s.time_per_length * minutes
         state.step_in_session += 1
         state.clicks_in_session += clicked
         leaves_early = ~clicked & (rng.random(num_users) < u.leave_after_no_click)

@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
-from envs.logging_policy import generate_logs, load_logs, top_k
+from envs.logging_policy import BEHAVIOURS, generate_logs, load_logs, simulate_lives, top_k
 
 ALL_IDS = envs.registered_ids()
 LONG_HORIZON_IDS = [i for i in ALL_IDS if "InterestEvolution" not in i]
@@ -181,29 +181,15 @@ def test_hidden_state_evolves_satisfaction_falls_under_clickbait():
     assert core.hidden_state()["satisfaction"].mean() < start - 0.05
 
 
-def _life_returns(env_id, policy, num_users=1000, seed=0):
-    core = envs.make_core(env_id, num_users=num_users)
-    core.reset(seed=seed)
-    total, alive, clicks, steps = np.zeros(num_users), np.ones(num_users, bool), 0, 0
-    while alive.any():
-        result = core.step(policy(core))
-        total += np.where(alive, result.reward, 0.0)
-        clicks += (result.info["clicked_position"][alive] >= 0).sum()
-        steps += alive.sum()
-        alive &= ~(result.terminated | result.truncated)
-    return total.mean(), clicks / steps
-
-
-def _quality_aware(core):
-    ids = core.candidate_item_ids
-    interest = np.take_along_axis(core.hidden_state()["interest"], core.catalog.topic[ids], axis=1)
-    return top_k(core.catalog.quality[ids] + 0.7 * interest - 0.5 * core.catalog.appeal[ids], core.slate_size)
-
-
 @pytest.mark.parametrize("env_id", LONG_HORIZON_IDS)
 def test_clickbait_trap_is_real(env_id):
-    myopic_return, myopic_ctr = _life_returns(env_id, lambda c: top_k(c.candidate_utilities(), c.slate_size))
-    aware_return, aware_ctr = _life_returns(env_id, _quality_aware)
+    def lives(behaviour):
+        core = envs.make_core(env_id, num_users=1000)
+        summary = simulate_lives(core, BEHAVIOURS[behaviour], seed=0)
+        return summary.total_reward.mean(), summary.clicks.sum() / summary.slates.sum()
+
+    myopic_return, myopic_ctr = lives("myopic")
+    aware_return, aware_ctr = lives("quality_aware")
     assert myopic_ctr > aware_ctr + 0.03
     assert aware_return >= 1.3 * myopic_return
 
