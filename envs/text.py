@@ -43,9 +43,17 @@ A text is ``title + separator + description``. Title and description are
   Phrases may themselves use ``{noun}``, ``{topic}``, topic and filler slots
   (e.g. ``"Presented by an award-winning {expert}."``).
 
-After formatting, whitespace is collapsed, stray spaces before punctuation are
-removed, ``a`` becomes ``an`` before a vowel sound, and the first letter of each
-sentence is capitalised.
+Light grammar without per-item regexes: templates are rewritten once when the
+spec is built, so that ``a {slot}`` / ``A {slot}`` get the article that agrees
+with the drawn word (``an in-depth``, ``a new``) and a slot that opens a
+sentence (after ``.``/``!``/``?``, or after a slot whose drawn value ends one)
+is capitalised. After formatting, whitespace left by empty slots is collapsed,
+spaces before punctuation are removed and the first letter is capitalised.
+Writing ``a {slot}`` for a slot with empty entries is an error.
+
+Every random draw happens up front in a few vectorised numpy calls whose number
+depends only on the number of items and the spec, so the same generator state
+gives the same texts, and the hidden values never shift later draws.
 
 Schema of the ``text:`` section
 -------------------------------
