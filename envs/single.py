@@ -53,7 +53,7 @@ class SingleUserEnv(gym.Env):
             raise ValueError("step() called after the episode ended; call reset() first")
         result = self.core.step(np.asarray(action).reshape(1, -1))
         terminated, truncated = bool(result.terminated[0]), bool(result.truncated[0])
-        info = {key: value[0].item() for key, value in result.info.items()}
+        info = {key: value[0] for key, value in result.info.items()}
         if terminated or truncated:
             self._needs_user_reset = True
             self._pending_observation = result.observation
