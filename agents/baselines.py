@@ -1,0 +1,378 @@
+"""Baseline slate recommenders behind one batched interface.
+
+Every agent maps a batch of observations (the simulator's Dict observation with
+a leading axis of B users) to a ``(B, K)`` array of distinct candidate indices,
+position 0 at the top::
+
+    agent.reset(seed)            # re-seed any randomness (deterministic evaluation)
+    slates = agent.act(obs)      # (B, K) int64
+
+Privileged agents (``agent.privileged = True``) read the ``BatchedSimulator`` they
+were built with (true choice model, hidden user state), so they must act on the
+core's full batch; the others accept any sub-batch of users.
+
+* ``random``: K distinct uniform candidates (seeded generator).
+* ``popularity``: the K candidates of highest visible catalog popularity.
+* ``myopic``: maximises the immediate click probability under the true MNL with
+  position bias, i.e. the best-utility candidates in the best positions -- the
+  clickbait trap of engagement-optimised feeds.
+* ``oracle``: a hidden-state heuristic (hidden quality, appeal, interest,
+  fatigue, satisfaction and time left) that values each candidate by its
+  expected watch time plus the satisfaction it builds, and picks the slate by
+  SlateQ's greedy optimisation under the true choice model (``agents.slateq``);
+  the upper reference.
+* ``pctr_greedy``: a (CE-pretrained) ``LLMSlatePolicy`` used greedily, no RL
+  (``PolicyAgent`` over any SB3 policy).
+* ``slateq``: ``agents.slateq.SlateQAgent`` (Ie et al. 2019).
+* ``ppo_mlp``: SB3 PPO with an MLP over item-id embeddings (``agents.ppo``).
+
+``make_baseline(name, env, **kwargs)`` builds any of them by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from agents.slateq import optimise_slate
+from envs.core import BatchedSimulator
+from envs.interest_evolution import InterestEvolutionUserModel
+from envs.user import LongTermUserModel, sigmoid
+
+BASELINES = ("random", "popularity", "myopic", "oracle", "pctr_greedy", "slateq", "ppo_mlp")
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """What evaluation needs from a recommender (batched)."""
+
+    privileged: bool
+    """True if ``act`` reads the simulator (then it must see the core's full batch)"""
+
+    def reset(self, seed: int | None = None) -> None: ...
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def as_core(env: Any) -> BatchedSimulator:
+    """The ``BatchedSimulator`` of a core or any longrec view."""
+    if isinstance(env, BatchedSimulator):
+        return env
+    from envs import get_core
+
+    return get_core(env)
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) indices of the k largest scores per row, largest first (ties: lower index first)."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def _num_users(observation: dict[str, np.ndarray]) -> int:
+    return len(observation["candidate_item_ids"])
+
+
+class RandomAgent:
+    """K distinct uniformly random candidates per user, from a seeded generator."""
+
+    privileged = False
+
+    def __init__(self, num_candidates: int, slate_size: int, seed: int = 0) -> None:
+        if not 1 <= slate_size <= num_candidates:
+            raise ValueError(f"slate_size={slate_size} must be in [1, num_candidates={num_candidates}]")
+        self.num_candidates, self.slate_size = num_candidates, slate_size
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        keys = self.rng.random((_num_users(observation), self.num_candidates))
+        return top_k_indices(keys, self.slate_size)
+
+
+class PopularityAgent:
+    """The K candidates of highest visible catalog popularity, most popular on top."""
+
+    privileged = False
+
+    def __init__(self, popularity: np.ndarray, slate_size: int) -> None:
+        self.popularity = np.asarray(popularity, dtype=np.float64)
+        self.slate_size = slate_size
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        return top_k_indices(self.popularity[observation["candidate_item_ids"]], self.slate_size)
+
+
+class MyopicAgent:
+    """Maximise the immediate click probability under the true MNL choice model.
+
+    ``P(click) = sum_k exp(u_k + b_k) / (exp(u_0) + sum_k exp(u_k + b_k))`` rises with
+    each term, and by the rearrangement inequality the sum is largest when the K
+    highest utilities sit in the positions of highest bias: so the slate is the
+    top-K candidates by true utility, best on top.
+    """
+
+    privileged = True
+
+    def __init__(self, core: BatchedSimulator) -> None:
+        self.core = core
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        ranked = top_k_indices(self.core.candidate_utilities(), self.core.slate_size)
+        slates = np.empty_like(ranked)
+        slates[:, np.argsort(-self.core.position_bias, kind="stable")] = ranked
+        return slates
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """Weights of the hidden-state oracle's item value (long-term user model)."""
+
+    satisfaction_weight: float = 400.0
+    """minutes of future watch time credited per unit of satisfaction gained this step"""
+    minutes_weight: float = 1.0
+    """weight of the expected watch time of a click (minutes)"""
+    leave_weight: float = 1.0
+    """weight of the session time lost when an ignored slate ends the session early"""
+
+
+class OracleAgent:
+    """Hidden-state oracle: expected minutes + value of satisfaction, optimised under the true MNL.
+
+    For the long-term user model (``envs.user``), a click on candidate i is worth
+    ``minutes_weight * E[minutes_i] + satisfaction_weight * d satisfaction_i`` where the
+    expected watch fraction, the experience (quality and interest minus the clickbait
+    penalty) and the satisfaction step use the user model's own parameters and the
+    hidden quality, appeal, interest, fatigue and satisfaction. No click is worth the
+    satisfaction step toward ``no_click_experience`` minus the chance of leaving times the
+    session time left. For RecSim's interest evolution, a click is worth the watch time
+    plus the session time refunded by quality (every refunded minute is more watch
+    time); an ignored slate costs the step penalty. The slate is chosen by SlateQ's
+    greedy optimisation under the true choice model.
+    """
+
+    privileged = True
+
+    def __init__(self, core: BatchedSimulator, config: OracleConfig | None = None) -> None:
+        if not isinstance(core.user_model, LongTermUserModel | InterestEvolutionUserModel):
+            raise ValueError(
+                f"the oracle knows LongTermUserModel and InterestEvolutionUserModel, not "
+                f"{type(core.user_model).__name__}"
+            )
+        self.core = core
+        self.config = config or OracleConfig()
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def item_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """(B, C) value of a click on each candidate and (B,) value of no click."""
+        if isinstance(self.core.user_model, InterestEvolutionUserModel):
+            return self._interest_evolution_values()
+        return self._long_term_values()
+
+    def _long_term_values(self) -> tuple[np.ndarray, np.ndarray]:
+        core, cfg = self.core, self.config
+        model: LongTermUserModel = core.user_model  # type: ignore[assignment]
+        u, catalog = model.user, core.catalog
+        hidden = core.hidden_state()
+        ids = core.candidate_item_ids
+        topic = catalog.topic[ids]
+        interest = np.take_along_axis(hidden["interest"], topic, axis=1)
+        fatigue = np.take_along_axis(hidden["fatigue"], topic, axis=1)
+        quality, appeal = catalog.quality[ids].astype(np.float64), catalog.appeal[ids].astype(np.float64)
+        fraction = sigmoid(
+            u.consumption_bias
+            + u.consumption_quality_weight * quality
+            + u.consumption_appeal_weight * (appeal - 0.5)
+            + u.consumption_interest_weight * interest
+            - fatigue
+        )
+        minutes = fraction * catalog.length[ids]
+        worth = sigmoid(u.experience_quality_weight * quality)
+        experience = sigmoid(u.experience_quality_weight * quality + interest) - u.clickbait_penalty * np.maximum(
+            appeal - worth, 0.0
+        )
+        satisfaction = hidden["satisfaction"][:, None]
+        click_value = cfg.minutes_weight * minutes + cfg.satisfaction_weight * u.satisfaction_rate * (
+            experience - satisfaction
+        )
+        no_click_value = (
+            cfg.satisfaction_weight * u.satisfaction_rate * (u.no_click_experience - hidden["satisfaction"])
+            - cfg.leave_weight * u.leave_after_no_click * np.maximum(hidden["time_left"], 0.0)
+        )
+        return click_value, no_click_value
+
+    def _interest_evolution_values(self) -> tuple[np.ndarray, np.ndarray]:
+        core = self.core
+        model: InterestEvolutionUserModel = core.user_model  # type: ignore[assignment]
+        config = model.config
+        ids = core.candidate_item_ids
+        time_left = np.maximum(core.hidden_state()["time_left"], 0.0)[:, None]
+        watch = np.minimum(time_left, core.catalog.length[ids])
+        refund = config.budget_update_alpha * watch * config.document_quality_factor * core.catalog.quality[ids]
+        click_value = watch + refund
+        no_click_value = np.full(core.num_users, -config.step_penalty)
+        return click_value, no_click_value
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        click_value, no_click_value = self.item_values()
+        core = self.core
+        return optimise_slate(
+            "greedy",
+            click_value,
+            core.candidate_utilities(),
+            core.position_bias,
+            core.no_click_utility(),
+            no_click_value,
+        )
+
+
+class PolicyAgent:
+    """Any SB3 policy (``LLMSlatePolicy``, an MLP ``ActorCriticPolicy``) as a batched agent.
+
+    ``deterministic=True`` is the greedy slate (for a CE-pretrained ``LLMSlatePolicy``:
+    the pCTR-greedy baseline). Policies whose actions may repeat a candidate (SB3's
+    ``MultiCategorical`` over ``MultiDiscrete``) are de-duplicated by
+    ``distinct_slates``: a repeated entry becomes the best unused candidate under the
+    policy's own per-position logits. Observations go through in chunks of
+    ``batch_size`` users.
+    """
+
+    privileged = False
+
+    def __init__(
+        self, policy: Any, deterministic: bool = True, batch_size: int = 1024, seed: int = 0
+    ) -> None:
+        self.policy = policy
+        self.deterministic = deterministic
+        self.batch_size = batch_size
+        self.generator_seed = seed
+
+    def reset(self, seed: int | None = None) -> None:
+        self.generator_seed = 0 if seed is None else seed
+        torch.manual_seed(self.generator_seed)
+
+    @torch.no_grad()
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        num_users = _num_users(observation)
+        slates = []
+        for start in range(0, num_users, self.batch_size):
+            chunk = {key: value[start : start + self.batch_size] for key, value in observation.items()}
+            slates.append(self._act_chunk(chunk))
+        return np.concatenate(slates)
+
+    def _act_chunk(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        policy = self.policy
+        policy.set_training_mode(False)
+        obs_tensor, _ = policy.obs_to_tensor(observation)
+        distribution = policy.get_distribution(obs_tensor)
+        actions = distribution.get_actions(deterministic=self.deterministic).cpu().numpy()
+        actions = actions.reshape(len(observation["candidate_item_ids"]), -1).astype(np.int64)
+        if _has_duplicates(actions):
+            logits = _per_position_logits(distribution)
+            if logits is None:
+                raise ValueError(
+                    f"{type(policy).__name__} produced a slate with a repeated candidate and its "
+                    "distribution has no per-position logits to repair it"
+                )
+            actions = distinct_slates(actions, logits)
+        return actions
+
+
+def _has_duplicates(slates: np.ndarray) -> bool:
+    ordered = np.sort(slates, axis=1)
+    return bool((ordered[:, 1:] == ordered[:, :-1]).any())
+
+
+def _per_position_logits(distribution: Any) -> np.ndarray | None:
+    """(B, K, C) logits of SB3's ``MultiCategoricalDistribution`` (None for other distributions)."""
+    parts = getattr(distribution, "distribution", None)
+    if not isinstance(parts, list | tuple) or not parts:
+        return None
+    return torch.stack([part.logits for part in parts], dim=1).cpu().numpy()
+
+
+def distinct_slates(slates: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """Replace repeated candidates: keep each position's first use, fill repeats best-logit-first.
+
+    ``slates`` (B, K) may repeat entries; ``logits`` (B, K, C) are the per-position
+    scores. Position by position, an entry already used higher up is replaced by the
+    highest-logit candidate of that position not yet in the slate.
+    """
+    slates = slates.copy()
+    num_users, slate_size = slates.shape
+    rows = np.arange(num_users)
+    used = np.zeros((num_users, logits.shape[2]), dtype=bool)
+    for position in range(slate_size):
+        choice = slates[:, position]
+        repeated = used[rows, choice]
+        if repeated.any():
+            masked = np.where(used[repeated], -np.inf, logits[repeated, position])
+            choice = choice.copy()
+            choice[repeated] = masked.argmax(axis=1)
+            slates[:, position] = choice
+        used[rows, choice] = True
+    return slates
+
+
+def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> Agent:
+    """Build baseline ``name`` for ``env`` (a ``BatchedSimulator`` or any longrec view).
+
+    * ``random``, ``popularity``, ``myopic``: no arguments.
+    * ``oracle``: optional ``config=OracleConfig(...)``.
+    * ``pctr_greedy``: ``policy=`` an SB3 policy (e.g. a CE-pretrained ``LLMSlatePolicy``)
+      or ``path=`` a folder saved by ``LLMSlatePolicy.save_pretrained``.
+    * ``slateq``: ``agent=`` a trained ``SlateQAgent`` or ``path=`` a file saved by
+      ``SlateQAgent.save`` (it is re-attached to this env's core).
+    * ``ppo_mlp``: ``model=`` a trained SB3 PPO, or ``path=`` a saved one (``PPO.load``).
+    """
+    core = as_core(env)
+    if name == "random":
+        return RandomAgent(core.num_candidates, core.slate_size, seed=seed, **kwargs)
+    if name == "popularity":
+        return PopularityAgent(core.catalog.popularity, core.slate_size, **kwargs)
+    if name == "myopic":
+        return MyopicAgent(core, **kwargs)
+    if name == "oracle":
+        return OracleAgent(core, **kwargs)
+    if name == "pctr_greedy":
+        policy = kwargs.pop("policy", None)
+        if policy is None:
+            if "path" not in kwargs:
+                raise ValueError("make_baseline('pctr_greedy', ...) needs policy= or path=")
+            from llm_policy import LLMSlatePolicy
+
+            policy = LLMSlatePolicy.from_pretrained(kwargs.pop("path"))
+        return PolicyAgent(policy, deterministic=True, seed=seed, **kwargs)
+    if name == "slateq":
+        from agents.slateq import SlateQAgent
+
+        agent = kwargs.pop("agent", None)
+        if agent is None:
+            if "path" not in kwargs:
+                raise ValueError("make_baseline('slateq', ...) needs agent= or path=")
+            agent = SlateQAgent.load(kwargs.pop("path"), core)
+        else:
+            agent.attach(core)
+        return agent
+    if name == "ppo_mlp":
+        model = kwargs.pop("model", None)
+        if model is None:
+            if "path" not in kwargs:
+                raise ValueError("make_baseline('ppo_mlp', ...) needs model= or path=")
+            from stable_baselines3 import PPO
+
+            model = PPO.load(kwargs.pop("path"), device="cpu")
+        return PolicyAgent(model.policy, deterministic=True, seed=seed, **kwargs)
+    raise ValueError(f"unknown baseline {name!r}; valid: {BASELINES}")

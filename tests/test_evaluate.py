@@ -1,0 +1,107 @@
+"""Long-term evaluation: determinism, agreement with simulate_lives, CIs, metric ranges, agent ordering."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import envs
+from agents.baselines import RandomAgent
+from agents.evaluate import coverage_ci95, evaluate_agent, mean_ci95, run_lives, seed_ci95
+from envs.logging_policy import myopic_behaviour, simulate_lives
+
+
+def without_timing(row):
+    return {key: value for key, value in row.items() if key != "seconds"}
+
+
+def test_evaluation_is_deterministic_for_a_seed():
+    first = evaluate_agent("random", "longrec/Video-v0", num_users=64, seeds=[3], progress=False)
+    again = evaluate_agent("random", "longrec/Video-v0", num_users=64, seeds=[3], progress=False)
+    other = evaluate_agent("random", "longrec/Video-v0", num_users=64, seeds=[4], progress=False)
+    assert without_timing(first.row) == without_timing(again.row)
+    np.testing.assert_array_equal(first.records[0].values["return"], again.records[0].values["return"])
+    assert first.row["return"] != other.row["return"]
+
+
+def test_returns_agree_with_simulate_lives_for_the_same_policy():
+    core = envs.make_core("longrec/Video-v0", num_users=48)
+    lives = simulate_lives(core, myopic_behaviour, seed=11)
+    record = evaluate_agent("myopic", "longrec/Video-v0", num_users=48, seeds=[11], progress=False).records[0]
+    np.testing.assert_allclose(record.values["return"], lives.total_reward)
+    np.testing.assert_array_equal(record.values["sessions"], lives.sessions)
+    np.testing.assert_allclose(record.values["ctr"], lives.clicks / lives.slates)
+    assert record.steps == lives.slates.sum()
+
+
+def test_metric_ranges_and_row_keys():
+    result = evaluate_agent("oracle", "longrec/Video-v0", num_users=40, seeds=[0, 1], progress=False)
+    row = result.row
+    for metric in ("return", "sessions", "return_rate", "ctr", "consumption", "final_satisfaction",
+                   "diversity", "coverage"):
+        assert np.isfinite(row[metric]) and row[f"{metric}_ci95"] >= 0 and f"{metric}_seed_ci95" in row
+    assert 0 <= row["ctr"] <= 1 and 0 <= row["return_rate"] <= 1 and 0 < row["coverage"] <= 1
+    assert 1 / 5 <= row["diversity"] <= 1 and 0 <= row["final_satisfaction"] <= 1
+    assert row["num_users"] == 40 and row["seeds"] == [0, 1]
+    values = result.records[0].values
+    # one session end per session lived; every session end but the last is followed by a return
+    churned = values["return_rate"] < 1
+    np.testing.assert_allclose(
+        values["return_rate"][churned], (values["sessions"][churned] - 1) / values["sessions"][churned]
+    )
+
+
+def test_interest_evolution_lives_are_one_session():
+    row = evaluate_agent("myopic", "longrec/InterestEvolution-v0", num_users=32, progress=False).row
+    assert row["sessions"] == 1.0 and row["sessions_ci95"] == 0.0 and row["return_rate"] == 0.0
+
+
+def test_non_privileged_agents_see_only_users_in_their_first_life():
+    sizes = []
+
+    class Recording(RandomAgent):
+        def act(self, observation):
+            sizes.append(len(observation["candidate_item_ids"]))
+            return super().act(observation)
+
+    core = envs.make_core("longrec/News-v0", num_users=30)
+    record = run_lives(Recording(core.num_candidates, core.slate_size), core, seed=2)
+    assert sizes[0] == 30 and sizes[-1] >= 1 and sizes == sorted(sizes, reverse=True)
+    assert sum(sizes) == record.steps == record.values["length"].sum()
+
+
+def test_oracle_beats_random_and_myopic_on_video_by_a_margin():
+    rows = {
+        name: evaluate_agent(name, "longrec/Video-v0", num_users=300, seeds=[0], progress=False).row
+        for name in ("random", "myopic", "oracle")
+    }
+    oracle = rows["oracle"]
+    for name in ("random", "myopic"):
+        assert oracle["return"] > 3 * rows[name]["return"]
+        assert oracle["return"] - oracle["return_ci95"] > rows[name]["return"] + rows[name]["return_ci95"]
+        assert oracle["sessions"] > rows[name]["sessions"] + 10
+    assert rows["myopic"]["ctr"] > oracle["ctr"]  # the clickbait trap: more clicks, shorter lives
+
+
+def test_confidence_intervals_by_hand():
+    mean, half = mean_ci95(np.array([1.0, 2.0, 3.0, 4.0, np.nan]))
+    assert mean == 2.5
+    assert half == pytest.approx(1.96 * math.sqrt(5 / 3) / 2)
+    assert mean_ci95(np.array([7.0])) == (7.0, 0.0)
+    assert seed_ci95([1.0]) == 0.0
+    # t(0.975, 2) = 4.302653
+    assert seed_ci95([1.0, 2.0, 3.0]) == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+    seen = np.zeros((4, 10), dtype=bool)
+    seen[:, :5] = True  # every user saw the same 5 items: coverage 0.5 in every resample
+    assert coverage_ci95(seen, np.random.default_rng(0)) == (0.5, 0.0)
+
+
+def test_evaluate_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_users=0"):
+        evaluate_agent("random", "longrec/Video-v0", num_users=0)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        evaluate_agent("random", "longrec/Video-v0", num_users=2, seeds=[])
+    with pytest.raises(ValueError, match="unknown environment id"):
+        evaluate_agent("random", "longrec/Nope-v0", num_users=2)
