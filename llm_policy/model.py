@@ -1,0 +1,270 @@
+"""The encoder-decoder slate model shared by the SB3 policy and CE pretraining.
+
+``SlateModel`` = cached item text embeddings (a buffer) + :class:`StateEncoder`
++ :class:`SlateDecoder` + value head. It consumes the longrec observation
+contract (``docs/architecture.md``) as a dict of tensors::
+
+    obs (dict of tensors) ─► history tokens + context token ─► StateEncoder ─► pooled state ─► value head
+                                                                 │ token states
+    candidate ids ─► item text embeddings ─────────────► SlateDecoder (GPT-2, cross-attn, pointer)
+                                                                 └─► slate (K candidate indices), log-probs
+
+``save_pretrained(dir)`` writes ``config.json`` (model config, sizes, the
+encoder's Hugging Face config) and ``model.safetensors`` (all weights and the
+item embeddings); ``from_pretrained(dir)`` rebuilds it with no other file
+(following nanoGPT / Hugging Face ``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llm_policy.config import SlatePolicyConfig
+from llm_policy.slate_decoder import PreparedCandidates, SlateDecoder, SlateOutput
+from llm_policy.state_encoder import StateEncoder
+
+__all__ = ["EncodedState", "SlateModel", "as_item_embeddings", "OBS_KEYS"]
+
+OBS_KEYS = ("history_item_ids", "history_responses", "history_consumption", "candidate_item_ids", "context")
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def as_item_embeddings(item_embeddings: Any) -> torch.Tensor:
+    """Accept a tensor, array, or path to ``.npy`` / ``.pt`` / ``.safetensors`` -> float32 ``(N, d)`` tensor."""
+    if isinstance(item_embeddings, str | os.PathLike):
+        path = Path(item_embeddings)
+        if path.suffix == ".npy":
+            item_embeddings = np.load(path)
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+            if len(tensors) != 1:
+                raise ValueError(f"{path} must hold exactly one tensor, holds {sorted(tensors)}")
+            item_embeddings = next(iter(tensors.values()))
+        elif path.suffix in (".pt", ".pth"):
+            item_embeddings = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ValueError(f"item embeddings file must end in .npy, .safetensors, .pt or .pth, got {path}")
+    t = torch.as_tensor(np.asarray(item_embeddings) if not isinstance(item_embeddings, torch.Tensor) else item_embeddings)
+    if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+        raise ValueError(f"item_embeddings must have shape (num_items, dim), got {tuple(t.shape)}")
+    return t.detach().float().cpu()
+
+
+@dataclass
+class EncodedState:
+    """Output of :meth:`SlateModel.encode`."""
+
+    pooled: torch.Tensor
+    """(B, d_enc) pooled user state"""
+    states: torch.Tensor
+    """(B, H + 1, d_enc) token states"""
+    mask: torch.Tensor
+    """(B, H + 1) bool"""
+    candidates: PreparedCandidates
+    """projected candidates (per example, or the shared catalog)"""
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class SlateModel(nn.Module):
+    """Item embeddings + state encoder + slate decoder + value head.
+
+    Args:
+        config: model sizes and switches.
+        item_embeddings: ``(N, item_dim)`` text embeddings of the catalog (row i = item id i);
+            a zero padding row is appended for id N.
+        context_dim: size D of the observation's ``context`` vector.
+        encoder_hf_config: rebuild the state encoder's transformer from this saved config
+            (used by :meth:`from_pretrained`; weights then come from the checkpoint).
+    """
+
+    def __init__(
+        self,
+        config: SlatePolicyConfig,
+        item_embeddings: Any,
+        context_dim: int,
+        encoder_hf_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        emb = as_item_embeddings(item_embeddings)
+        self.config = config
+        self.num_items, self.item_dim = int(emb.shape[0]), int(emb.shape[1])
+        self.context_dim = int(context_dim)
+        self.register_buffer("item_embeddings", torch.cat([emb, emb.new_zeros(1, self.item_dim)]), persistent=True)
+        self.item_id_embedding = (
+            nn.Embedding(self.num_items + 1, self.item_dim, padding_idx=self.num_items) if config.item_id_embeddings else None
+        )
+        if self.item_id_embedding is not None:
+            nn.init.zeros_(self.item_id_embedding.weight)  # start as the pure text model
+        self.encoder = StateEncoder(config, self.item_dim, self.context_dim, hf_config=encoder_hf_config)
+        self.decoder = SlateDecoder(config, self.encoder.dim, self.item_dim)
+        self.value_head = nn.Sequential(
+            nn.Linear(self.encoder.dim, config.value_hidden), nn.Tanh(), nn.Linear(config.value_hidden, 1)
+        )
+
+    # ------------------------------------------------------------------ items
+
+    def item_repr(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Representations of item ids (any shape; id N = padding -> zeros); ``None`` = the whole catalog ``(N, d)``."""
+        if ids is None:
+            ids = torch.arange(self.num_items, device=self.item_embeddings.device)
+        x = self.item_embeddings[ids]
+        if self.item_id_embedding is not None:
+            x = x + self.item_id_embedding(ids)
+        return x
+
+    # ------------------------------------------------------------------ encoding
+
+    def _ids(self, x: torch.Tensor) -> torch.Tensor:
+        # SB3's rollout buffer stores observations as float32; ids are exact integers there.
+        return x if not torch.is_floating_point(x) else x.round().long()
+
+    def encode(
+        self,
+        obs: Mapping[str, torch.Tensor],
+        *,
+        full_catalog: bool = False,
+        candidate_mask: torch.Tensor | None = None,
+    ) -> EncodedState:
+        """Encode an observation batch (the contract's five arrays, batch-first).
+
+        Args:
+            obs: dict with the observation keys; ``candidate_item_ids`` may be omitted when
+                ``full_catalog`` is True.
+            full_catalog: score the whole catalog (shared ``(N, d)`` candidates) instead of
+                ``candidate_item_ids``; slates are then catalog item ids.
+            candidate_mask: optional bool mask, True = may be chosen: ``(B, C)``, or ``(B, N)`` /
+                ``(N,)`` with ``full_catalog``.
+        """
+        missing = [k for k in OBS_KEYS if k not in obs and not (full_catalog and k == "candidate_item_ids")]
+        if missing:
+            raise ValueError(f"observation is missing keys {missing}; expected {list(OBS_KEYS)}")
+        device = self.item_embeddings.device
+        hist = self._ids(obs["history_item_ids"]).to(device)
+        if hist.numel() and (int(hist.min()) < 0 or int(hist.max()) > self.num_items):
+            raise ValueError(
+                f"history_item_ids must lie in [0, {self.num_items}] (N = padding), got [{int(hist.min())}, {int(hist.max())}]"
+            )
+        responses = self._ids(obs["history_responses"]).to(device)
+        valid = (hist != self.num_items) & (responses != 0)
+        pooled, states, mask = self.encoder(
+            self.item_repr(hist),
+            valid,
+            responses,
+            obs["history_consumption"].to(device).float(),
+            obs["context"].to(device).float(),
+        )
+        if full_catalog:
+            raw = self.item_repr(None)
+        else:
+            cand = self._ids(obs["candidate_item_ids"]).to(device)
+            if cand.numel() and (int(cand.min()) < 0 or int(cand.max()) >= self.num_items):
+                raise ValueError(
+                    f"candidate_item_ids must lie in [0, {self.num_items - 1}], got [{int(cand.min())}, {int(cand.max())}]"
+                )
+            raw = self.item_repr(cand)
+        cands = self.decoder.prepare_candidates(raw, None if candidate_mask is None else candidate_mask.to(device))
+        return EncodedState(pooled, states, mask, cands)
+
+    # ------------------------------------------------------------------ heads
+
+    def value(self, enc: EncodedState) -> torch.Tensor:
+        """``(B,)`` state values."""
+        return self.value_head(enc.pooled).squeeze(-1)
+
+    def score_slate(self, enc: EncodedState, slate: torch.Tensor) -> SlateOutput:
+        """Teacher-forced scoring of given slates ``(B, K)`` (one decoder pass)."""
+        return self.decoder.teacher_forced(enc.states, enc.mask, enc.pooled, enc.candidates, slate)
+
+    def generate(
+        self,
+        enc: EncodedState,
+        slate_size: int,
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> SlateOutput:
+        """Sample (or greedily decode) slates of ``slate_size`` positions."""
+        return self.decoder.decode(
+            enc.states, enc.mask, enc.pooled, enc.candidates, slate_size,
+            greedy=greedy, generator=generator, use_cache=use_cache,
+        )
+
+    def candidate_scores(self, enc: EncodedState) -> torch.Tensor:
+        """``(B, C)`` logits of slate position 0 (the next-item ranking scores), masked candidates at -inf-ish."""
+        dec = self.decoder
+        memory = dec.memory_proj(enc.states)
+        hidden = dec._run(dec.start(enc.pooled), memory, enc.mask).last_hidden_state
+        logits = dec._scores(hidden, enc.candidates)[:, 0]
+        allowed = dec._allowed_base(enc.candidates, logits.shape[0], logits.device)
+        return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+
+    # ------------------------------------------------------------------ persistence
+
+    def export_config(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "model_config": self.config.to_dict(),
+            "num_items": self.num_items,
+            "item_dim": self.item_dim,
+            "context_dim": self.context_dim,
+            "encoder_hf_config": self.encoder.hf_config_dict(),
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (atomically) to ``directory``."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write_bytes(directory / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+        _atomic_write_bytes(directory / CONFIG_FILE, json.dumps(self.export_config(), indent=2).encode())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> SlateModel:
+        """Rebuild a model saved with :meth:`save_pretrained` (no other files needed)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{directory} is not a saved slate model: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported format_version {meta.get('format_version')!r} in {directory}; expected {FORMAT_VERSION}")
+        state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
+        config = SlatePolicyConfig.from_dict(meta["model_config"])
+        model = cls(
+            config,
+            torch.zeros(meta["num_items"], meta["item_dim"]),
+            meta["context_dim"],
+            encoder_hf_config=meta["encoder_hf_config"],
+        )
+        model.load_state_dict(state)
+        return model.to(map_location)
