@@ -231,6 +231,8 @@ class LoggingConfig:
     """W&B entity (user or team); None = the default entity"""
     mode: Literal["auto", "offline", "online"] = "auto"
     """``auto``: online when logged in or WANDB_MODE says so, else offline"""
+    group: str | None = None
+    """W&B group (None: ``<env>__<experiment>``, so seeds of one agent aggregate; sweeps use the sweep name)"""
     tags: tuple[str, ...] = ()
     """extra W&B tags (env and agent are always added)"""
     log_checkpoint: bool = True

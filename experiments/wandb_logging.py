@@ -52,7 +52,9 @@ def resolve_mode(config_mode: str = "auto") -> str:
 
 
 def run_group(cfg: ExperimentConfig) -> str:
-    """W&B group of a run: one group per (env, agent), so seeds aggregate."""
+    """W&B group of a run: ``logging.group``, else one group per (env, agent), so seeds aggregate."""
+    if cfg.logging.group:
+        return cfg.logging.group
     return f"{cfg.env.id.split('/')[-1]}__{cfg.name or cfg.agent}"
 
 

@@ -1,0 +1,387 @@
+"""Compare runs: a Markdown + CSV table (mean and 95% CI per agent and metric) and PNG plots.
+
+The statistics follow the RL reporting practice of Henderson et al. (2018, "Deep RL
+that matters") and Agarwal et al. (2021, rliable): several seeds per agent, the
+mean with a Student-t 95% confidence interval across seeds, and learning curves
+with confidence bands. With one seed, the within-run interval over users that the
+evaluator reports (``<metric>_ci95``) is shown instead, and flagged ``n=1``.
+
+Input: run folders (``summary.json`` + ``metrics.jsonl``, see ``experiments.run``) or
+any folder holding them (a sweep folder, ``runs/``). Failed or unfinished runs are
+left out and listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.config import flatten
+from experiments.run import read_json, read_metrics
+
+MAIN_METRICS = ("return", "retention", "ctr", "sessions", "consumption", "satisfaction", "diversity", "coverage")
+"""Shown first, in this order; bar plots use the first three present: long-term return, retention, CTR."""
+BAR_METRICS = ("return", "retention", "ctr")
+DEFAULT_CURVE = "charts/episodic_return"
+
+
+class CompareError(ValueError):
+    """Runs cannot be compared (none found, none finished, or different environments)."""
+
+
+@dataclass(frozen=True)
+class AgentStat:
+    """Mean and 95% half-width of one metric of one agent over ``n`` runs (seeds)."""
+
+    mean: float
+    ci95: float
+    n: int
+
+
+@dataclass
+class RunRecord:
+    """What compare reads from one run folder."""
+
+    path: Path
+    env: str
+    label: str
+    agent: str
+    seed: int
+    status: str
+    metrics: dict[str, float]
+    agents: dict[str, dict[str, float]]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """Aggregated statistics plus the files written."""
+
+    env: str
+    stats: dict[str, dict[str, AgentStat]]
+    metrics: list[str]
+    records: list[RunRecord]
+    skipped: list[tuple[Path, str]]
+    markdown: str = ""
+    files: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_runs(paths: Iterable[str | Path], max_depth: int = 3) -> list[Path]:
+    """Run folders (holding ``summary.json``) at or below each path, sorted, without duplicates."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise CompareError(f"{str(path)!r} does not exist")
+        if (path / "summary.json").exists():
+            found.append(path)
+            continue
+        for depth in range(1, max_depth + 1):
+            found.extend(p.parent for p in sorted(path.glob("/".join(["*"] * depth) + "/summary.json")))
+    return sorted(dict.fromkeys(p.resolve() for p in found))
+
+
+def load_record(path: Path, by: str = "agent") -> RunRecord:
+    summary = read_json(path / "summary.json")
+    try:
+        import yaml
+
+        config = flatten(yaml.safe_load((path / "config.yaml").read_text()) or {})
+    except OSError:
+        config = {}
+    agent = str(summary.get("agent", config.get("agent", "?")))
+    label = str(summary.get("experiment") or agent) if by == "agent" else _label(agent, by, config, summary, path)
+    return RunRecord(path=path, env=str(summary.get("env", config.get("env.id", "?"))), label=label, agent=agent,
+                     seed=int(summary.get("seed", config.get("seed", 0)) or 0),
+                     status=str(summary.get("status", "?")),
+                     metrics={k: float(v) for k, v in dict(summary.get("metrics", {})).items() if _is_number(v)},
+                     agents={a: {k: float(v) for k, v in dict(m).items() if _is_number(v)}
+                             for a, m in dict(summary.get("agents", {}) or {}).items()},
+                     config=config)
+
+
+def _label(agent: str, by: str, config: Mapping[str, Any], summary: Mapping[str, Any], path: Path) -> str:
+    if by == "run":
+        return path.name
+    parts = []
+    for key in by.split(","):
+        if key not in config:
+            raise CompareError(f"--by {key!r}: not a config key of run {path.name}; e.g. agent, seed, "
+                               f"ppo.kl_coef, ppo.learning_rate")
+        parts.append(f"{key}={config[key]}")
+    return f"{summary.get('experiment') or agent} ({', '.join(parts)})"
+
+
+def load_records(paths: Iterable[str | Path], by: str = "agent",
+                 allow_mixed_envs: bool = False) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+    """Finished runs under ``paths`` and the (path, reason) of those left out; raises CompareError."""
+    paths = list(paths)
+    run_dirs = find_runs(paths)
+    if not run_dirs:
+        raise CompareError(f"no runs found under {', '.join(map(str, paths))} "
+                           "(a run folder holds summary.json; `longrec train` writes them under runs/)")
+    records, skipped = [], []
+    for run_dir in run_dirs:
+        record = load_record(run_dir, by)
+        if record.status != "finished":
+            skipped.append((run_dir, record.status))
+            continue
+        if not record.metrics and not record.agents:
+            skipped.append((run_dir, "no metrics in summary.json"))
+            continue
+        records.append(record)
+    if not records:
+        reasons = ", ".join(f"{p.name}: {why}" for p, why in skipped)
+        raise CompareError(f"none of the {len(run_dirs)} run(s) found is finished with metrics ({reasons})")
+    envs = defaultdict(list)
+    for record in records:
+        envs[record.env].append(record.path.name)
+    if len(envs) > 1 and not allow_mixed_envs:
+        detail = "; ".join(f"{env}: {len(names)} run(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                           for env, names in envs.items())
+        raise CompareError(f"runs are incompatible: they use different environments ({detail}). Compare runs of "
+                           "one environment (pass their folders), or add --allow-mixed-envs")
+    return records, skipped
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def t_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and Student-t 95% half-width (NaN for fewer than 2 values)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan
+    if len(x) < 2:
+        return float(x[0]), math.nan
+    return float(x.mean()), float(t_quantile(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def t_quantile(df: int, q: float = 0.975) -> float:
+    """Student-t quantile (scipy.special, much lighter to import than scipy.stats)."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, q))
+
+
+def _strip(name: str) -> str:
+    return name[len("eval/"):] if name.startswith("eval/") else name
+
+
+def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, AgentStat]]:
+    """``{agent label: {metric: AgentStat}}`` over runs: the run's own agent and the agents it evaluated."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    within: dict[str, dict[str, float]] = defaultdict(dict)
+    for record in records:
+        own = {_strip(k): v for k, v in record.metrics.items()}
+        tables = [(record.label, own)]
+        tables += [(name, row) for name, row in record.agents.items() if name != record.agent]
+        for label, row in tables:
+            for metric, value in row.items():
+                if metric.endswith("_ci95"):
+                    within[label][metric[:-5]] = value
+                else:
+                    values[label][metric].append(value)
+    stats: dict[str, dict[str, AgentStat]] = {}
+    for label, metrics in values.items():
+        stats[label] = {}
+        for metric, xs in metrics.items():
+            mean, half = t_ci95(xs)
+            if len(xs) == 1 and metric in within[label]:
+                half = within[label][metric]
+            stats[label][metric] = AgentStat(mean, half, len(xs))
+    return stats
+
+
+def metric_order(stats: Mapping[str, Mapping[str, AgentStat]]) -> list[str]:
+    names = {m for row in stats.values() for m in row}
+    main = [m for m in MAIN_METRICS if m in names]
+    return main + sorted(names - set(main), key=lambda m: (m.count("/"), m))
+
+
+def sort_agents(stats: Mapping[str, Mapping[str, AgentStat]], metric: str | None) -> list[str]:
+    def key(label: str) -> tuple[float, str]:
+        stat = stats[label].get(metric) if metric else None
+        return (-(stat.mean if stat is not None and math.isfinite(stat.mean) else -math.inf), label)
+
+    return sorted(stats, key=key)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _fmt(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.3g}"
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def markdown_table(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequence[str],
+                   agents: Sequence[str]) -> str:
+    header = ["agent", "n", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", "---:"] + ["---:"] * len(metrics)) + "|"]
+    for agent in agents:
+        row = stats[agent]
+        n = max((s.n for s in row.values()), default=0)
+        cells = []
+        for metric in metrics:
+            stat = row.get(metric)
+            if stat is None:
+                cells.append("")
+            elif math.isfinite(stat.ci95):
+                cells.append(f"{_fmt(stat.mean)} ± {_fmt(stat.ci95)}")
+            else:
+                cells.append(_fmt(stat.mean))
+        lines.append("| " + " | ".join([agent, str(n), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequence[str], agents: Sequence[str],
+              path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["agent", "metric", "mean", "ci95", "n"])
+        for agent in agents:
+            for metric in metrics:
+                stat = stats[agent].get(metric)
+                if stat is not None:
+                    writer.writerow([agent, metric, repr(stat.mean), "" if not math.isfinite(stat.ci95)
+                                     else repr(stat.ci95), stat.n])
+    return path
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_bars(stats: Mapping[str, Mapping[str, AgentStat]], path: Path, metrics: Sequence[str] = BAR_METRICS,
+              title: str = "") -> Path | None:
+    """One panel per metric present (long-term return, retention, CTR): a bar per agent with 95% CI."""
+    present = [m for m in metrics if any(m in row for row in stats.values())]
+    if not present:
+        return None
+    plt = _pyplot()
+    agents = sort_agents(stats, present[0])
+    fig, axes = plt.subplots(1, len(present), figsize=(max(4.0, 0.9 * len(agents) + 1.5) * len(present), 4.0),
+                             squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, metric in zip(axes[0], present, strict=True):
+        names = [a for a in agents if metric in stats[a]]
+        means = [stats[a][metric].mean for a in names]
+        errs = [stats[a][metric].ci95 if math.isfinite(stats[a][metric].ci95) else 0.0 for a in names]
+        ax.bar(range(len(names)), means, yerr=errs, capsize=4,
+               color=[colors(agents.index(a) % 10) for a in names])
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title({"return": "long-term return", "retention": "retention", "ctr": "CTR"}.get(metric, metric))
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curve_data(records: Sequence[RunRecord], metric: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """``{label: [(steps, values) per run]}`` of one metric logged with a step."""
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for record in records:
+        points = [(row["step"], row[metric]) for row in read_metrics(record.path)
+                  if row.get("step") is not None and _is_number(row.get(metric))]
+        if points:
+            steps, vals = map(np.asarray, zip(*sorted(points), strict=True))
+            curves[record.label].append((steps.astype(float), vals.astype(float)))
+    return dict(curves)
+
+
+def band(runs: Sequence[tuple[np.ndarray, np.ndarray]], num_points: int = 200
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and t-CI band of several curves on a common step grid (the range all runs cover)."""
+    if len(runs) == 1:
+        steps, vals = runs[0]
+        return steps, vals, np.full_like(vals, np.nan)
+    lo = max(s[0] for s, _ in runs)
+    hi = min(s[-1] for s, _ in runs)
+    if hi <= lo:
+        lo, hi = min(s[0] for s, _ in runs), max(s[-1] for s, _ in runs)
+    grid = np.linspace(lo, hi, num_points)
+    ys = np.stack([np.interp(grid, s, v) for s, v in runs])
+    half = t_quantile(len(runs) - 1) * ys.std(axis=0, ddof=1) / math.sqrt(len(runs))
+    return grid, ys.mean(axis=0), half
+
+
+def plot_curves(records: Sequence[RunRecord], metric: str, path: Path) -> Path | None:
+    curves = curve_data(records, metric)
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    for label in sorted(curves):
+        steps, mean, half = band(curves[label])
+        line, = ax.plot(steps, mean, label=f"{label} (n={len(curves[label])})")
+        if np.isfinite(half).any():
+            ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=line.get_color())
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean and 95% CI across seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent", curve_metric: str = DEFAULT_CURVE,
+            bar_metrics: Sequence[str] = BAR_METRICS, allow_mixed_envs: bool = False) -> Comparison:
+    """Load, aggregate and write ``compare.md``, ``compare.csv`` and ``plots/*.png`` under ``out_dir``."""
+    records, skipped = load_records(paths, by=by, allow_mixed_envs=allow_mixed_envs)
+    stats = aggregate(records)
+    metrics = metric_order(stats)
+    agents = sort_agents(stats, metrics[0] if metrics else None)
+    env = records[0].env if len({r.env for r in records}) == 1 else "mixed environments"
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    seeds = sorted({r.seed for r in records})
+    table = markdown_table(stats, metrics, agents)
+    markdown = (f"## {env}: {len(records)} run(s), seeds {', '.join(map(str, seeds))}\n\n{table}\n\n"
+                "mean ± 95% CI (Student t across seeds; with n = 1 the evaluator's CI over users)\n")
+    if skipped:
+        markdown += "\nleft out: " + ", ".join(f"{p.name} ({why})" for p, why in skipped) + "\n"
+    result = Comparison(env=env, stats=stats, metrics=metrics, records=records, skipped=skipped, markdown=markdown)
+    (out / "compare.md").write_text(markdown)
+    result.files = [out / "compare.md", write_csv(stats, metrics, agents, out / "compare.csv")]
+    for plot in (plot_curves(records, curve_metric, out / "plots" / "learning_curves.png"),
+                 plot_bars(stats, out / "plots" / "final_metrics.png", bar_metrics, title=env)):
+        if plot is not None:
+            result.files.append(plot)
+    return result
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

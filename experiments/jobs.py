@@ -1,0 +1,322 @@
+"""The one place where ``experiments`` calls the packages that do the work.
+
+The CLI, the sweep runner and W&B agents all go through four jobs::
+
+    run_train(cfg: ExperimentConfig, run: Run) -> dict[str, Any]
+    run_pretrain(cfg: ExperimentConfig, run: Run) -> dict[str, Any]
+    run_eval(cfg: ExperimentConfig, run: Run) -> dict[str, Any]
+    run_quickstart(cfg: ExperimentConfig) -> Path
+
+Each job takes the validated config and an open :class:`experiments.run.Run`
+(folder + W&B), logs metrics through ``run.log(metrics, step)``, records its
+final numbers in ``summary.json`` via ``run.update_summary(metrics=...)`` and
+returns them. The seams the other packages fill (called with keyword arguments,
+so they never import ``experiments``) are listed in :data:`BACKENDS`; a missing
+one raises ``RuntimeError("... requires agents.ppo.train_ppo (not yet available) ...")``
+before any work starts.
+
+Metric names follow CleanRL: training curves under ``charts/`` and ``losses/``,
+final evaluation of the run's own agent under ``eval/`` (``eval/return``,
+``eval/return_ci95``, ``eval/ctr``, ``eval/retention``, ...); other agents
+evaluated in the same run go to ``summary["agents"]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.config import ConfigError, ExperimentConfig
+
+FIXED_AGENTS = ("random", "popularity", "myopic", "oracle")
+"""Agents with nothing to train: ``train`` evaluates them directly."""
+PRETRAINED_AGENTS = ("ce_ppo", "ce_ppo_kl", "pctr_greedy")
+"""Agents that start from the cross-entropy-pretrained LLM policy."""
+PPO_AGENTS = ("ce_ppo", "ce_ppo_kl", "ppo_scratch", "ppo_mlp")
+"""Agents trained with PPO."""
+
+BACKENDS: dict[str, str] = {
+    "pretrain": "llm_policy.pretrain:pretrain",
+    "ppo": "agents.ppo:train_ppo",
+    "slateq": "agents.slateq:train_slateq",
+    "evaluate": "agents.evaluate:evaluate",
+    "offline": "agents.offline_protocol:run_protocol",
+}
+"""Seams filled by the other packages (``module:function``), called with keyword arguments:
+
+* ``pretrain(logs, policy_config, text_encoder, target, epochs, batch_size, learning_rate,
+  weight_decay, val_fraction, patience, seed, device, out_dir, log_fn, progress)`` ->
+  ``{"policy_dir": folder readable by LLMSlatePolicy.from_pretrained, "metrics": {name: float}}``;
+  ``logs`` is an ``envs.logging_policy.LoggedData`` (simulator) or a dataset folder (MovieLens).
+* ``train_ppo(env_id, env_kwargs, num_envs, agent, init_from, policy_config, text_encoder, ppo,
+  seed, device, checkpoint_dir, log_fn, progress)`` -> ``{"checkpoint": path, "metrics": {...}}``;
+  ``ppo`` is the dict of ``PPOConfig`` (``kl_coef`` already 0 for ``ce_ppo``).
+* ``train_slateq(env_id, env_kwargs, num_envs, total_timesteps, seed, device, checkpoint_dir,
+  log_fn, progress)`` -> ``{"checkpoint": path, "metrics": {...}}``.
+* ``evaluate(agent, env_id, env_kwargs, num_users, seeds, checkpoint, deterministic, device,
+  progress)`` -> ``{metric: float}`` with at least ``return``, ``return_ci95``, ``ctr`` and
+  ``retention`` (each ``<m>_ci95`` a 95% half-width).
+
+``log_fn(metrics: dict[str, float], step: int)`` is ``Run.log``: metrics.jsonl + W&B.
+"""
+
+LogFn = Callable[[Mapping[str, Any], int | None], None]
+
+
+def require(seam: str, needed_for: str) -> Callable[..., Any]:
+    """The backend function of ``seam`` (see :data:`BACKENDS`), or a RuntimeError saying what is missing."""
+    module_name, _, attr = BACKENDS[seam].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # only a missing backend module counts as "not yet available"; a missing dependency inside it is real
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise
+        raise RuntimeError(f"{needed_for} requires {module_name}.{attr} (not yet available: "
+                           f"module {module_name} is missing)") from None
+    function = getattr(module, attr, None)
+    if function is None:
+        raise RuntimeError(f"{needed_for} requires {module_name}.{attr} (not yet available: "
+                           f"{module_name} has no {attr!r})")
+    return function
+
+
+def backend_available(seam: str) -> bool:
+    try:
+        require(seam, "check")
+    except RuntimeError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is a ConfigError."""
+    if device == "cpu":
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        if device == "cuda":
+            raise ConfigError("config key 'device' is 'cuda' but torch is not installed") from None
+        return "cpu"
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise ConfigError("config key 'device' is 'cuda' but no CUDA device is visible; "
+                          "use device=auto or device=cpu")
+    return "cuda" if has_cuda else "cpu"
+
+
+def setup_torch(cfg: ExperimentConfig) -> str:
+    """Apply ``torch_threads`` and resolve the device (the seeding block: every job seeds from ``cfg.seed``)."""
+    if cfg.torch_threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads))
+        try:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
+        except ImportError:
+            pass
+    return resolve_device(cfg.device)
+
+
+def policy_config_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Fields of ``cfg.policy`` that ``llm_policy.SlatePolicyConfig`` knows (passed through by name)."""
+    fields = asdict(cfg.policy)
+    try:
+        from llm_policy.config import SlatePolicyConfig
+    except ImportError:
+        return fields
+    known = set(SlatePolicyConfig.__dataclass_fields__)
+    return {k: v for k, v in fields.items() if k in known}
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def run_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
+    """Cross-entropy pretraining of the LLM policy on logs (simulator) or real data (MovieLens)."""
+    pretrain = require("pretrain", "`longrec pretrain`")
+    device = setup_torch(cfg)
+    logs: Any
+    if cfg.data.source == "movielens":
+        if not cfg.data.path:
+            raise ConfigError("config key 'data.path' must name a MovieLens folder when data.source=movielens")
+        logs = Path(cfg.data.path)
+        if not logs.exists():
+            raise ConfigError(f"config key 'data.path': {str(logs)!r} does not exist")
+    else:
+        logs = simulator_logs(cfg, run)
+    result = pretrain(
+        logs=logs,
+        policy_config=policy_config_kwargs(cfg),
+        text_encoder=cfg.policy.text_encoder,
+        target=cfg.pretrain.target,
+        epochs=cfg.pretrain.epochs,
+        batch_size=cfg.pretrain.batch_size,
+        learning_rate=cfg.pretrain.learning_rate,
+        weight_decay=cfg.pretrain.weight_decay,
+        val_fraction=cfg.pretrain.val_fraction,
+        patience=cfg.pretrain.patience,
+        seed=cfg.seed,
+        device=device,
+        out_dir=run.checkpoints_dir / "pretrained",
+        log_fn=run.log,
+        progress=cfg.logging.progress,
+    )
+    metrics = {f"pretrain/{k}": v for k, v in dict(result.get("metrics", {})).items()}
+    run.update_summary(metrics=metrics, pretrained_policy=str(result["policy_dir"]))
+    return {"policy_dir": Path(result["policy_dir"]), "metrics": metrics}
+
+
+def simulator_logs(cfg: ExperimentConfig, run: Any) -> Any:
+    """Logs of ``data.behaviour`` on ``env.id`` (or the ``.npz`` at ``data.path``), saved in the run folder."""
+    from envs.logging_policy import generate_logs, load_logs
+
+    if cfg.data.path:
+        return load_logs(cfg.data.path)
+    return generate_logs(cfg.env.id, cfg.data.num_users, seed=cfg.seed, path=run.path / "logs.npz",
+                         behaviour=cfg.data.behaviour, progress=cfg.logging.progress, **cfg.env.kwargs)
+
+
+def run_train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
+    """Train ``cfg.agent`` (CE pretraining first where it needs it), then evaluate it against the baselines."""
+    if cfg.agent in FIXED_AGENTS:
+        run.update_summary(note=f"{cfg.agent} has nothing to train; evaluated directly")
+        return run_eval(cfg, run)
+    # fail before any work if the training back-end is missing
+    trainer = require("slateq" if cfg.agent == "slateq" else "ppo", f"`longrec train agent={cfg.agent}`")
+    if cfg.agent in PRETRAINED_AGENTS:
+        require("pretrain", f"`longrec train agent={cfg.agent}` (CE pretraining)")
+    require("evaluate", f"`longrec train agent={cfg.agent}` (evaluation)")
+    device = setup_torch(cfg)
+    init_from = cfg.policy.init_from
+    if cfg.agent in PRETRAINED_AGENTS and init_from is None:
+        init_from = str(run_pretrain(cfg, run)["policy_dir"])
+    if cfg.agent == "pctr_greedy":
+        return run_eval(cfg, run, checkpoint=init_from)
+    if cfg.agent == "slateq":
+        result = trainer(env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), num_envs=cfg.env.num_envs,
+                         total_timesteps=cfg.ppo.total_timesteps, seed=cfg.seed, device=device,
+                         checkpoint_dir=run.checkpoints_dir, log_fn=run.log, progress=cfg.logging.progress)
+    else:
+        ppo = asdict(cfg.ppo)
+        if cfg.agent != "ce_ppo_kl":
+            ppo["kl_coef"] = 0.0  # the KL penalty is what distinguishes ce_ppo_kl
+        result = trainer(env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), num_envs=cfg.env.num_envs,
+                         agent=cfg.agent, init_from=init_from, policy_config=policy_config_kwargs(cfg),
+                         text_encoder=cfg.policy.text_encoder, ppo=ppo, seed=cfg.seed, device=device,
+                         checkpoint_dir=run.checkpoints_dir, log_fn=run.log, progress=cfg.logging.progress)
+    checkpoint = result["checkpoint"]
+    run.log_checkpoint(checkpoint, final=True)
+    run.update_summary(metrics={f"train/{k}": v for k, v in dict(result.get("metrics", {})).items()})
+    return run_eval(cfg, run, checkpoint=str(checkpoint))
+
+
+def run_eval(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None) -> dict[str, Any]:
+    """Evaluate ``cfg.agent`` and ``eval.baselines`` on fresh users; table, bar plot and summary.
+
+    Uses ``agents.evaluate.evaluate``. Until it exists, the fixed policies that the
+    simulator itself provides (``random``, ``myopic``) are evaluated with
+    ``envs.logging_policy.simulate_lives``; anything else raises a RuntimeError.
+    """
+    checkpoint = checkpoint or cfg.eval.checkpoint
+    names = list(dict.fromkeys([cfg.agent, *cfg.eval.baselines]))
+    evaluate = None
+    device = "cpu"
+    if backend_available("evaluate"):
+        evaluate = require("evaluate", "`longrec eval`")
+        device = setup_torch(cfg)
+    else:
+        missing = [n for n in names if n not in SIMULATOR_POLICIES]
+        if missing:
+            require("evaluate", f"`longrec eval` of {', '.join(missing)}")
+    rows: dict[str, dict[str, float]] = {}
+    for name in names:
+        if evaluate is not None:
+            result = evaluate(agent=name, env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs),
+                              num_users=cfg.eval.num_users, seeds=list(cfg.eval.seeds),
+                              checkpoint=checkpoint if name == cfg.agent else None,
+                              deterministic=cfg.eval.deterministic, device=device,
+                              progress=cfg.logging.progress)
+            rows[name] = {k: float(v) for k, v in dict(result).items() if _is_number(v)}
+        else:
+            rows[name] = evaluate_simulator_policy(cfg, name)
+    own = {f"eval/{k}": v for k, v in rows[cfg.agent].items()}
+    run.log(own, step=None)
+    run.log_table("eval/agents", [{"agent": name, **row} for name, row in rows.items()])
+    run.update_summary(metrics=own, agents=rows,
+                       evaluator="agents.evaluate" if evaluate is not None else "envs.logging_policy.simulate_lives")
+    plot = save_agent_bars(rows, run.plots_dir / "eval_agents.png", title=f"{cfg.env.id}: {cfg.eval.num_users} "
+                           f"users x {len(cfg.eval.seeds)} seed(s)")
+    if plot is not None:
+        run.log_plot("plots/eval_agents", plot)
+    return {"metrics": own, "agents": rows}
+
+
+SIMULATOR_POLICIES = {"random": "random", "myopic": "myopic"}
+"""Agents that ``envs.logging_policy.BEHAVIOURS`` implements exactly (used until agents.evaluate exists)."""
+
+
+def evaluate_simulator_policy(cfg: ExperimentConfig, agent: str) -> dict[str, float]:
+    """Long-term return, CTR and sessions per user of a simulator behaviour policy, 95% CI over users."""
+    from envs.logging_policy import BEHAVIOURS, simulate_lives
+    from envs.registration import make_core
+    from experiments.compare import t_ci95
+
+    returns, ctrs, sessions = [], [], []
+    for seed in cfg.eval.seeds:
+        core = make_core(cfg.env.id, num_users=cfg.eval.num_users, **cfg.env.kwargs)
+        lives = simulate_lives(core, BEHAVIOURS[SIMULATOR_POLICIES[agent]], seed=int(seed),
+                               progress=cfg.logging.progress)
+        returns.append(lives.total_reward)
+        ctrs.append(lives.clicks / np.maximum(lives.slates, 1))
+        sessions.append(lives.sessions)
+    out: dict[str, float] = {}
+    for name, values in (("return", returns), ("ctr", ctrs), ("sessions", sessions)):
+        mean, half = t_ci95(np.concatenate(values))
+        out[name], out[f"{name}_ci95"] = mean, half
+    out["num_users"] = float(sum(len(r) for r in returns))
+    return out
+
+
+def run_quickstart(cfg: ExperimentConfig) -> Path:
+    """The README's main job: logs -> CE pretraining -> PPO + KL -> evaluation vs baselines; returns the run folder."""
+    from experiments.run import Run
+
+    with Run.create(cfg, job_type="quickstart") as run:
+        run_train(cfg, run)
+    return run.path
+
+
+JOBS: dict[str, Callable[[ExperimentConfig, Any], dict[str, Any]]] = {
+    "train": run_train,
+    "pretrain": run_pretrain,
+    "eval": run_eval,
+}
+"""Jobs a sweep trial (or a W&B agent's ``longrec <job>`` command) can run."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def save_agent_bars(rows: Mapping[str, Mapping[str, float]], path: Path, title: str = "") -> Path | None:
+    """Bar chart of long-term return / retention / CTR per agent with CI error bars (only metrics present)."""
+    from experiments.compare import AgentStat, plot_bars
+
+    stats = {name: {m: AgentStat(row[m], row.get(f"{m}_ci95", math.nan), 1) for m in row
+                    if not m.endswith("_ci95")} for name, row in rows.items()}
+    return plot_bars(stats, path, title=title)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
