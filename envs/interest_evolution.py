@@ -120,10 +120,24 @@ def cluster_quality_means(config: InterestEvolutionConfig) -> np.ndarray:
 
 
 def sample_videos(
-    config: InterestEvolutionConfig, num_videos: int, rng: np.random.Generator
+    config: InterestEvolutionConfig, num_videos: int, rng: np.random.Generator, stratified: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw ``num_videos`` videos: (cluster (n,) int64, quality (n,), length (n,))."""
-    cluster = rng.integers(0, config.num_clusters, size=num_videos)
+    """Draw ``num_videos`` videos: (cluster (n,) int64, quality (n,), length (n,)).
+
+    Clusters are uniform, as in RecSim. ``stratified`` gives every cluster the
+    same number of videos (the remainder to distinct random clusters), in a
+    random order: a catalog then has exactly RecSim's cluster frequencies,
+    without the few-percent sampling wobble per cluster that would otherwise
+    shift every return computed on that catalog.
+    """
+    if stratified:
+        per_cluster, remainder = divmod(num_videos, config.num_clusters)
+        extra = rng.choice(config.num_clusters, size=remainder, replace=False)
+        cluster = rng.permutation(
+            np.concatenate([np.repeat(np.arange(config.num_clusters), per_cluster), extra])
+        )
+    else:
+        cluster = rng.integers(0, config.num_clusters, size=num_videos)
     quality = rng.normal(cluster_quality_means(config)[cluster], config.quality_sd)
     length = np.full(num_videos, config.video_length)
     return cluster.astype(np.int64), quality, length
@@ -244,10 +258,12 @@ def video_texts(
 def sample_interest_evolution_catalog(config: InterestEvolutionConfig, rng: np.random.Generator) -> Catalog:
     """A catalog of ``config.num_items`` videos from RecSim's video distribution.
 
+    Clusters are stratified (equally many videos per cluster), so uniform
+    candidates from the catalog have RecSim's cluster distribution exactly.
     RecSim has no clickbait (``appeal`` is 0) and every cluster is equally
     popular in expectation under its user distribution (``popularity`` is 0.5).
     """
-    cluster, quality, length = sample_videos(config, config.num_items, rng)
+    cluster, quality, length = sample_videos(config, config.num_items, rng, stratified=True)
     names = topic_names(config.num_clusters)
     return Catalog(
         topic=cluster,

@@ -74,6 +74,13 @@ def test_log_utilities_in_the_core_mnl_reproduce_proportional_choice():
     np.testing.assert_array_equal(model.position_bias(3), np.zeros(3))
 
 
+def test_stratified_videos_spread_the_remainder_over_distinct_clusters():
+    cluster, quality, length = ie.sample_videos(CONFIG, 47, np.random.default_rng(0), stratified=True)
+    counts = np.bincount(cluster, minlength=20)
+    assert sorted(counts.tolist()) == [2] * 13 + [3] * 7
+    assert quality.shape == length.shape == (47,)
+
+
 def test_sample_choice_matches_probabilities():
     probabilities = np.tile([0.2, 0.3, 0.5], (200_000, 1))
     choice = ie.sample_choice(probabilities, np.random.default_rng(0).random(200_000))
@@ -100,8 +107,8 @@ def test_budget_after_click_by_hand():
 def test_catalog_matches_recsim_video_distribution():
     catalog = ie.sample_interest_evolution_catalog(CONFIG, np.random.default_rng(0))
     assert catalog.num_items == 10_000 and catalog.num_topics == 20
-    counts = np.bincount(catalog.topic, minlength=20)
-    assert counts.min() > 400 and counts.max() < 600  # uniform: 500 each
+    # stratified: exactly RecSim's uniform cluster frequencies
+    np.testing.assert_array_equal(np.bincount(catalog.topic, minlength=20), np.full(20, 500))
     residual = catalog.quality - ie.cluster_quality_means(CONFIG)[catalog.topic]
     assert abs(residual.mean()) < 0.005 and abs(residual.std() - 0.1) < 0.005
     np.testing.assert_array_equal(catalog.length, 4.0)
