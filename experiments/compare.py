@@ -28,7 +28,7 @@ from experiments.run import read_json, read_metrics
 
 MAIN_METRICS = ("return", "retention", "ctr", "sessions", "consumption", "satisfaction", "diversity", "coverage")
 """Shown first, in this order; bar plots use the first three present: long-term return, retention, CTR."""
-BAR_METRICS = ("return", "retention", "ctr")
+BAR_METRICS = ("return", "retention", "sessions", "ctr")
 DEFAULT_CURVE = "charts/episodic_return"
 
 
@@ -262,6 +262,15 @@ def write_csv(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequence[st
     return path
 
 
+def agent_rows_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """Markdown table of one run's per-agent evaluation rows (``<metric>_ci95`` = within-run half-width)."""
+    stats = {name: {m: AgentStat(v, row.get(f"{m}_ci95", math.nan), 1) for m, v in row.items()
+                    if not m.endswith("_ci95") and m != "num_users"} for name, row in rows.items()}
+    metrics = metric_order(stats)
+    table = markdown_table(stats, metrics, sort_agents(stats, metrics[0] if metrics else None))
+    return table.replace("| agent | n |", "| agent | runs |")
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -292,7 +301,8 @@ def plot_bars(stats: Mapping[str, Mapping[str, AgentStat]], path: Path, metrics:
         ax.bar(range(len(names)), means, yerr=errs, capsize=4,
                color=[colors(agents.index(a) % 10) for a in names])
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_title({"return": "long-term return", "retention": "retention", "ctr": "CTR"}.get(metric, metric))
+        ax.set_title({"return": "long-term return", "retention": "retention", "sessions": "sessions per user",
+                      "ctr": "CTR"}.get(metric, metric))
         ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title)

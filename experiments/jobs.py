@@ -96,6 +96,22 @@ def backend_available(seam: str) -> bool:
     return True
 
 
+def preflight(job: str, cfg: ExperimentConfig) -> None:
+    """Raise (RuntimeError / ConfigError) if ``job`` cannot run with ``cfg``, before any run folder exists."""
+    if job == "pretrain":
+        require("pretrain", "`longrec pretrain`")
+    elif job in ("train", "quickstart") and cfg.agent not in FIXED_AGENTS:
+        require("slateq" if cfg.agent == "slateq" else "ppo", f"`longrec {job} agent={cfg.agent}`")
+        if cfg.agent in PRETRAINED_AGENTS and cfg.policy.init_from is None:
+            require("pretrain", f"`longrec {job} agent={cfg.agent}` (CE pretraining)")
+    if job in ("train", "eval", "quickstart"):
+        missing = [n for n in dict.fromkeys([cfg.agent, *cfg.eval.baselines]) if n not in SIMULATOR_POLICIES]
+        if missing:
+            require("evaluate", f"`longrec {job}` (evaluation of {', '.join(missing)})")
+    if cfg.device == "cuda":
+        resolve_device(cfg.device)
+
+
 # --------------------------------------------------------------------------- setup
 
 

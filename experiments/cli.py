@@ -1,0 +1,411 @@
+"""``longrec``: the command line of the project (also ``python -m experiments``).
+
+Subcommands follow the research loop: ``envs`` (what can I simulate), ``quickstart``
+(the whole pipeline, small), ``pretrain`` / ``train`` / ``eval`` (one run each, into
+``runs/<env>__<agent>__<seed>__<time>/``), ``sweep`` (many runs, locally or on W&B
+agents), ``compare`` (tables and plots across runs) and ``bench`` (the benchmark
+scripts). Configs are YAML files plus ``key=value`` overrides, validated before any
+work starts (``experiments.config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from experiments.config import ConfigError, ExperimentConfig, available_configs, describe_keys, load_config
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+EXAMPLES = {
+    "train": """\
+examples:
+  longrec train                                          # CE -> PPO + KL on longrec/Video-v0 (config: default)
+  longrec train -c video agent=ppo_scratch seed=1
+  longrec train ppo.learning_rate=1e-4 ppo.kl_coef=0.1 env.id=longrec/News-v0
+  longrec train -c quickstart --dry-run                  # print the resolved config and stop
+  longrec train --list-keys                              # every config key with its type, default and meaning""",
+    "pretrain": """\
+examples:
+  longrec pretrain                                       # logs of a behaviour policy on Video-v0 -> CE pretraining
+  longrec pretrain data.num_users=5000 pretrain.epochs=10
+  longrec pretrain -c movielens data.path=data/ml-latest-small""",
+    "eval": """\
+examples:
+  longrec eval agent=myopic eval.num_users=2000
+  longrec eval agent=ce_ppo_kl --checkpoint runs/Video-v0__ce_ppo_kl__0__<time>/checkpoints/final
+  longrec eval agent=oracle eval.seeds=[1000,1001,1002] env.id=longrec/Music-v0""",
+    "quickstart": """\
+examples:
+  longrec quickstart                                     # the README's first command (<= 15 min on 2 CPU cores)
+  longrec quickstart --no-wandb --quiet
+  longrec quickstart device=cuda ppo.total_timesteps=500000""",
+    "sweep": """\
+sweep files use W&B's sweep YAML (method grid|random|bayes, metric, parameters with dotted
+config keys); experiments/sweeps/ has examples. The local backend writes
+runs/sweeps/<name>__<time>/ with one run folder per trial, trials.jsonl and the ranked
+results.md / results.csv.
+
+examples:
+  longrec sweep experiments/sweeps/kl_lr.yaml --backend local --workers 2
+  longrec sweep tiny --workers 2 logging.wandb=false     # overrides apply to every trial
+  longrec sweep kl_lr_bayes --backend local --count 20   # bayes needs `pip install optuna`
+  longrec sweep kl_lr --backend wandb --workers 1        # registers the sweep, starts 1 agent here
+  longrec sweep --backend wandb --sweep-id ENTITY/PROJECT/ID --workers 4   # join it from another machine""",
+    "compare": """\
+examples:
+  longrec compare runs/Video-v0__*                       # every run of Video-v0
+  longrec compare runs/sweeps/kl_lr__<time> --by ppo.kl_coef,ppo.learning_rate
+  longrec compare RUN_A RUN_B --out reports/ab --curve-metric charts/episodic_return""",
+    "bench": """\
+examples:
+  longrec bench                                          # list the benchmark scripts
+  longrec bench env_throughput
+  longrec bench tradeoff -- --users 2000                 # arguments after -- go to the script""",
+    "envs": """\
+examples:
+  longrec envs
+  longrec train env.id=longrec/Ecommerce-v0""",
+}
+
+
+# --------------------------------------------------------------------------- parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=100)
+
+
+def _add_config_args(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides with dotted keys, e.g. ppo.learning_rate=1e-4 env.id=longrec/News-v0")
+    parser.add_argument("-c", "--config", default=default, metavar="NAME|PATH",
+                        help=f"YAML config: a shipped name ({', '.join(available_configs())}) or a path "
+                             f"(default: {default})")
+    parser.add_argument("--runs-dir", metavar="DIR", help="parent folder of run folders (logging.runs_dir)")
+    parser.add_argument("--no-wandb", action="store_true", help="turn W&B off (logging.wandb=false)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--list-keys", action="store_true", help="list every config key (type, default, meaning)")
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars; print only the essentials (for scripts)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longrec", formatter_class=_Formatter,
+        description="longrec: recommenders that optimise long-term user satisfaction -- a batched user "
+                    "simulator, an LLM slate policy, CE pretraining and PPO fine-tuning.",
+        epilog="run `longrec COMMAND --help` for the options and examples of a command.\n"
+               "start with: longrec quickstart")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars; essentials only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=textwrap.fill(description, 96), epilog=EXAMPLES[name],
+                           formatter_class=_Formatter)
+        _add_quiet(p)
+        return p
+
+    p = add("quickstart", "the main job: logs -> CE pretraining -> PPO + KL -> comparison with baselines",
+            "Run the whole pipeline small on longrec/Video-v0: generate logs with a behaviour policy, "
+            "CE-pretrain the LLM policy (MiniLM item texts), fine-tune it with PPO + KL, evaluate it "
+            "against random, myopic greedy, pCTR greedy and the oracle; print the comparison table, "
+            "save a plot, and print the run folder.")
+    _add_config_args(p, "quickstart")
+    p = add("train", "train an agent (CE pretraining first where needed), then evaluate it",
+            "Train agent=<name> (ce_ppo_kl, ce_ppo, ppo_scratch, ppo_mlp, slateq, pctr_greedy; fixed "
+            "policies are just evaluated) on env.id and evaluate it with eval.baselines on fresh users. "
+            "Writes runs/<env>__<agent>__<seed>__<time>/ (config.yaml, metrics.jsonl, checkpoints/, "
+            "summary.json, plots/) and logs to W&B (offline unless logged in).")
+    _add_config_args(p, "default")
+    p = add("pretrain", "cross-entropy pretraining of the LLM policy on logs or MovieLens",
+            "Cross-entropy pretraining (behaviour cloning of logged slates, or next-item prediction) "
+            "of the LLM slate policy on simulator logs (data.source=simulator) or real data "
+            "(data.source=movielens, data.path=...). Saves the policy under checkpoints/pretrained.")
+    _add_config_args(p, "default")
+    p = add("eval", "evaluate agents on fresh users (long-term return, retention, CTR, with 95%% CIs)",
+            "Evaluate agent=<name> (from --checkpoint / eval.checkpoint for learned agents) and "
+            "eval.baselines on eval.num_users fresh users per eval seed.")
+    _add_config_args(p, "default")
+    p.add_argument("--checkpoint", metavar="PATH", help="policy checkpoint to evaluate (eval.checkpoint)")
+    p = add("sweep", "hyperparameter sweep (W&B sweep YAML) on a local process pool or on W&B agents",
+            "Run a hyperparameter sweep written in W&B's sweep format.")
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="sweep YAML (a path or a name in experiments/sweeps/: kl_lr, kl_lr_bayes, tiny)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every trial")
+    p.add_argument("--backend", choices=("local", "wandb"), default="local",
+                   help="local: process pool here; wandb: wandb.sweep + `wandb agent` processes (default: local)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="parallel trials (local) or W&B agents started on this machine (default: 1)")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="number of trials (random/bayes; caps grid); per agent with --backend wandb")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random / bayes sampler (default: 0)")
+    p.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/sweeps/<name>__<time>)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="parent of runs/sweeps (default: runs)")
+    p.add_argument("--project", default="longrec", help="W&B project (wandb backend)")
+    p.add_argument("--entity", help="W&B entity (wandb backend)")
+    p.add_argument("--sweep-id", metavar="ID", help="join an existing W&B sweep (ENTITY/PROJECT/ID) instead of "
+                                                    "registering FILE")
+    p = add("compare", "compare runs: Markdown + CSV table with 95%% CIs, learning curves, bar charts",
+            "Aggregate finished runs (run folders, or folders holding them such as a sweep folder) "
+            "per agent: mean and Student-t 95% CI across seeds per metric, learning curves with "
+            "confidence bands, and long-term return / retention / CTR bars. Writes compare.md, "
+            "compare.csv and plots/*.png.")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <sweep>/compare or runs/compare__<time>)")
+    p.add_argument("--by", default="agent", metavar="KEYS",
+                   help="group runs by agent (default), 'run', or config keys, e.g. ppo.kl_coef,ppo.learning_rate")
+    p.add_argument("--curve-metric", default="charts/episodic_return", metavar="NAME",
+                   help="metrics.jsonl key of the learning curves (default: charts/episodic_return)")
+    p.add_argument("--metrics", default="return,retention,sessions,ctr", metavar="A,B",
+                   help="metrics of the bar charts, those present (default: return,retention,sessions,ctr)")
+    p.add_argument("--allow-mixed-envs", action="store_true", help="compare runs of different environments")
+    p = add("bench", "list or run the benchmark scripts (benchmarks/*.py)",
+            "Run a benchmark script of the repository's benchmarks/ folder; each prints a JSON line last.")
+    p.add_argument("name", nargs="?", help="benchmark name (file stem); omit to list them")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script (after --)")
+    add("envs", "list the registered simulator environments",
+        "List the registered longrec/* environment ids with one line each (the preset's spec).")
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "runs_dir", None):
+        overrides.append(f"logging.runs_dir={args.runs_dir}")
+    if getattr(args, "no_wandb", False):
+        overrides.append("logging.wandb=false")
+    if args.quiet:
+        overrides.append("logging.progress=false")
+    if getattr(args, "checkpoint", None):
+        overrides.append(f"eval.checkpoint={args.checkpoint}")
+    return load_config(args.config, overrides, check_env_id=True)
+
+
+def _print_keys() -> None:
+    rows = describe_keys()
+    width = max(len(r[0]) for r in rows)
+    for key, tname, default, doc in rows:
+        print(f"{key:<{width}}  {tname} = {default!r}\n{'':<{width}}  {doc}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """train / pretrain / eval: one run folder."""
+    if args.list_keys:
+        _print_keys()
+        return 0
+    cfg = _config_from_args(args)
+    if args.dry_run:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from experiments import jobs
+    from experiments.run import Run
+
+    jobs.preflight(args.command, cfg)
+    with Run.create(cfg, job_type=args.command) as run:
+        _say(args, f"run folder: {run.path}")
+        jobs.JOBS[args.command](cfg, run)
+    _report(args, run.path)
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    if args.list_keys:
+        _print_keys()
+        return 0
+    cfg = _config_from_args(args)
+    if args.dry_run:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from experiments import jobs
+
+    jobs.preflight("train", cfg)
+    path = jobs.run_quickstart(cfg)
+    _report(args, path)
+    return 0
+
+
+def _report(args: argparse.Namespace, path: Path) -> None:
+    """The comparison table of a finished run, its plot and where everything is."""
+    from experiments.compare import agent_rows_table
+    from experiments.run import read_json
+
+    summary = read_json(path / "summary.json")
+    rows = dict(summary.get("agents") or {})
+    if not rows and summary.get("metrics"):
+        rows = {summary.get("agent", "agent"): {k.removeprefix("eval/"): v for k, v in summary["metrics"].items()}}
+    if rows and not args.quiet:
+        print()
+        print(agent_rows_table(rows))
+    plots = sorted((path / "plots").glob("*.png"))
+    for plot in plots:
+        print(f"plot: {plot}")
+    print(f"run folder: {path}")
+    wandb_info = summary.get("wandb") or {}
+    if wandb_info.get("mode") == "offline" and not args.quiet:
+        print(f"W&B (offline): upload later with `wandb sync {path}/wandb/offline-run-*`")
+    elif wandb_info.get("url"):
+        print(f"W&B: {wandb_info['url']}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from experiments import sweep as sweeps
+
+    if args.workers < 1 and args.backend == "local":
+        raise sweeps.SweepError(f"--workers must be >= 1; got {args.workers}")
+    if args.backend == "wandb":
+        if args.sweep_id:
+            sweep_id = args.sweep_id
+        else:
+            if not args.file:
+                raise sweeps.SweepError("give a sweep FILE to register, or --sweep-id to join an existing sweep")
+            spec = sweeps.load_sweep(args.file)
+            sweep_id = sweeps.wandb_sweep_id(spec, args.project, args.entity)
+        print(f"W&B sweep: {sweep_id}")
+        print(f"more agents (any machine with this repo installed and `wandb login`): "
+              f"longrec sweep --backend wandb --sweep-id {sweep_id} --workers N   (or: wandb agent {sweep_id})")
+        if args.workers < 1:
+            return 0
+        return sweeps.run_wandb_agents(sweep_id, args.workers, args.count)
+    if not args.file:
+        raise sweeps.SweepError("the local backend needs a sweep FILE")
+    spec = sweeps.load_sweep(args.file)
+    folder, results = sweeps.run_local_sweep(spec, workers=args.workers, count=args.count, out_dir=args.out,
+                                             overrides=args.overrides, seed=args.seed, runs_dir=args.runs_dir,
+                                             progress=not args.quiet)
+    print((folder / "results.md").read_text())
+    print(f"sweep folder: {folder}  (results.csv, one run folder per trial; "
+          f"`longrec compare {folder}` for tables and plots)")
+    return 0 if any(r.status == "finished" for r in results) else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from experiments.compare import compare
+
+    out = args.out
+    if out is None:
+        first = Path(args.paths[0])
+        if len(args.paths) == 1 and not (first / "summary.json").exists():
+            out = first / "compare"
+        else:
+            out = Path("runs") / f"compare__{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    result = compare(args.paths, out, by=args.by, curve_metric=args.curve_metric, bar_metrics=metrics,
+                     allow_mixed_envs=args.allow_mixed_envs)
+    if not args.quiet:
+        print(result.markdown)
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def list_benchmarks() -> dict[str, str]:
+    """``{name: first docstring line}`` of ``benchmarks/*.py`` (helpers starting with ``_`` left out)."""
+    if not BENCHMARKS_DIR.is_dir():
+        return {}
+    out = {}
+    for path in sorted(BENCHMARKS_DIR.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        except SyntaxError:
+            doc = ""
+        out[path.stem] = doc.strip().splitlines()[0] if doc.strip() else ""
+    return out
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    benches = list_benchmarks()
+    if not benches:
+        print(f"no benchmark scripts found in {BENCHMARKS_DIR} (they live in the source checkout)", file=sys.stderr)
+        return 1
+    if not args.name:
+        width = max(map(len, benches))
+        for name, doc in benches.items():
+            print(f"{name:<{width}}  {doc}")
+        return 0
+    if args.name not in benches:
+        import difflib
+
+        close = difflib.get_close_matches(args.name, list(benches), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown benchmark {args.name!r}{hint}; available: {', '.join(benches)}")
+    extra = list(args.args[1:] if args.args[:1] == ["--"] else args.args)
+    return subprocess.call([sys.executable, str(BENCHMARKS_DIR / f"{args.name}.py"), *extra])
+
+
+def env_descriptions() -> list[tuple[str, str]]:
+    """``(id, first line of the preset's spec docstring)`` for every registered ``longrec/*`` id."""
+    import gymnasium
+
+    import envs
+
+    ids = envs.registered_ids() if hasattr(envs, "registered_ids") else sorted(
+        k for k in gymnasium.registry if k.startswith("longrec/"))
+    rows = []
+    for env_id in ids:
+        if hasattr(envs, "describe"):
+            line = envs.describe(env_id)
+        else:  # pragma: no cover - older envs without describe()
+            from gymnasium.envs.registration import load_env_creator
+
+            entry = gymnasium.registry[env_id].entry_point
+            creator = load_env_creator(entry) if isinstance(entry, str) else entry
+            line = ((creator.__doc__ or "").strip().splitlines() or [""])[0]
+        rows.append((env_id, line))
+    return rows
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    rows = env_descriptions()
+    width = max((len(r[0]) for r in rows), default=0)
+    for env_id, line in rows:
+        print(f"{env_id:<{width}}  {line}")
+    return 0
+
+
+COMMANDS = {"train": cmd_run, "pretrain": cmd_run, "eval": cmd_run, "quickstart": cmd_quickstart,
+            "sweep": cmd_sweep, "compare": cmd_compare, "bench": cmd_bench, "envs": cmd_envs}
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "quiet"):
+        args.quiet = False
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when it is imported (all our bars are created later)
+    from experiments.compare import CompareError
+    from experiments.sweep import SweepError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, SweepError, CompareError) as exc:
+        print(f"longrec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if "not yet available" not in str(exc):
+            raise
+        print(f"longrec {args.command}: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
+        return 1
