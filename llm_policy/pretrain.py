@@ -1,0 +1,376 @@
+"""Cross-entropy pretraining of the slate model on logged interactions.
+
+Two targets, both teacher-forced through the same encoder-decoder that PPO
+later fine-tunes (the "supervised pretraining, then RL" recipe of RLHF,
+Ouyang et al. 2022; and of slate generation from logs, seq2slate, Bello et al. 2018):
+
+* ``target="slate"`` (behaviour cloning): the target of slate position k is the
+  logged item at position k, given the logged items before it; the loss is the
+  mean over positions of ``-log pi(a_k | s, a_<k)``. All logged steps are used.
+* ``target="click"`` (next item): the target is the clicked item, scored at slate
+  position 0; steps without a click are skipped. With ``full_catalog=True`` the
+  candidates are the whole catalog (e.g. MovieLens next-item over all items).
+
+Users are split into train / validation (no user in both). After every epoch
+the model is evaluated on the validation users (NDCG@K of the position-0
+ranking, plus HR@K, MRR, CE loss); the best epoch by validation NDCG@K is
+kept, checkpointed with ``save_pretrained`` (files written atomically) and
+training stops after ``patience`` epochs without improvement.
+
+The validation NDCG@K is single-target for ``target="click"`` (rank of the
+clicked item) and multi-target for ``target="slate"`` (binary relevance of the
+K logged items). ``val/click_ndcg@K`` (rank of the clicked item) is reported
+for both targets whenever the validation users clicked.
+
+The best folder loads straight into the PPO policy:
+``PPO(LLMSlatePolicy, env, policy_kwargs=dict(pretrained_path=result.best_dir))``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from llm_policy import metrics as M
+from llm_policy.config import SlatePolicyConfig
+from llm_policy.model import OBS_KEYS, SlateModel, _atomic_write_bytes
+from llm_policy.text_encoder import resolve_device
+
+__all__ = ["PretrainConfig", "PretrainResult", "LogTensors", "pretrain", "evaluate", "split_users"]
+
+_TARGETS = ("slate", "click")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Cross-entropy pretraining settings."""
+
+    target: str = "slate"
+    """"slate": behaviour cloning of the logged slate; "click": the clicked item (next-item)"""
+    epochs: int = 20
+    """maximum passes over the training users' steps"""
+    batch_size: int = 256
+    """logged steps per gradient step"""
+    lr: float = 1e-3
+    """AdamW learning rate"""
+    weight_decay: float = 0.01
+    """AdamW weight decay"""
+    grad_clip: float = 1.0
+    """max global gradient norm (0 = no clipping)"""
+    val_fraction: float = 0.2
+    """fraction of users held out for validation"""
+    patience: int = 3
+    """epochs without a better validation NDCG before stopping"""
+    eval_k: int = 10
+    """K of the early-stopping metric NDCG@K"""
+    full_catalog: bool = False
+    """rank the whole catalog instead of the logged candidates (target="click" only)"""
+    exclude_history: bool = False
+    """with full_catalog: never rank items already in the user's history (except the target)"""
+    max_batches_per_epoch: int | None = None
+    """cap on gradient steps per epoch (None = a full pass)"""
+    eval_batch_size: int = 1024
+    """logged steps per validation forward pass"""
+    seed: int = 0
+    """seeds the user split, the batch order and the model initialisation"""
+    device: str = "cpu"
+    """"cpu", "cuda", "auto", ..."""
+    progress: bool = True
+    """show a tqdm bar"""
+
+    def __post_init__(self) -> None:
+        if self.target not in _TARGETS:
+            raise ValueError(f"target must be one of {_TARGETS}, got {self.target!r}")
+        if self.full_catalog and self.target != "click":
+            raise ValueError("full_catalog=True needs target='click' (slates index the logged candidates)")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        for name in ("epochs", "batch_size", "eval_k", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.patience < 0 or self.lr <= 0:
+            raise ValueError(f"patience must be >= 0 and lr > 0, got patience={self.patience}, lr={self.lr}")
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` returns."""
+
+    model: SlateModel
+    """the model with the best validation weights (eval mode)"""
+    metrics: dict[str, Any]
+    """``val_before/*`` (untrained), ``val/*`` (best epoch), ``best_epoch``, ``epochs_run``, ``history``"""
+    best_dir: Path | None
+    """``save_pretrained`` folder of the best model (``output_dir/best``), or None without output_dir"""
+
+
+@dataclass
+class LogTensors:
+    """Logged steps as torch tensors (the subset used by pretraining)."""
+
+    obs: dict[str, torch.Tensor]
+    slate: torch.Tensor
+    """(T, K) logged candidate indices"""
+    clicked_position: torch.Tensor
+    """(T,) slate position of the click, -1 = none"""
+    clicked_item_id: torch.Tensor
+    """(T,) catalog id of the clicked item, -1 = none"""
+    user_id: np.ndarray
+    """(T,) user of each step"""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_logs(cls, logs: Any) -> LogTensors:
+        """From ``envs.logging_policy.LoggedData``, a path to its ``.npz``, or a mapping with the same arrays."""
+        if isinstance(logs, str | os.PathLike):
+            from envs.logging_policy import load_logs
+
+            logs = load_logs(logs)
+        get = (lambda k: logs[k]) if isinstance(logs, Mapping) else (lambda k: getattr(logs, k))
+        needed = (*OBS_KEYS, "slate", "clicked_position", "clicked_item_id", "user_id")
+        missing = []
+        for k in needed:
+            try:
+                get(k)
+            except (KeyError, AttributeError):
+                missing.append(k)
+        if missing:
+            raise ValueError(f"logs lack arrays {missing}; a longrec log has {list(needed)}")
+        obs = {k: torch.as_tensor(np.asarray(get(k))) for k in OBS_KEYS}
+        meta = get("meta") if (isinstance(logs, Mapping) and "meta" in logs) or hasattr(logs, "meta") else {}
+        return cls(
+            obs=obs,
+            slate=torch.as_tensor(np.asarray(get("slate"))).long(),
+            clicked_position=torch.as_tensor(np.asarray(get("clicked_position"))).long(),
+            clicked_item_id=torch.as_tensor(np.asarray(get("clicked_item_id"))).long(),
+            user_id=np.asarray(get("user_id")),
+            meta=dict(meta) if isinstance(meta, Mapping) else {},
+        )
+
+    def __len__(self) -> int:
+        return int(self.slate.shape[0])
+
+    def select(self, rows: np.ndarray | torch.Tensor) -> LogTensors:
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return LogTensors(
+            {k: v[idx] for k, v in self.obs.items()},
+            self.slate[idx],
+            self.clicked_position[idx],
+            self.clicked_item_id[idx],
+            self.user_id[idx.numpy()],
+            self.meta,
+        )
+
+
+def split_users(user_id: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of (train, validation) steps; each user's steps all go to one side."""
+    users = np.unique(user_id)
+    if len(users) < 2:
+        raise ValueError(f"need at least 2 users to split train/validation, the log has {len(users)}")
+    rng = np.random.default_rng(seed)
+    n_val = min(max(1, round(val_fraction * len(users))), len(users) - 1)
+    val_users = rng.permutation(users)[:n_val]
+    is_val = np.isin(user_id, val_users)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _rows_for_target(data: LogTensors, target: str) -> np.ndarray:
+    if target == "click":
+        return np.flatnonzero(data.clicked_position.numpy() >= 0)
+    return np.arange(len(data))
+
+
+def _batch(data: LogTensors, idx: torch.Tensor, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    obs = {k: v[idx].to(device) for k, v in data.obs.items()}
+    return obs, data.slate[idx].to(device), data.clicked_position[idx].to(device), data.clicked_item_id[idx].to(device)
+
+
+def _history_mask(model: SlateModel, obs: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+    """(B, N) True = may be ranked: not in the history, or the target itself."""
+    b = keep.shape[0]
+    seen = torch.zeros(b, model.num_items + 1, dtype=torch.bool, device=keep.device)
+    seen.scatter_(1, obs["history_item_ids"].long(), True)
+    seen = seen[:, : model.num_items]
+    seen[torch.arange(b, device=keep.device), keep] = False
+    return ~seen
+
+
+def _click_targets(slate: torch.Tensor, clicked_position: torch.Tensor, clicked_item_id: torch.Tensor, full_catalog: bool) -> torch.Tensor:
+    if full_catalog:
+        return clicked_item_id
+    return slate.gather(1, clicked_position.clamp(min=0).unsqueeze(1)).squeeze(1)
+
+
+def _loss(model: SlateModel, cfg: PretrainConfig, obs, slate, clicked_position, clicked_item_id) -> torch.Tensor:
+    if cfg.target == "slate":
+        state = model.encode(obs)
+        return -model.score_slate(state, slate).log_probs.mean()
+    target = _click_targets(slate, clicked_position, clicked_item_id, cfg.full_catalog)
+    mask = _history_mask(model, obs, target) if cfg.full_catalog and cfg.exclude_history else None
+    state = model.encode(obs, full_catalog=cfg.full_catalog, candidate_mask=mask)
+    return -model.score_slate(state, target.unsqueeze(1)).log_probs.mean()
+
+
+@torch.no_grad()
+def evaluate(model: SlateModel, data: LogTensors, cfg: PretrainConfig) -> dict[str, float]:
+    """Validation metrics of ``model`` on ``data`` (see the module docstring)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    k = cfg.eval_k
+    losses, weights, ndcg, hr, mrr, click_ranks = [], [], [], [], [], []
+    rows = _rows_for_target(data, cfg.target)
+    for start in range(0, len(rows), cfg.eval_batch_size):
+        idx = torch.as_tensor(rows[start : start + cfg.eval_batch_size])
+        obs, slate, cpos, citem = _batch(data, idx, device)
+        losses.append(float(_loss(model, cfg, obs, slate, cpos, citem)) * len(idx))
+        weights.append(len(idx))
+        clicked = cpos >= 0
+        target = _click_targets(slate, cpos, citem, cfg.full_catalog)
+        mask = _history_mask(model, obs, target) if cfg.full_catalog and cfg.exclude_history else None
+        state = model.encode(obs, full_catalog=cfg.full_catalog, candidate_mask=mask)
+        scores = model.candidate_scores(state)
+        if cfg.target == "slate":
+            relevant = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, slate, True)
+            ndcg.append(M.multi_ndcg_at_k(scores, relevant, k))
+            hr.append(M.multi_hit_rate_at_k(scores, relevant, 1))
+            mrr.append(M.rank_of_target(scores, slate[:, 0]).float().reciprocal())
+        if clicked.any():
+            click_ranks.append(M.rank_of_target(scores[clicked], target[clicked]))
+    model.train(was_training)
+    out: dict[str, float] = {"loss": sum(losses) / max(sum(weights), 1), "num_steps": float(sum(weights))}
+    if click_ranks:
+        ranks = torch.cat(click_ranks)
+        out[f"click_ndcg@{k}"] = float(M.ndcg_at_k(ranks, k).mean())
+        out[f"click_hr@{k}"] = float(M.hit_rate_at_k(ranks, k).mean())
+        out["click_mrr"] = float(M.mrr(ranks).mean())
+        out["click_hr@1"] = float(M.top1_accuracy(ranks).mean())
+    if cfg.target == "slate":
+        out[f"ndcg@{k}"] = float(torch.cat(ndcg).mean())
+        out["top1_in_slate"] = float(torch.cat(hr).mean())
+        out["mrr_first_position"] = float(torch.cat(mrr).mean())
+    else:
+        out[f"ndcg@{k}"] = out.get(f"click_ndcg@{k}", 0.0)
+        out[f"hr@{k}"] = out.get(f"click_hr@{k}", 0.0)
+        out["mrr"] = out.get("click_mrr", 0.0)
+    return out
+
+
+def pretrain(
+    logs: Any,
+    item_embeddings: Any = None,
+    *,
+    config: PretrainConfig | None = None,
+    model_config: SlatePolicyConfig | None = None,
+    model: SlateModel | str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+) -> PretrainResult:
+    """Train the slate model with cross-entropy on logged data.
+
+    Args:
+        logs: ``envs.logging_policy.LoggedData``, a path to its ``.npz``, or a mapping with the same arrays.
+        item_embeddings: ``(N, d)`` item text embeddings (needed unless ``model`` is given).
+        config: training settings.
+        model_config: model sizes for a new model (default :class:`SlatePolicyConfig`).
+        model: start from this model or ``save_pretrained`` folder instead of a new one.
+        output_dir: where ``best/`` (``save_pretrained`` folder) and ``metrics.json`` are written.
+
+    Returns:
+        :class:`PretrainResult` with the best model, metrics and the checkpoint folder.
+    """
+    config = config or PretrainConfig()
+    device = resolve_device(config.device)
+    data = LogTensors.from_logs(logs)
+    if len(data) == 0:
+        raise ValueError("the log is empty")
+    torch.manual_seed(config.seed)  # module initialisers draw from torch's global generator
+    if model is None:
+        if item_embeddings is None:
+            raise ValueError("pretrain needs item_embeddings (N, d) or model=<SlateModel or save_pretrained folder>")
+        model = SlateModel(model_config or SlatePolicyConfig(), item_embeddings, int(data.obs["context"].shape[1]))
+    elif not isinstance(model, SlateModel):
+        model = SlateModel.from_pretrained(model)
+    model = model.to(device)
+    k_logged = int(data.slate.shape[1])
+    if config.target == "slate" and k_logged > model.config.max_slate_size:
+        raise ValueError(f"logged slates have K={k_logged} > model max_slate_size={model.config.max_slate_size}")
+
+    train_rows, val_rows = split_users(data.user_id, config.val_fraction, config.seed)
+    train, val = data.select(train_rows), data.select(val_rows)
+    train_idx = _rows_for_target(train, config.target)
+    if len(train_idx) == 0:
+        raise ValueError(f"no training steps for target={config.target!r} (no clicks logged?)")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    key = f"ndcg@{config.eval_k}"
+    before = evaluate(model, val, config)
+    best_score, best_epoch, best_state = before[key], 0, copy.deepcopy(model.state_dict())
+    best_val = before
+    history: list[dict[str, float]] = []
+    best_dir = Path(output_dir) / "best" if output_dir is not None else None
+    if best_dir is not None:
+        model.save_pretrained(best_dir)
+
+    n_batches = -(-len(train_idx) // config.batch_size)
+    if config.max_batches_per_epoch is not None:
+        n_batches = min(n_batches, config.max_batches_per_epoch)
+    bar = tqdm(total=config.epochs * n_batches, desc=f"pretrain ({config.target})", unit="batch", disable=not config.progress)
+    epochs_run, stale = 0, 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.as_tensor(train_idx)[torch.randperm(len(train_idx), generator=gen)]
+        total, count = 0.0, 0
+        for b in range(n_batches):
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            obs, slate, cpos, citem = _batch(train, idx, device)
+            loss = _loss(model, config, obs, slate, cpos, citem)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{total / count:.4f}", best=f"{best_score:.4f}")
+        val_metrics = evaluate(model, val, config)
+        epochs_run = epoch
+        history.append({"epoch": epoch, "train/loss": total / max(count, 1), **{f"val/{k}": v for k, v in val_metrics.items()}})
+        if val_metrics[key] > best_score:
+            best_score, best_epoch, best_val, stale = val_metrics[key], epoch, val_metrics, 0
+            best_state = copy.deepcopy(model.state_dict())
+            if best_dir is not None:
+                model.save_pretrained(best_dir)
+        else:
+            stale += 1
+            if stale > config.patience:
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    result_metrics: dict[str, Any] = {
+        **{f"val_before/{k}": v for k, v in before.items()},
+        **{f"val/{k}": v for k, v in best_val.items()},
+        "best_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "train_steps": len(train_idx),
+        "val_users": int(len(np.unique(val.user_id))),
+        "config": asdict(config),
+        "history": history,
+    }
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(out / "metrics.json", json.dumps(result_metrics, indent=2).encode())
+    return PretrainResult(model=model, metrics=result_metrics, best_dir=best_dir)
