@@ -179,7 +179,8 @@ def evolve_interest(
         interest
     )
     step = alpha * (1.0 - interest)
-    return np.clip(np.where(positive, interest + step, interest - step), -1.0, 1.0)
+    # np.minimum/np.maximum: same as np.clip, with less per-call overhead at B = 1
+    return np.minimum(np.maximum(np.where(positive, interest + step, interest - step), -1.0), 1.0)
 
 
 def positive_update_probability(interest: np.ndarray) -> np.ndarray:
@@ -276,6 +277,8 @@ def sample_interest_evolution_catalog(config: InterestEvolutionConfig, rng: np.r
     )
 
 
+_MIN_CLICK_MASS = 1e-300
+
 # -- user model -----------------------------------------------------------------------
 
 
@@ -358,9 +361,9 @@ class InterestEvolutionUserModel:
 
     def item_utilities(self, state: InterestEvolutionState, item_ids: np.ndarray) -> np.ndarray:
         shifted = self.affinity(state, item_ids) - self.config.min_normalizer
-        # An interest of exactly -1 has zero click mass: log(0) = -inf is the right utility.
-        with np.errstate(divide="ignore"):
-            return np.log(shifted)
+        # An interest of exactly -1 has zero click mass; the floor keeps log finite
+        # (utility -690: probability ~1e-300) without an errstate context per call.
+        return np.log(np.maximum(shifted, _MIN_CLICK_MASS))
 
     def no_click_utility(self, state: InterestEvolutionState) -> np.ndarray:
         return np.full(len(state.time_left), self._log_no_click)
