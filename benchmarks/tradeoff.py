@@ -32,7 +32,9 @@ def mean_ci95(values: np.ndarray) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=2000, help="users per policy and preset (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--envs", nargs="*", default=None, help="preset ids (default: all long-horizon ones)")
@@ -48,7 +50,13 @@ def main() -> None:
             ctr_per_user = lives.clicks / np.maximum(lives.slates, 1)
             ctr, ctr_ci = mean_ci95(ctr_per_user)
             sessions, _ = mean_ci95(lives.sessions)
-            row[policy] = {"return": ret, "return_ci95": ret_ci, "ctr": ctr, "ctr_ci95": ctr_ci, "sessions": sessions}
+            row[policy] = {
+                "return": ret,
+                "return_ci95": ret_ci,
+                "ctr": ctr,
+                "ctr_ci95": ctr_ci,
+                "sessions": sessions,
+            }
         catalog = envs.make_core(env_id).catalog
         auc = text_quality_auc(list(catalog.texts), catalog.quality, seed=args.seed)
         ratio = row["quality_aware"]["return"] / row["myopic"]["return"]
