@@ -247,7 +247,7 @@ def _report(args: argparse.Namespace, path: Path) -> None:
     rows = dict(summary.get("agents") or {})
     if not rows and summary.get("metrics"):
         rows = {summary.get("agent", "agent"): {k.removeprefix("eval/"): v for k, v in summary["metrics"].items()}}
-    if rows and not args.quiet:
+    if rows:  # the result, also in --quiet mode
         print()
         print(agent_rows_table(rows))
     plots = sorted((path / "plots").glob("*.png"))

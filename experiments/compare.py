@@ -26,10 +26,13 @@ import numpy as np
 from experiments.config import flatten
 from experiments.run import read_json, read_metrics
 
-MAIN_METRICS = ("return", "retention", "ctr", "sessions", "consumption", "satisfaction", "diversity", "coverage")
+MAIN_METRICS = ("return", "retention", "sessions", "ctr", "consumption", "final_satisfaction", "diversity", "coverage",
+                "length")
 """Shown first, in this order; bar plots use the first three present: long-term return, retention, CTR."""
 BAR_METRICS = ("return", "retention", "sessions", "ctr")
 DEFAULT_CURVE = "charts/episodic_return"
+BOOKKEEPING = ("num_users", "seconds", "env_steps")
+"""Numbers in evaluation rows that are not metrics to compare."""
 
 
 class CompareError(ValueError):
@@ -188,6 +191,8 @@ def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, AgentStat]]:
         tables += [(name, row) for name, row in record.agents.items() if name != record.agent]
         for label, row in tables:
             for metric, value in row.items():
+                if metric in BOOKKEEPING or metric.endswith("_seed_ci95"):
+                    continue
                 if metric.endswith("_ci95"):
                     within[label][metric[:-5]] = value
                 else:
@@ -265,7 +270,7 @@ def write_csv(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequence[st
 def agent_rows_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     """Markdown table of one run's per-agent evaluation rows (``<metric>_ci95`` = within-run half-width)."""
     stats = {name: {m: AgentStat(v, row.get(f"{m}_ci95", math.nan), 1) for m, v in row.items()
-                    if not m.endswith("_ci95") and m != "num_users"} for name, row in rows.items()}
+                    if not m.endswith("_ci95") and m not in BOOKKEEPING} for name, row in rows.items()}
     metrics = metric_order(stats)
     table = markdown_table(stats, metrics, sort_agents(stats, metrics[0] if metrics else None))
     return table.replace("| agent | n |", "| agent | runs |")

@@ -17,7 +17,7 @@ before any work starts.
 
 Metric names follow CleanRL: training curves under ``charts/`` and ``losses/``,
 final evaluation of the run's own agent under ``eval/`` (``eval/return``,
-``eval/return_ci95``, ``eval/ctr``, ``eval/retention``, ...); other agents
+``eval/return_ci95``, ``eval/ctr``, ``eval/retention`` (the evaluator's return rate), ...); other agents
 evaluated in the same run go to ``summary["agents"]``.
 """
 
@@ -46,7 +46,7 @@ BACKENDS: dict[str, str] = {
     "pretrain": "llm_policy.pretrain:pretrain",
     "ppo": "agents.ppo:train_ppo",
     "slateq": "agents.slateq:train_slateq",
-    "evaluate": "agents.evaluate:evaluate",
+    "evaluate": "agents.evaluate:evaluate_agent",
     "offline": "agents.offline_protocol:run_protocol",
 }
 """Seams filled by the other packages (``module:function``), called with keyword arguments:
@@ -60,9 +60,10 @@ BACKENDS: dict[str, str] = {
   ``ppo`` is the dict of ``PPOConfig`` (``kl_coef`` already 0 for ``ce_ppo``).
 * ``train_slateq(env_id, env_kwargs, num_envs, total_timesteps, seed, device, checkpoint_dir,
   log_fn, progress)`` -> ``{"checkpoint": path, "metrics": {...}}``.
-* ``evaluate(agent, env_id, env_kwargs, num_users, seeds, checkpoint, deterministic, device,
-  progress)`` -> ``{metric: float}`` with at least ``return``, ``return_ci95``, ``ctr`` and
-  ``retention`` (each ``<m>_ci95`` a 95% half-width).
+* ``evaluate_agent(agent, env_id, num_users, seeds, env_kwargs, name, progress)`` -> an object
+  with ``.row`` = ``{metric: float}`` (``return``, ``sessions``, ``return_rate``, ``ctr``, ...,
+  each with ``<m>_ci95``); ``agent`` is a baseline name or a factory ``core -> Agent``
+  (see :func:`agent_spec`).
 
 ``log_fn(metrics: dict[str, float], step: int)`` is ``Run.log``: metrics.jsonl + W&B.
 """
@@ -105,9 +106,7 @@ def preflight(job: str, cfg: ExperimentConfig) -> None:
         if cfg.agent in PRETRAINED_AGENTS and cfg.policy.init_from is None:
             require("pretrain", f"`longrec {job} agent={cfg.agent}` (CE pretraining)")
     if job in ("train", "eval", "quickstart"):
-        missing = [n for n in dict.fromkeys([cfg.agent, *cfg.eval.baselines]) if n not in SIMULATOR_POLICIES]
-        if missing:
-            require("evaluate", f"`longrec {job}` (evaluation of {', '.join(missing)})")
+        require("evaluate", f"`longrec {job}` (evaluation)")
     if cfg.device == "cuda":
         resolve_device(cfg.device)
 
@@ -218,8 +217,9 @@ def run_train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     init_from = cfg.policy.init_from
     if cfg.agent in PRETRAINED_AGENTS and init_from is None:
         init_from = str(run_pretrain(cfg, run)["policy_dir"])
+    learned = {"pctr_greedy": init_from} if init_from is not None else {}
     if cfg.agent == "pctr_greedy":
-        return run_eval(cfg, run, checkpoint=init_from)
+        return run_eval(cfg, run, checkpoint=init_from, checkpoints=learned)
     if cfg.agent == "slateq":
         result = trainer(env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), num_envs=cfg.env.num_envs,
                          total_timesteps=cfg.ppo.total_timesteps, seed=cfg.seed, device=device,
@@ -235,43 +235,38 @@ def run_train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     checkpoint = result["checkpoint"]
     run.log_checkpoint(checkpoint, final=True)
     run.update_summary(metrics={f"train/{k}": v for k, v in dict(result.get("metrics", {})).items()})
-    return run_eval(cfg, run, checkpoint=str(checkpoint))
+    return run_eval(cfg, run, checkpoint=str(checkpoint), checkpoints=learned)
 
 
-def run_eval(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None) -> dict[str, Any]:
+def run_eval(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
+             checkpoints: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Evaluate ``cfg.agent`` and ``eval.baselines`` on fresh users; table, bar plot and summary.
 
-    Uses ``agents.evaluate.evaluate``. Until it exists, the fixed policies that the
-    simulator itself provides (``random``, ``myopic``) are evaluated with
-    ``envs.logging_policy.simulate_lives``; anything else raises a RuntimeError.
+    ``checkpoint`` (else ``eval.checkpoint``) is the trained policy of ``cfg.agent``;
+    ``checkpoints`` maps other learned agents to theirs (e.g. ``pctr_greedy`` -> the
+    pretrained policy). A learned baseline without a checkpoint is left out (noted in
+    the summary); the run's own learned agent without one is an error.
     """
+    evaluate = require("evaluate", "`longrec eval`")
     checkpoint = checkpoint or cfg.eval.checkpoint
-    names = list(dict.fromkeys([cfg.agent, *cfg.eval.baselines]))
-    evaluate = None
-    device = "cpu"
-    if backend_available("evaluate"):
-        evaluate = require("evaluate", "`longrec eval`")
-        device = setup_torch(cfg)
-    else:
-        missing = [n for n in names if n not in SIMULATOR_POLICIES]
-        if missing:
-            require("evaluate", f"`longrec eval` of {', '.join(missing)}")
+    paths = dict(checkpoints or {})
+    if checkpoint:
+        paths[cfg.agent] = checkpoint
+    if cfg.agent not in FIXED_AGENTS and cfg.agent not in paths:
+        raise ConfigError(f"evaluating agent={cfg.agent} needs its checkpoint: --checkpoint PATH (eval.checkpoint)")
+    setup_torch(cfg)
+    names = [n for n in dict.fromkeys([cfg.agent, *cfg.eval.baselines]) if n in FIXED_AGENTS or n in paths]
+    skipped = [n for n in dict.fromkeys(cfg.eval.baselines) if n not in names]
     rows: dict[str, dict[str, float]] = {}
     for name in names:
-        if evaluate is not None:
-            result = evaluate(agent=name, env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs),
-                              num_users=cfg.eval.num_users, seeds=list(cfg.eval.seeds),
-                              checkpoint=checkpoint if name == cfg.agent else None,
-                              deterministic=cfg.eval.deterministic, device=device,
-                              progress=cfg.logging.progress)
-            rows[name] = {k: float(v) for k, v in dict(result).items() if _is_number(v)}
-        else:
-            rows[name] = evaluate_simulator_policy(cfg, name)
+        result = evaluate(agent=agent_spec(name, paths.get(name), cfg.seed), env_id=cfg.env.id,
+                          num_users=cfg.eval.num_users, seeds=list(cfg.eval.seeds), env_kwargs=dict(cfg.env.kwargs),
+                          name=name, progress=cfg.logging.progress)
+        rows[name] = metric_row(getattr(result, "row", result))
     own = {f"eval/{k}": v for k, v in rows[cfg.agent].items()}
     run.log(own, step=None)
     run.log_table("eval/agents", [{"agent": name, **row} for name, row in rows.items()])
-    run.update_summary(metrics=own, agents=rows,
-                       evaluator="agents.evaluate" if evaluate is not None else "envs.logging_policy.simulate_lives")
+    run.update_summary(metrics=own, agents=rows, **({"skipped_agents": skipped} if skipped else {}))
     plot = save_agent_bars(rows, run.plots_dir / "eval_agents.png", title=f"{cfg.env.id}: {cfg.eval.num_users} "
                            f"users x {len(cfg.eval.seeds)} seed(s)")
     if plot is not None:
@@ -279,29 +274,22 @@ def run_eval(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None) -> 
     return {"metrics": own, "agents": rows}
 
 
-SIMULATOR_POLICIES = {"random": "random", "myopic": "myopic"}
-"""Agents that ``envs.logging_policy.BEHAVIOURS`` implements exactly (used until agents.evaluate exists)."""
+def agent_spec(name: str, checkpoint: str | None, seed: int) -> Any:
+    """What ``agents.evaluate.evaluate_agent`` takes: a baseline name, or a factory ``core -> Agent``."""
+    if checkpoint is None:
+        return name
+    from agents.baselines import make_baseline
+
+    kind = {"pctr_greedy": "pctr_greedy", "slateq": "slateq"}.get(name, "ppo_mlp")  # any SB3 PPO zip: ppo_mlp
+    return lambda core: make_baseline(kind, core, seed=seed, path=checkpoint)
 
 
-def evaluate_simulator_policy(cfg: ExperimentConfig, agent: str) -> dict[str, float]:
-    """Long-term return, CTR and sessions per user of a simulator behaviour policy, 95% CI over users."""
-    from envs.logging_policy import BEHAVIOURS, simulate_lives
-    from envs.registration import make_core
-    from experiments.compare import t_ci95
-
-    returns, ctrs, sessions = [], [], []
-    for seed in cfg.eval.seeds:
-        core = make_core(cfg.env.id, num_users=cfg.eval.num_users, **cfg.env.kwargs)
-        lives = simulate_lives(core, BEHAVIOURS[SIMULATOR_POLICIES[agent]], seed=int(seed),
-                               progress=cfg.logging.progress)
-        returns.append(lives.total_reward)
-        ctrs.append(lives.clicks / np.maximum(lives.slates, 1))
-        sessions.append(lives.sessions)
-    out: dict[str, float] = {}
-    for name, values in (("return", returns), ("ctr", ctrs), ("sessions", sessions)):
-        mean, half = t_ci95(np.concatenate(values))
-        out[name], out[f"{name}_ci95"] = mean, half
-    out["num_users"] = float(sum(len(r) for r in returns))
+def metric_row(row: Mapping[str, Any]) -> dict[str, float]:
+    """Numeric metrics of an evaluation row, ``return_rate`` named ``retention``; bookkeeping dropped."""
+    out = {}
+    for key, value in row.items():
+        if _is_number(value) and key not in ("seconds", "env_steps"):
+            out[key.replace("return_rate", "retention", 1) if key.startswith("return_rate") else key] = float(value)
     return out
 
 
@@ -327,10 +315,10 @@ JOBS: dict[str, Callable[[ExperimentConfig, Any], dict[str, Any]]] = {
 
 def save_agent_bars(rows: Mapping[str, Mapping[str, float]], path: Path, title: str = "") -> Path | None:
     """Bar chart of long-term return / retention / CTR per agent with CI error bars (only metrics present)."""
-    from experiments.compare import AgentStat, plot_bars
+    from experiments.compare import BOOKKEEPING, AgentStat, plot_bars
 
     stats = {name: {m: AgentStat(row[m], row.get(f"{m}_ci95", math.nan), 1) for m in row
-                    if not m.endswith("_ci95")} for name, row in rows.items()}
+                    if not m.endswith("_ci95") and m not in BOOKKEEPING} for name, row in rows.items()}
     return plot_bars(stats, path, title=title)
 
 
