@@ -378,7 +378,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if key.startswith("-"):
         raise ConfigError(f"override {text!r}: write key=value without leading dashes")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.safe_load(raw) if raw.strip() else ""  # `name=` is the empty string; `x=null` is None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({exc.problem})") from None
     return key, value
@@ -457,7 +457,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        if (value is None or value == "") and type(None) in args:
             return None
         errors = []
         for arg in args:

@@ -1,0 +1,119 @@
+"""compare: aggregation across seeds (Student-t CI), Markdown/CSV tables, PNG plots, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from experiments import cli
+from experiments.compare import CompareError, aggregate, band, compare, load_records, t_ci95
+from experiments.config import load_config
+from experiments.run import Run
+
+T_975_DF1 = 12.706204736174707  # Student t quantile, 1 degree of freedom
+T_975_DF2 = 4.302652729911275
+
+
+def make_run(root: Path, seed: int, final_return: float, ctr: float, *, env: str = "longrec/Video-v0",
+             agent: str = "ce_ppo_kl", curve: tuple[float, ...] = (1.0, 2.0, 3.0),
+             baselines: dict | None = None) -> Path:
+    cfg = load_config("smoke", [f"seed={seed}", f"env.id={env}", f"agent={agent}", "name="])
+    with Run.create(cfg, job_type="train", root=root, name=f"{agent}-{seed}-{env.split('/')[-1]}") as run:
+        for i, value in enumerate(curve):
+            run.log({"charts/episodic_return": value}, step=100 * (i + 1))
+        run.update_summary(metrics={"eval/return": final_return, "eval/return_ci95": 0.5, "eval/ctr": ctr},
+                           agents=baselines or {})
+    return run.path
+
+
+def test_two_runs_give_the_t_interval_and_files(tmp_path):
+    runs = tmp_path / "runs"
+    a = make_run(runs, 0, 10.0, 0.2, curve=(1.0, 2.0, 3.0),
+                 baselines={"myopic": {"return": 6.0, "return_ci95": 0.4, "ctr": 0.5}})
+    b = make_run(runs, 1, 14.0, 0.4, curve=(3.0, 4.0, 5.0),
+                 baselines={"myopic": {"return": 8.0, "return_ci95": 0.4, "ctr": 0.7}})
+    result = compare([a, b], tmp_path / "out")
+    stat = result.stats["ce_ppo_kl"]["return"]
+    assert (stat.mean, stat.n) == (12.0, 2)
+    # sd of (10, 14) = 2*sqrt(2); half-width = t(0.975, 1) * sd / sqrt(2) = 2 t
+    assert stat.ci95 == pytest.approx(2 * T_975_DF1)
+    assert result.stats["ce_ppo_kl"]["ctr"].mean == pytest.approx(0.3)
+    myopic = result.stats["myopic"]["return"]
+    assert (myopic.mean, myopic.ci95) == (7.0, pytest.approx(T_975_DF1))
+    # ordering by long-term return, table and CSV agree
+    assert result.metrics[:2] == ["return", "ctr"]
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| ce_ppo_kl | 2 | 12.0 ± 25.4 | 0.300 ± 1.271 |" in md
+    assert md.index("ce_ppo_kl") < md.index("myopic")
+    with open(tmp_path / "out" / "compare.csv") as fh:
+        rows = {(r["agent"], r["metric"]): r for r in csv.DictReader(fh)}
+    assert float(rows[("ce_ppo_kl", "return")]["mean"]) == 12.0
+    assert float(rows[("ce_ppo_kl", "return")]["ci95"]) == pytest.approx(2 * T_975_DF1)
+    assert rows[("myopic", "ctr")]["n"] == "2"
+    for name in ("learning_curves.png", "final_metrics.png"):
+        png = tmp_path / "out" / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_single_seed_uses_the_within_run_interval(tmp_path):
+    run = make_run(tmp_path, 0, 10.0, 0.2)
+    stats = aggregate(load_records([run])[0])
+    assert stats["ce_ppo_kl"]["return"].ci95 == 0.5  # the evaluator's CI over users
+    assert math.isnan(stats["ce_ppo_kl"]["ctr"].ci95)
+
+
+def test_t_interval_and_band_match_hand_computation():
+    mean, half = t_ci95([1.0, 2.0, 6.0])
+    assert mean == 3.0
+    assert half == pytest.approx(T_975_DF2 * math.sqrt(7.0) / math.sqrt(3.0))
+    assert math.isnan(t_ci95([4.0])[1])
+    import numpy as np
+
+    steps = np.array([0.0, 10.0])
+    grid, m, h = band([(steps, np.array([0.0, 10.0])), (steps, np.array([2.0, 12.0]))], num_points=3)
+    assert grid.tolist() == [0.0, 5.0, 10.0] and m.tolist() == [1.0, 6.0, 11.0]
+    assert h == pytest.approx(np.full(3, T_975_DF1))
+
+
+def test_grouping_by_config_key_and_sweep_folders(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(sweep, seed, 10.0 + seed, 0.1)
+    result = compare([sweep], tmp_path / "o", by="seed")
+    assert set(result.stats) == {"ce_ppo_kl (seed=0)", "ce_ppo_kl (seed=1)"}
+    with pytest.raises(CompareError, match="--by 'ppo.kl_cof': not a config key"):
+        compare([sweep], tmp_path / "o2", by="ppo.kl_cof")
+
+
+def test_incompatible_and_empty_inputs_say_why(tmp_path):
+    make_run(tmp_path / "mixed", 0, 1.0, 0.1, env="longrec/Video-v0")
+    make_run(tmp_path / "mixed", 1, 1.0, 0.1, env="longrec/News-v0")
+    with pytest.raises(CompareError, match=r"runs are incompatible: they use different environments") as info:
+        compare([tmp_path / "mixed"], tmp_path / "o")
+    assert "longrec/News-v0: 1 run(s) (ce_ppo_kl-1-News-v0)" in str(info.value)
+    assert "longrec/Video-v0: 1 run(s) (ce_ppo_kl-0-Video-v0)" in str(info.value)
+    assert "--allow-mixed-envs" in str(info.value)
+    assert compare([tmp_path / "mixed"], tmp_path / "o", allow_mixed_envs=True).env == "mixed environments"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompareError, match="no runs found under .*empty"):
+        compare([tmp_path / "empty"], tmp_path / "o")
+    cfg = load_config("smoke")
+    with pytest.raises(RuntimeError):
+        with Run.create(cfg, root=tmp_path / "failed"):
+            raise RuntimeError("boom")
+    with pytest.raises(CompareError, match=r"none of the 1 run\(s\) found is finished .*failed"):
+        compare([tmp_path / "failed"], tmp_path / "o")
+
+
+def test_cli_compare_prints_table_and_reports_errors(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    make_run(runs, 0, 10.0, 0.2)
+    make_run(runs, 1, 14.0, 0.4)
+    assert cli.main(["compare", str(runs), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "compare.csv" in out and (runs / "compare" / "plots" / "final_metrics.png").exists()
+    assert cli.main(["compare", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
