@@ -1,0 +1,117 @@
+"""The ``longrec`` CLI: help of every command, envs listing, dry runs, errors before work, a real eval run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from experiments import cli, jobs
+
+HELP_MUST_MENTION = {
+    "quickstart": ["--config", "KEY=VALUE", "--quiet", "--no-wandb", "longrec quickstart", "PPO + KL"],
+    "train": ["--config", "KEY=VALUE", "--dry-run", "--list-keys", "--runs-dir", "--quiet", "ppo.learning_rate=1e-4",
+              "agent="],
+    "pretrain": ["--config", "data.source=movielens", "data.path", "--quiet"],
+    "eval": ["--checkpoint", "eval.num_users", "agent=", "--quiet"],
+    "sweep": ["--backend", "local", "wandb", "--workers", "--count", "--sweep-id", "method grid|random|bayes",
+              "results.csv", "kl_lr"],
+    "compare": ["RUN_DIR", "--by", "--out", "--curve-metric", "--metrics", "--allow-mixed-envs", "95%"],
+    "bench": ["name", "env_throughput", "--"],
+    "envs": ["longrec envs"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP_MUST_MENTION))
+def test_help_of_each_command_names_its_key_options(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: longrec {command}")
+    assert "examples:" in out
+    for needle in HELP_MUST_MENTION[command]:
+        assert needle in out, f"{command} --help lacks {needle!r}"
+
+
+def test_top_level_help_lists_all_commands(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for command in HELP_MUST_MENTION:
+        assert f"    {command}" in out
+
+
+def test_python_dash_m_experiments_is_the_same_cli():
+    result = subprocess.run([sys.executable, "-m", "experiments", "train", "-c", "smoke", "--dry-run", "seed=9"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "seed: 9" in result.stdout and "name: smoke" in result.stdout
+
+
+def test_envs_lists_registered_ids_with_one_line_each(capsys):
+    pytest.importorskip("envs")
+    assert cli.main(["envs"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    ids = [line.split()[0] for line in lines]
+    assert "longrec/Video-v0" in ids and ids == sorted(ids)
+    video = next(line for line in lines if line.startswith("longrec/Video-v0"))
+    assert "Video platform" in video
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert cli.main(["train", "-c", "quickstart", "ppo.kl_coef=0.2", "--no-wandb", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "kl_coef: 0.2" in out and "wandb: false" in out and "name: quickstart" in out
+
+
+def test_list_keys_documents_every_key(capsys):
+    assert cli.main(["train", "--list-keys"]) == 0
+    out = capsys.readouterr().out
+    assert "ppo.kl_coef" in out and "coefficient of the KL penalty" in out
+
+
+def test_bad_config_fails_before_any_run_folder(tmp_path, capsys):
+    code = cli.main(["train", "--runs-dir", str(tmp_path), "ppo.clip_range=-1"])
+    assert code == 2
+    assert "config key 'ppo.clip_range' must be > 0.0; got -1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert cli.main(["eval", "env.id=longrec/Vidoe-v0", "--runs-dir", str(tmp_path)]) == 2
+    assert "did you mean 'longrec/Video-v0'" in capsys.readouterr().err
+    assert cli.main(["bench", "env_trhoughput"]) == 2
+    assert "did you mean 'env_throughput'" in capsys.readouterr().err
+
+
+def test_missing_backend_is_a_clear_error_before_any_run_folder(tmp_path, capsys):
+    if jobs.backend_available("ppo"):
+        pytest.skip("agents.ppo is available")
+    code = cli.main(["train", "-c", "smoke", "agent=ppo_scratch", "--runs-dir", str(tmp_path)])
+    assert code == 1
+    assert "requires agents.ppo.train_ppo (not yet available" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_lists_scripts(capsys):
+    assert cli.main(["bench"]) == 0
+    assert "env_throughput" in capsys.readouterr().out
+
+
+def test_eval_run_end_to_end(tmp_path, capsys):
+    pytest.importorskip("envs")
+    if not jobs.backend_available("evaluate"):
+        pytest.skip("agents.evaluate not available")
+    code = cli.main(["eval", "-c", "smoke", "agent=myopic", "eval.baselines=[random]", "eval.num_users=16",
+                     "env.kwargs.num_items=200", "--runs-dir", str(tmp_path), "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| myopic |" in out and "| random |" in out and "run folder:" in out
+    (run_dir,) = list(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["job_type"] == "eval"
+    assert set(summary["agents"]) == {"myopic", "random"}
+    # the myopic agent clicks more but keeps users less long (the clickbait trap), as recorded
+    assert summary["agents"]["myopic"]["ctr"] > summary["agents"]["random"]["ctr"]
+    assert summary["metrics"]["eval/return"] == summary["agents"]["myopic"]["return"]
+    assert (run_dir / "plots" / "eval_agents.png").exists() and (run_dir / "tables" / "eval_agents.csv").exists()
