@@ -28,7 +28,7 @@ def test_shipped_configs_load_and_inherit():
     assert video.ppo.total_timesteps == 500_000 and default.ppo.total_timesteps == 200_000
     assert video.ppo.learning_rate == default.ppo.learning_rate  # inherited through `extends: default`
     assert quick.name == "quickstart" and quick.env.num_envs == 32 and quick.eval.baselines == default.eval.baselines
-    assert movielens.data.source == "movielens" and movielens.pretrain.target == "next_item"
+    assert movielens.data.source == "movielens" and movielens.pretrain.target == "click"
 
 
 def test_overrides_are_parsed_with_yaml_rules_and_typed():
