@@ -171,23 +171,38 @@ class SlateModel(nn.Module):
             )
         responses = self._ids(obs["history_responses"]).to(device)
         valid = (hist != self.num_items) & (responses != 0)
-        pooled, states, mask = self.encoder(
-            self.item_repr(hist),
-            valid,
-            responses,
-            obs["history_consumption"].to(device).float(),
-            obs["context"].to(device).float(),
-        )
-        if full_catalog:
-            raw = self.item_repr(None)
-        else:
+        cand = None
+        if not full_catalog:
             cand = self._ids(obs["candidate_item_ids"]).to(device)
             if cand.numel() and (int(cand.min()) < 0 or int(cand.max()) >= self.num_items):
                 raise ValueError(
                     f"candidate_item_ids must lie in [0, {self.num_items - 1}], got [{int(cand.min())}, {int(cand.max())}]"
                 )
-            raw = self.item_repr(cand)
-        cands = self.decoder.prepare_candidates(raw, None if candidate_mask is None else candidate_mask.to(device))
+        mask_arg = None if candidate_mask is None else candidate_mask.to(device)
+        dec = self.decoder
+        # Linear maps commute with gathering rows: when a batch refers to more item slots than the
+        # catalog has items, project the catalog once and gather (same numbers, far fewer FLOPs).
+        slots = hist.numel() + (cand.numel() if cand is not None else self.num_items)
+        if full_catalog or slots >= self.num_items + 1:
+            table = self.item_repr(torch.arange(self.num_items + 1, device=device))
+            enc_tab = self.encoder.item_proj(table)
+            history_items, projected = enc_tab[hist], True
+            key_tab, in_tab = dec.key_proj(table), dec.input_proj(table)
+            if full_catalog:
+                cands = PreparedCandidates(key_tab[:-1], in_tab[:-1], mask_arg)
+            else:
+                cands = PreparedCandidates(key_tab[cand], in_tab[cand], mask_arg)
+        else:
+            history_items, projected = self.item_repr(hist), False
+            cands = dec.prepare_candidates(self.item_repr(cand), mask_arg)
+        pooled, states, mask = self.encoder(
+            history_items,
+            valid,
+            responses,
+            obs["history_consumption"].to(device).float(),
+            obs["context"].to(device).float(),
+            projected=projected,
+        )
         return EncodedState(pooled, states, mask, cands)
 
     # ------------------------------------------------------------------ heads
@@ -208,11 +223,12 @@ class SlateModel(nn.Module):
         greedy: bool = False,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        forced_slate: torch.Tensor | None = None,
     ) -> SlateOutput:
-        """Sample (or greedily decode) slates of ``slate_size`` positions."""
+        """Sample (or greedily decode, or follow ``forced_slate``) slates of ``slate_size`` positions."""
         return self.decoder.decode(
             enc.states, enc.mask, enc.pooled, enc.candidates, slate_size,
-            greedy=greedy, generator=generator, use_cache=use_cache,
+            greedy=greedy, generator=generator, use_cache=use_cache, forced_slate=forced_slate,
         )
 
     def candidate_scores(self, enc: EncodedState) -> torch.Tensor:

@@ -220,11 +220,14 @@ class SlateDecoder(nn.Module):
         greedy: bool = False,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        forced_slate: torch.Tensor | None = None,
     ) -> SlateOutput:
         """Generate slates position by position (sampling, or greedy argmax).
 
         ``use_cache=False`` recomputes the whole prefix at every step (same numbers, slower).
         Sampling draws from ``generator`` when given, else from torch's global generator.
+        ``forced_slate (B, K)``: follow this slate instead of choosing (step-by-step scoring,
+        the slow equivalent of :meth:`teacher_forced`).
         """
         b = pooled.shape[0]
         allowed = self._allowed_base(cands, b, pooled.device).clone()
@@ -244,7 +247,9 @@ class SlateDecoder(nn.Module):
                 h = self._run(prefix, memory, memory_mask).last_hidden_state[:, -1:]
             logits = _masked_logits(self._scores(h, cands)[:, 0], allowed)
             log_p = torch.log_softmax(logits, dim=-1)
-            if greedy:
+            if forced_slate is not None:
+                a = forced_slate[:, len(chosen)].long()
+            elif greedy:
                 a = log_p.argmax(dim=-1)
             else:
                 a = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(-1)

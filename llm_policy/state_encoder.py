@@ -124,11 +124,13 @@ class StateEncoder(nn.Module):
         history_responses: torch.Tensor,
         history_consumption: torch.Tensor,
         context: torch.Tensor,
+        projected: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode a batch of users.
 
         Args:
-            history_items: ``(B, H, item_dim)`` representations of the history items.
+            history_items: ``(B, H, item_dim)`` representations of the history items, or
+                ``(B, H, d)`` ones already passed through :attr:`item_proj` when ``projected``.
             history_valid: ``(B, H)`` bool, False for padding slots.
             history_responses: ``(B, H)`` int in {0, 1, 2}.
             history_consumption: ``(B, H)`` float consumed fraction.
@@ -145,7 +147,7 @@ class StateEncoder(nn.Module):
                 "raise SlatePolicyConfig.max_history"
             )
         tokens = (
-            self.item_proj(history_items)
+            (history_items if projected else self.item_proj(history_items))
             + self.response_embedding(history_responses.clamp(0, 2))
             + self.consumption_proj(history_consumption.unsqueeze(-1))
         )
