@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -163,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
             "compare.csv and plots/*.png.")
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <sweep>/compare or runs/compare__<time>)")
-    p.add_argument("--by", default="agent", metavar="KEYS",
-                   help="group runs by agent (default), 'run', or config keys, e.g. ppo.kl_coef,ppo.learning_rate")
+    p.add_argument("--by", metavar="KEYS",
+                   help="group runs by 'agent', 'run', or config keys, e.g. ppo.kl_coef,ppo.learning_rate "
+                        "(default: agent; for a sweep folder, the swept keys other than seed)")
     p.add_argument("--curve-metric", default="charts/episodic_return", metavar="NAME",
                    help="metrics.jsonl key of the learning curves (default: charts/episodic_return)")
     p.add_argument("--metrics", default="return,retention,sessions,ctr", metavar="A,B",
@@ -306,13 +308,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
         else:
             out = Path("runs") / f"compare__{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    result = compare(args.paths, out, by=args.by, curve_metric=args.curve_metric, bar_metrics=metrics,
+    by = args.by or sweep_grouping(args.paths) or "agent"
+    result = compare(args.paths, out, by=by, curve_metric=args.curve_metric, bar_metrics=metrics,
                      allow_mixed_envs=args.allow_mixed_envs)
     if not args.quiet:
         print(result.markdown)
     for path in result.files:
         print(f"wrote {path}")
     return 0
+
+
+def sweep_grouping(paths: Sequence[str]) -> str | None:
+    """For one sweep folder: its swept keys except ``seed`` (so seeds aggregate per configuration)."""
+    if len(paths) != 1 or not (Path(paths[0]) / "sweep.yaml").exists():
+        return None
+    from experiments.sweep import load_sweep
+
+    spec = load_sweep(Path(paths[0]) / "sweep.yaml", validate_values=False)
+    keys = [k for k, p in spec.parameters.items() if p["distribution"] != "constant" and k != "seed"]
+    return ",".join(keys) or None
 
 
 def list_benchmarks() -> dict[str, str]:
@@ -390,6 +404,10 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -406,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from experiments.compare import CompareError
     from experiments.sweep import SweepError
 
+    if args.command in ("train", "pretrain", "eval", "quickstart"):
+        # `kill` / a scheduler's SIGTERM ends the run as "interrupted" (summary written), like Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, SweepError, CompareError) as exc:

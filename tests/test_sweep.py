@@ -73,6 +73,11 @@ def test_local_sweep_records_the_failed_trial_and_ranks_the_others(tmp_path):
     best = Path(next(r.run_dir for r in results if r.params["ppo.learning_rate"] == pytest.approx(3e-4)))
     assert "learning_rate: 0.0003" in (best / "config.yaml").read_text()
     assert len((best / "metrics.jsonl").read_text().splitlines()) == 3
+    # compare on the sweep folder groups by the swept key and leaves the failed trial out
+    assert cli.main(["compare", str(folder), "--quiet"]) == 0
+    table = (folder / "compare" / "compare.md").read_text()
+    assert "| smoke (ppo.learning_rate=0.0003) | 1 | -0.0" in table
+    assert "left out: trial-003" in table and "(failed)" in table
 
 
 def test_grid_order_and_random_sampling_are_deterministic(tmp_path):
