@@ -26,9 +26,20 @@ visible observations only.
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+
+from envs.core import BatchedSimulator
 
 SLATE_OPTIMISERS = ("greedy", "topk")
 TD_TARGETS = ("sarsa", "q_learning")
@@ -126,3 +137,404 @@ def optimise_slate(
     if optimiser == "topk":
         return topk_mnl_slate(item_values, utilities, position_bias)
     raise ValueError(f"slate optimiser {optimiser!r} is not known; valid: {SLATE_OPTIMISERS}")
+
+
+# -- the learned item-wise long-term value ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlateQConfig:
+    """SlateQ training (Ie et al. 2019) on the batched simulator."""
+
+    num_envs: int = 256
+    """users simulated in parallel while collecting experience"""
+    gamma: float = 0.99
+    """discount of the long-term item value Q(s, i)"""
+    td_target: str = "sarsa"
+    """'sarsa' (bootstrap on the slate actually shown next) or 'q_learning' (on the greedy slate)"""
+    slate_optimiser: str = "greedy"
+    """'greedy' (add the item raising the slate value most) or 'topk' (rank by v(s, i) Q(s, i))"""
+    learning_rate: float = 1e-3
+    """Adam step size"""
+    batch_size: int = 1024
+    """transitions per gradient step"""
+    gradient_steps: int = 2
+    """gradient steps per batched environment step (num_envs transitions)"""
+    buffer_size: int = 100_000
+    """replay buffer capacity in transitions"""
+    learning_starts: int = 5_000
+    """transitions collected before the first gradient step"""
+    target_update_tau: float = 0.01
+    """Polyak rate of the target network"""
+    epsilon_start: float = 0.5
+    """initial probability of a uniformly random slate"""
+    epsilon_end: float = 0.02
+    """final exploration probability"""
+    epsilon_fraction: float = 0.5
+    """fraction of the training steps over which epsilon decays linearly"""
+    reward_scale: float = 0.1
+    """rewards are multiplied by this before TD (keeps Q near unit scale)"""
+    embedding_dim: int = 32
+    """item-id and response embedding size"""
+    hidden_dim: int = 128
+    """width of the user, item and Q towers"""
+
+    def __post_init__(self) -> None:
+        if self.td_target not in TD_TARGETS:
+            raise ValueError(f"SlateQConfig.td_target={self.td_target!r} is not known; valid: {TD_TARGETS}")
+        if self.slate_optimiser not in SLATE_OPTIMISERS:
+            raise ValueError(
+                f"SlateQConfig.slate_optimiser={self.slate_optimiser!r} is not known; valid: {SLATE_OPTIMISERS}"
+            )
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"SlateQConfig.gamma={self.gamma!r} must be in [0, 1)")
+        for name in ("num_envs", "batch_size", "gradient_steps", "buffer_size", "embedding_dim", "hidden_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SlateQConfig.{name}={getattr(self, name)!r} must be >= 1")
+
+
+class ItemQNetwork(nn.Module):
+    """Q(s, i) from (observation features, item features) and the no-click value Q(s, none).
+
+    The user tower mean-pools the history (item-id embedding + response embedding +
+    consumption) and adds the visible context; the item tower embeds the item id and
+    its visible popularity; Q(s, i) is an MLP over [user, item, user * item].
+    """
+
+    def __init__(self, num_items: int, context_dim: int, popularity: np.ndarray, embedding_dim: int, hidden_dim: int):
+        super().__init__()
+        self.num_items = num_items
+        self.item_embedding = nn.Embedding(num_items + 1, embedding_dim, padding_idx=num_items)
+        self.response_embedding = nn.Embedding(3, embedding_dim)
+        self.consumption_vector = nn.Parameter(torch.zeros(embedding_dim))
+        self.register_buffer("popularity", torch.as_tensor(np.append(popularity, 0.0), dtype=torch.float32))
+        self.user_tower = nn.Sequential(
+            nn.Linear(embedding_dim + context_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
+        )
+        self.item_tower = nn.Sequential(nn.Linear(embedding_dim + 1, hidden_dim), nn.ReLU())
+        self.q_head = nn.Sequential(nn.Linear(3 * hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1))
+        self.no_click_head = nn.Linear(hidden_dim, 1)
+
+    def user(self, history_ids, history_responses, history_consumption, context) -> torch.Tensor:
+        tokens = (
+            self.item_embedding(history_ids)
+            + self.response_embedding(history_responses)
+            + history_consumption.unsqueeze(-1) * self.consumption_vector
+        )
+        mask = (history_responses > 0).unsqueeze(-1).float()
+        pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.user_tower(torch.cat([pooled, context], dim=-1))
+
+    def item_values(self, user: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        """(B, M) Q(s, i) of ``item_ids`` (B, M) for the users' features ``user`` (B, hidden)."""
+        item = self.item_tower(torch.cat([self.item_embedding(item_ids), self.popularity[item_ids].unsqueeze(-1)], -1))
+        user = user.unsqueeze(1).expand(-1, item_ids.shape[1], -1)
+        return self.q_head(torch.cat([user, item, user * item], dim=-1)).squeeze(-1)
+
+    def no_click_value(self, user: torch.Tensor) -> torch.Tensor:
+        return self.no_click_head(user).squeeze(-1)
+
+
+def _user_tensors(observation: dict[str, np.ndarray], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.as_tensor(observation["history_item_ids"], dtype=torch.long, device=device),
+        torch.as_tensor(observation["history_responses"], dtype=torch.long, device=device),
+        torch.as_tensor(observation["history_consumption"], dtype=torch.float32, device=device),
+        torch.as_tensor(observation["context"], dtype=torch.float32, device=device),
+    )
+
+
+class SlateQAgent:
+    """A trained SlateQ recommender (batched, privileged on the choice model only)."""
+
+    privileged = True
+
+    def __init__(self, network: ItemQNetwork, config: SlateQConfig, core: BatchedSimulator | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.network = network
+        self.config = config
+        self.device = torch.device(device)
+        self.core = core
+        self.chunk = 4096
+
+    def attach(self, core: BatchedSimulator) -> None:
+        """Use ``core``'s choice model (utilities, position bias) from now on."""
+        if core.catalog.num_items != self.network.num_items:
+            raise ValueError(
+                f"SlateQ network was trained on {self.network.num_items} items; this simulator has "
+                f"{core.catalog.num_items}"
+            )
+        self.core = core
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    @torch.no_grad()
+    def values(self, observation: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, C) Q(s, i) of every candidate and (B,) Q(s, none), in reward units."""
+        self.network.eval()
+        item_parts, none_parts = [], []
+        num_users = len(observation["candidate_item_ids"])
+        for start in range(0, num_users, self.chunk):
+            part = {key: value[start : start + self.chunk] for key, value in observation.items()}
+            user = self.network.user(*_user_tensors(part, self.device))
+            candidates = torch.as_tensor(part["candidate_item_ids"], dtype=torch.long, device=self.device)
+            item_parts.append(self.network.item_values(user, candidates).cpu().numpy())
+            none_parts.append(self.network.no_click_value(user).cpu().numpy())
+        scale = 1.0 / self.config.reward_scale
+        return np.concatenate(item_parts) * scale, np.concatenate(none_parts) * scale
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        if self.core is None:
+            raise ValueError("SlateQAgent has no simulator attached; call attach(core) first")
+        item_values, no_click_value = self.values(observation)
+        core = self.core
+        return optimise_slate(
+            self.config.slate_optimiser,
+            item_values,
+            core.candidate_utilities(),
+            core.position_bias,
+            core.no_click_utility(),
+            no_click_value,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write config, network shape and weights to ``path`` (atomic)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": "longrec-slateq-v1",
+            "config": asdict(self.config),
+            "num_items": self.network.num_items,
+            "context_dim": self.network.user_tower[0].in_features - self.config.embedding_dim,
+            "popularity": self.network.popularity[:-1].cpu().numpy(),
+            "state_dict": self.network.state_dict(),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, core: BatchedSimulator | None = None, device: str = "cpu") -> SlateQAgent:
+        path = Path(path)
+        try:
+            payload = torch.load(path, map_location=device, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+            raise ValueError(f"cannot read SlateQ checkpoint {str(path)!r}: {err}") from err
+        if not isinstance(payload, dict) or payload.get("format") != "longrec-slateq-v1":
+            raise ValueError(f"{str(path)!r} is not a SlateQ checkpoint (format longrec-slateq-v1)")
+        config = SlateQConfig(**payload["config"])
+        network = ItemQNetwork(
+            payload["num_items"], payload["context_dim"], payload["popularity"], config.embedding_dim, config.hidden_dim
+        )
+        network.load_state_dict(payload["state_dict"])
+        agent = cls(network.to(device), config, device=device)
+        if core is not None:
+            agent.attach(core)
+        return agent
+
+
+class _Replay:
+    """Ring buffer of SlateQ transitions (numpy arrays, uniform sampling from a seeded generator)."""
+
+    def __init__(self, capacity: int, history: int, candidates: int, slate_size: int, context_dim: int):
+        self.capacity, self.size, self.cursor = capacity, 0, 0
+        shapes = {
+            "history_item_ids": ((history,), np.int64),
+            "history_responses": ((history,), np.int8),
+            "history_consumption": ((history,), np.float32),
+            "context": ((context_dim,), np.float32),
+            "chosen_item": ((), np.int64),  # -1: no click
+            "reward": ((), np.float32),
+            "done": ((), np.bool_),
+            "next_history_item_ids": ((history,), np.int64),
+            "next_history_responses": ((history,), np.int8),
+            "next_history_consumption": ((history,), np.float32),
+            "next_context": ((context_dim,), np.float32),
+            "next_candidate_item_ids": ((candidates,), np.int64),
+            "next_utilities": ((candidates,), np.float32),
+            "next_no_click_utility": ((), np.float32),
+            "next_slate": ((slate_size,), np.int64),
+        }
+        self.arrays = {key: np.zeros((capacity, *shape), dtype=dtype) for key, (shape, dtype) in shapes.items()}
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        n = len(batch["reward"])
+        index = (self.cursor + np.arange(n)) % self.capacity
+        for key, array in self.arrays.items():
+            array[index] = batch[key]
+        self.cursor = int((self.cursor + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+        index = rng.integers(0, self.size, size=batch_size)
+        return {key: array[index] for key, array in self.arrays.items()}
+
+
+MetricsSink = Callable[[dict[str, float], int], None]
+
+
+def train_slateq(
+    env_id: str,
+    total_steps: int,
+    config: SlateQConfig | None = None,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    metrics_sink: MetricsSink | None = None,
+    log_interval: int = 10_000,
+    device: str = "cpu",
+    progress: bool = False,
+) -> SlateQAgent:
+    """Train SlateQ for ``total_steps`` environment steps (user-steps) on ``env_id``.
+
+    Experience comes from ``config.num_envs`` users at once with epsilon-greedy
+    slates; Q(s, i) of the chosen item (or Q(s, none) after no click) is regressed
+    on ``r + gamma * V(s', A')`` where ``V`` is the MNL-weighted slate value under the
+    target network, ``A'`` the slate shown next (SARSA) or the greedy one
+    (Q-learning); ends of life (churn or horizon) do not bootstrap. ``metrics_sink``
+    receives ``{"charts/episodic_return", "charts/SPS", "losses/td_loss", ...}`` and
+    the step count every ``log_interval`` steps.
+    """
+    config = config or SlateQConfig()
+    if total_steps < 1:
+        raise ValueError(f"total_steps={total_steps!r} must be >= 1")
+    from envs.registration import make_core
+
+    device_ = torch.device(device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 17])
+    core = make_core(env_id, num_users=config.num_envs, **(env_kwargs or {}))
+    network = ItemQNetwork(
+        core.catalog.num_items, core.context_dim, core.catalog.popularity, config.embedding_dim, config.hidden_dim
+    ).to(device_)
+    target = copy.deepcopy(network).requires_grad_(False)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    agent = SlateQAgent(network, config, core, device_)
+    replay = _Replay(config.buffer_size, core.history_length, core.num_candidates, core.slate_size, core.context_dim)
+    bias = torch.as_tensor(core.position_bias, dtype=torch.float32, device=device_)
+
+    observation = core.reset(seed=seed)
+    pending: dict[str, np.ndarray] | None = None
+    steps, losses, finished_returns = 0, [], []
+    last_log, start = 0, time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, desc="SlateQ", unit="step", leave=False)
+    while steps < total_steps:
+        epsilon = _linear_epsilon(config, steps, total_steps)
+        utilities = core.candidate_utilities().astype(np.float32)
+        no_click = core.no_click_utility().astype(np.float32)
+        slates = agent.act(observation)
+        explore = rng.random(core.num_users) < epsilon
+        if explore.any():
+            keys = rng.random((int(explore.sum()), core.num_candidates))
+            slates[explore] = np.argsort(keys, axis=1)[:, : core.slate_size]
+        if pending is not None:  # complete last step's transitions with this state and slate
+            pending.update(
+                next_history_item_ids=observation["history_item_ids"],
+                next_history_responses=observation["history_responses"],
+                next_history_consumption=observation["history_consumption"],
+                next_context=observation["context"],
+                next_candidate_item_ids=observation["candidate_item_ids"],
+                next_utilities=utilities,
+                next_no_click_utility=no_click,
+                next_slate=slates,
+            )
+            replay.add(pending)
+        result = core.step(slates)
+        done = result.terminated | result.truncated
+        pending = {
+            "history_item_ids": observation["history_item_ids"],
+            "history_responses": observation["history_responses"],
+            "history_consumption": observation["history_consumption"],
+            "context": observation["context"],
+            "chosen_item": result.info["clicked_item_id"],
+            "reward": result.reward.astype(np.float32),
+            "done": done,
+        }
+        finished_returns.extend(result.info["episode_return"][done].tolist())
+        observation = result.observation
+        steps += core.num_users
+        if bar is not None:
+            bar.update(core.num_users)
+        if replay.size >= max(config.learning_starts, config.batch_size):
+            for _ in range(config.gradient_steps):
+                batch = replay.sample(rng, config.batch_size)
+                losses.append(_td_step(network, target, optimizer, batch, bias, config, device_))
+        if metrics_sink is not None and (steps - last_log >= log_interval or steps >= total_steps):
+            elapsed = time.perf_counter() - start
+            metrics = {"charts/SPS": steps / max(elapsed, 1e-9), "charts/epsilon": epsilon}
+            if finished_returns:
+                metrics["charts/episodic_return"] = float(np.mean(finished_returns))
+            if losses:
+                metrics["losses/td_loss"] = float(np.mean(losses))
+            metrics_sink(metrics, steps)
+            finished_returns, losses, last_log = [], [], steps
+    if bar is not None:
+        bar.close()
+    agent.core = None  # the training core is not the evaluation core
+    return agent
+
+
+def _linear_epsilon(config: SlateQConfig, steps: int, total_steps: int) -> float:
+    progress = min(steps / max(config.epsilon_fraction * total_steps, 1.0), 1.0)
+    return config.epsilon_start + progress * (config.epsilon_end - config.epsilon_start)
+
+
+def _td_step(
+    network: ItemQNetwork,
+    target: ItemQNetwork,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, np.ndarray],
+    bias: torch.Tensor,
+    config: SlateQConfig,
+    device: torch.device,
+) -> float:
+    """One TD step on the item-wise values; returns the loss."""
+    t = {key: torch.as_tensor(value, device=device) for key, value in batch.items()}
+    network.train()
+    user = network.user(
+        t["history_item_ids"], t["history_responses"].long(), t["history_consumption"], t["context"]
+    )
+    clicked = t["chosen_item"] >= 0
+    item_q = network.item_values(user, t["chosen_item"].clamp(min=0).unsqueeze(1)).squeeze(1)
+    prediction = torch.where(clicked, item_q, network.no_click_value(user))
+    with torch.no_grad():
+        next_user = target.user(
+            t["next_history_item_ids"], t["next_history_responses"].long(), t["next_history_consumption"],
+            t["next_context"],
+        )
+        next_q = target.item_values(next_user, t["next_candidate_item_ids"])  # (B, C)
+        next_none = target.no_click_value(next_user)
+        if config.td_target == "sarsa":
+            next_slate = t["next_slate"]
+        else:
+            next_slate = torch.as_tensor(
+                optimise_slate(
+                    config.slate_optimiser,
+                    next_q.cpu().numpy(),
+                    batch["next_utilities"],
+                    bias.cpu().numpy(),
+                    batch["next_no_click_utility"],
+                    next_none.cpu().numpy(),
+                ),
+                device=device,
+            )
+        slate_u = torch.gather(t["next_utilities"], 1, next_slate) + bias
+        slate_q = torch.gather(next_q, 1, next_slate)
+        logits = torch.cat([t["next_no_click_utility"].unsqueeze(1), slate_u], dim=1)
+        probs = torch.softmax(logits, dim=1)
+        next_value = probs[:, 0] * next_none + (probs[:, 1:] * slate_q).sum(1)
+        target_value = t["reward"] * config.reward_scale + config.gamma * (~t["done"]).float() * next_value
+    loss = nn.functional.smooth_l1_loss(prediction, target_value)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(network.parameters(), 10.0)
+    optimizer.step()
+    with torch.no_grad():
+        for p_target, p in zip(target.parameters(), network.parameters(), strict=True):
+            p_target.lerp_(p, config.target_update_tau)
+    return float(loss.item())

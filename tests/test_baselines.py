@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 import envs
 from agents.baselines import (
@@ -21,6 +22,15 @@ from agents.slateq import greedy_mnl_slate, slate_value, topk_mnl_slate
 
 ALL_IDS = envs.registered_ids()
 SIMPLE = ("random", "popularity", "myopic", "oracle")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny networks on a shared 2-core machine run fastest on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def assert_valid_slates(slates: np.ndarray, num_users: int, slate_size: int, num_candidates: int) -> None:
@@ -147,3 +157,30 @@ def test_make_baseline_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match="slate_size=6"):
         RandomAgent(5, 6)
     assert set(SIMPLE) < set(BASELINES)
+
+
+def test_slateq_trains_acts_and_round_trips(tmp_path):
+    from agents.slateq import SlateQAgent, SlateQConfig, train_slateq
+
+    logged = []
+    config = SlateQConfig(num_envs=32, learning_starts=256, batch_size=64, buffer_size=2048, hidden_dim=32)
+    agent = train_slateq(
+        "longrec/Video-v0", 2048, config, seed=0, metrics_sink=lambda m, s: logged.append((s, m)), log_interval=1024
+    )
+    assert [s for s, _ in logged] == [1024, 2048]
+    assert np.isfinite(logged[-1][1]["losses/td_loss"]) and logged[-1][1]["charts/SPS"] > 0
+    core = envs.make_core("longrec/Video-v0", num_users=8)
+    observation = core.reset(seed=1)
+    agent.attach(core)
+    slates = agent.act(observation)
+    assert_valid_slates(slates, 8, core.slate_size, core.num_candidates)
+    item_values, _ = agent.values(observation)
+    loaded = SlateQAgent.load(agent.save(tmp_path / "slateq.pt"), core)
+    np.testing.assert_allclose(loaded.values(observation)[0], item_values, rtol=1e-6)
+    np.testing.assert_array_equal(loaded.act(observation), slates)
+    np.testing.assert_array_equal(make_baseline("slateq", core, path=tmp_path / "slateq.pt").act(observation), slates)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        SlateQAgent.load(tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="td_target='td0'"):
+        SlateQConfig(td_target="td0")
