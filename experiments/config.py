@@ -204,6 +204,32 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class SlateQSection:
+    """SlateQ baseline training (field names follow ``agents.slateq.SlateQConfig``, passed through by name)."""
+
+    total_timesteps: int | None = param(None, ge=1)
+    """environment steps to train for (None: the same budget as ``ppo.total_timesteps``)"""
+    learning_rate: float = param(1e-3, gt=0.0)
+    """Adam step size"""
+    gamma: float = param(0.99, ge=0.0, lt=1.0)
+    """discount of the long-term item value Q(s, i)"""
+    td_target: Literal["sarsa", "q_learning"] = "sarsa"
+    """bootstrap on the slate shown next (sarsa) or on the greedy slate (q_learning)"""
+    slate_optimiser: Literal["greedy", "topk"] = "greedy"
+    """slate construction from item values: greedy MNL value or top-k of v(s, i) Q(s, i)"""
+    batch_size: int = param(1024, ge=1)
+    """transitions per gradient step"""
+    buffer_size: int = param(100_000, ge=1)
+    """replay buffer capacity in transitions"""
+    learning_starts: int = param(5_000, ge=0)
+    """transitions collected before the first gradient step"""
+    epsilon_start: float = param(0.5, ge=0.0, le=1.0)
+    """initial probability of a uniformly random slate"""
+    epsilon_end: float = param(0.02, ge=0.0, le=1.0)
+    """final exploration probability"""
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Long-term evaluation on fresh users."""
 
@@ -267,6 +293,8 @@ class ExperimentConfig:
     """cross-entropy pretraining"""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """PPO fine-tuning"""
+    slateq: SlateQSection = field(default_factory=SlateQSection)
+    """SlateQ baseline"""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """evaluation"""
     logging: LoggingConfig = field(default_factory=LoggingConfig)

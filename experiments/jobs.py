@@ -58,8 +58,8 @@ BACKENDS: dict[str, str] = {
 * ``train_ppo(env_id, env_kwargs, num_envs, agent, init_from, policy_config, text_encoder, ppo,
   seed, device, checkpoint_dir, log_fn, progress)`` -> ``{"checkpoint": path, "metrics": {...}}``;
   ``ppo`` is the dict of ``PPOConfig`` (``kl_coef`` already 0 for ``ce_ppo``).
-* ``train_slateq(env_id, env_kwargs, num_envs, total_timesteps, seed, device, checkpoint_dir,
-  log_fn, progress)`` -> ``{"checkpoint": path, "metrics": {...}}``.
+* ``agents.slateq.train_slateq(env_id, total_steps, config=SlateQConfig, seed, env_kwargs,
+  metrics_sink, log_interval, device, progress)`` -> ``SlateQAgent`` (wired, :func:`train_slateq`).
 * ``evaluate_agent(agent, env_id, num_users, seeds, env_kwargs, name, progress)`` -> an object
   with ``.row`` = ``{metric: float}`` (``return``, ``sessions``, ``return_rate``, ``ctr``, ...,
   each with ``<m>_ci95``); ``agent`` is a baseline name or a factory ``core -> Agent``
@@ -250,9 +250,7 @@ def run_train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     if cfg.agent == "pctr_greedy":
         return run_eval(cfg, run, checkpoint=init_from, checkpoints=learned)
     if cfg.agent == "slateq":
-        result = trainer(env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), num_envs=cfg.env.num_envs,
-                         total_timesteps=cfg.ppo.total_timesteps, seed=cfg.seed, device=device,
-                         checkpoint_dir=run.checkpoints_dir, log_fn=run.log, progress=cfg.logging.progress)
+        result = train_slateq(cfg, run, trainer, device)
     else:
         ppo = asdict(cfg.ppo)
         if cfg.agent != "ce_ppo_kl":
@@ -265,6 +263,19 @@ def run_train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     run.log_checkpoint(checkpoint, final=True)
     run.update_summary(metrics={f"train/{k}": v for k, v in dict(result.get("metrics", {})).items()})
     return run_eval(cfg, run, checkpoint=str(checkpoint), checkpoints=learned)
+
+
+def train_slateq(cfg: ExperimentConfig, run: Any, trainer: Callable[..., Any], device: str) -> dict[str, Any]:
+    """``agents.slateq.train_slateq`` with the ``slateq`` section (passed through by field name)."""
+    from agents.slateq import SlateQConfig
+
+    known = set(SlateQConfig.__dataclass_fields__)
+    settings = SlateQConfig(num_envs=cfg.env.num_envs, **{k: v for k, v in asdict(cfg.slateq).items() if k in known})
+    steps = cfg.slateq.total_timesteps or cfg.ppo.total_timesteps
+    agent = trainer(cfg.env.id, steps, config=settings, seed=cfg.seed, env_kwargs=dict(cfg.env.kwargs),
+                    metrics_sink=run.log, log_interval=max(steps // 50, cfg.env.num_envs), device=device,
+                    progress=cfg.logging.progress)
+    return {"checkpoint": agent.save(run.checkpoints_dir / "slateq.pt"), "metrics": {}}
 
 
 def run_eval(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,

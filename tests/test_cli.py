@@ -115,3 +115,16 @@ def test_eval_run_end_to_end(tmp_path, capsys):
     assert summary["agents"]["myopic"]["ctr"] > summary["agents"]["random"]["ctr"]
     assert summary["metrics"]["eval/return"] == summary["agents"]["myopic"]["return"]
     assert (run_dir / "plots" / "eval_agents.png").exists() and (run_dir / "tables" / "eval_agents.csv").exists()
+
+
+@pytest.mark.expensive
+def test_train_slateq_then_evaluate_its_checkpoint(tmp_path, capsys):
+    """train -> checkpoint -> evaluation of the saved agent, through the CLI (about a minute on 2 cores)."""
+    code = cli.main(["train", "-c", "smoke", "agent=slateq", "eval.baselines=[random]", "ppo.total_timesteps=2000",
+                     "slateq.learning_starts=200", "slateq.batch_size=64", "--runs-dir", str(tmp_path), "--quiet"])
+    assert code == 0
+    (run_dir,) = list(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_checkpoint"] == "checkpoints/slateq.pt"
+    assert set(summary["agents"]) == {"slateq", "random"}
+    assert any("charts/SPS" in line for line in (run_dir / "metrics.jsonl").read_text().splitlines())
