@@ -261,6 +261,9 @@ def run_train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
                          checkpoint_dir=run.checkpoints_dir, log_fn=run.log, progress=cfg.logging.progress)
     checkpoint = result["checkpoint"]
     run.log_checkpoint(checkpoint, final=True)
+    curve = save_learning_curve(run)
+    if curve is not None:
+        run.log_plot("plots/learning_curve", curve)
     run.update_summary(metrics={f"train/{k}": v for k, v in dict(result.get("metrics", {})).items()})
     return run_eval(cfg, run, checkpoint=str(checkpoint), checkpoints=learned)
 
@@ -360,6 +363,15 @@ def save_agent_bars(rows: Mapping[str, Mapping[str, float]], path: Path, title: 
     stats = {name: {m: AgentStat(row[m], row.get(f"{m}_ci95", math.nan), 1) for m in row
                     if not m.endswith("_ci95") and m not in BOOKKEEPING} for name, row in rows.items()}
     return plot_bars(stats, path, title=title)
+
+
+def save_learning_curve(run: Any, metric: str = "charts/episodic_return") -> Path | None:
+    """``plots/learning_curve.png`` of this run's training curve (None when it logged none)."""
+    from experiments.compare import RunRecord, plot_curves
+
+    record = RunRecord(path=run.path, env=run.cfg.env.id, label=run.cfg.agent, agent=run.cfg.agent,
+                       seed=run.cfg.seed, status="running", metrics={}, agents={})
+    return plot_curves([record], metric, run.plots_dir / "learning_curve.png")
 
 
 def _is_number(value: Any) -> bool:
