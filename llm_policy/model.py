@@ -120,6 +120,8 @@ class SlateModel(nn.Module):
         )
         if self.item_id_embedding is not None:
             nn.init.zeros_(self.item_id_embedding.weight)  # start as the pure text model
+        self.obs_sizes: dict[str, int] | None = None
+        """observation sizes ``N, H, C, D, K`` it was trained for (saved, lets a policy rebuild its spaces)"""
         self.encoder = StateEncoder(config, self.item_dim, self.context_dim, hf_config=encoder_hf_config)
         self.decoder = SlateDecoder(config, self.encoder.dim, self.item_dim)
         self.value_head = nn.Sequential(
@@ -250,6 +252,7 @@ class SlateModel(nn.Module):
             "item_dim": self.item_dim,
             "context_dim": self.context_dim,
             "encoder_hf_config": self.encoder.hf_config_dict(),
+            "obs_sizes": self.obs_sizes,
         }
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
@@ -283,4 +286,5 @@ class SlateModel(nn.Module):
             encoder_hf_config=meta["encoder_hf_config"],
         )
         model.load_state_dict(state)
+        model.obs_sizes = meta.get("obs_sizes")
         return model.to(map_location)

@@ -304,6 +304,13 @@ def pretrain(
     if config.target == "slate" and k_logged > model.config.max_slate_size:
         raise ValueError(f"logged slates have K={k_logged} > model max_slate_size={model.config.max_slate_size}")
 
+    model.obs_sizes = {
+        "N": model.num_items,
+        "H": int(data.obs["history_item_ids"].shape[1]),
+        "C": int(data.obs["candidate_item_ids"].shape[1]),
+        "D": int(data.obs["context"].shape[1]),
+        "K": k_logged,
+    }
     train_rows, val_rows = split_users(data.user_id, config.val_fraction, config.seed)
     train, val = data.select(train_rows), data.select(val_rows)
     train_idx = _rows_for_target(train, config.target)

@@ -51,7 +51,21 @@ from llm_policy.config import SlatePolicyConfig
 from llm_policy.distribution import SlateDistribution
 from llm_policy.model import OBS_KEYS, EncodedState, SlateModel
 
-__all__ = ["LLMSlatePolicy", "check_slate_spaces"]
+__all__ = ["LLMSlatePolicy", "check_slate_spaces", "slate_spaces"]
+
+
+def slate_spaces(N: int, H: int, C: int, D: int, K: int) -> tuple[spaces.Dict, spaces.MultiDiscrete]:  # noqa: N803
+    """The contract's observation and action spaces for the given sizes (see ``docs/architecture.md``)."""
+    obs = spaces.Dict(
+        {
+            "history_item_ids": spaces.Box(0, N, (H,), np.int64),
+            "history_responses": spaces.Box(0, 2, (H,), np.int64),
+            "history_consumption": spaces.Box(0.0, 1.0, (H,), np.float32),
+            "candidate_item_ids": spaces.Box(0, N - 1, (C,), np.int64),
+            "context": spaces.Box(0.0, 1.0, (D,), np.float32),
+        }
+    )
+    return obs, spaces.MultiDiscrete([C] * K)
 
 
 def check_slate_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> dict[str, int]:
@@ -129,6 +143,7 @@ class LLMSlatePolicy(ActorCriticPolicy):
             self.model_config = self.model.config
         else:
             self.model = SlateModel(self.model_config, self.item_embeddings_arg, sizes["D"])
+        self.model.obs_sizes = dict(sizes)
         if self.model.num_items != sizes["N"]:
             raise ValueError(
                 f"item embeddings cover {self.model.num_items} items but the env's catalog has N={sizes['N']}"
@@ -215,10 +230,19 @@ class LLMSlatePolicy(ActorCriticPolicy):
         learning_rate: float = 3e-4,
         **kwargs: Any,
     ) -> LLMSlatePolicy:
-        """Build a policy from a ``save_pretrained`` folder, for ``env``'s spaces (or the given spaces)."""
+        """Build a policy from a ``save_pretrained`` folder, for ``env``'s spaces, the given spaces, or
+        (with neither) the observation sizes recorded in the folder by ``save_pretrained`` / pretraining."""
         if env is not None:
             observation_space = observation_space or env.observation_space
             action_space = action_space or env.action_space
         if observation_space is None or action_space is None:
-            raise ValueError("from_pretrained needs env= or both observation_space= and action_space=")
+            import json
+
+            meta = json.loads((Path(directory) / "config.json").read_text())
+            sizes = meta.get("obs_sizes")
+            if not sizes:
+                raise ValueError(f"{directory} records no observation sizes: pass env= or observation_space= and action_space=")
+            obs_default, act_default = slate_spaces(**{k: int(sizes[k]) for k in ("N", "H", "C", "D", "K")})
+            observation_space = observation_space or obs_default
+            action_space = action_space or act_default
         return cls(observation_space, action_space, lambda _: learning_rate, pretrained_path=directory, **kwargs)

@@ -134,7 +134,11 @@ def test_policy_distribution_and_save_pretrained_round_trip(tmp_path):
     policy.save_pretrained(tmp_path / "pol")
     loaded = LLMSlatePolicy.from_pretrained(tmp_path / "pol", observation_space=obs_space(),
                                             action_space=spaces.MultiDiscrete([C] * K)).eval()
+    # without spaces: rebuilt from the observation sizes recorded in the folder
+    rebuilt = LLMSlatePolicy.from_pretrained(tmp_path / "pol").eval()
+    assert rebuilt.observation_space == obs_space() and rebuilt.action_space == spaces.MultiDiscrete([C] * K)
     with torch.no_grad():
+        assert torch.equal(rebuilt._predict(obs, deterministic=True), greedy)
         assert torch.equal(loaded._predict(obs, deterministic=True), greedy)
         torch.testing.assert_close(loaded.predict_values(obs), values)
         _, lp3, _ = loaded.evaluate_actions(obs, actions)

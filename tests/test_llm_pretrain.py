@@ -92,6 +92,8 @@ def test_behaviour_cloning_beats_untrained_and_loads_into_policy(tmp_path):
         "context": spaces.Box(0, 1, (D,), np.float32),
     })
     policy = LLMSlatePolicy(obs_space, spaces.MultiDiscrete([C] * K), lambda _: 1e-4, pretrained_path=result.best_dir)
+    # the folder records the log's observation sizes, so the policy can also be rebuilt without spaces
+    assert LLMSlatePolicy.from_pretrained(result.best_dir).observation_space == obs_space
     obs = {k: torch.as_tensor(v[:32]) for k, v in logs.items() if k in obs_space.spaces}
     with torch.no_grad():
         greedy = policy._predict(obs, deterministic=True)
