@@ -208,3 +208,24 @@ def test_cli_tiny_sweep_end_to_end(tmp_path, capsys):
     assert cli.main(["sweep", "tiny", "--workers", "2", "--out", str(tmp_path / "s"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "3/4 finished" in out and "num_items=1 must be >= 2" in out
+
+
+def test_local_bayes_with_optuna_finds_the_peak_region(tmp_path):
+    pytest.importorskip("optuna")
+    spec = sw.load_sweep(_write_sweep(tmp_path, """\
+command: [longrec, train, --config, smoke]
+method: bayes
+metric: {name: eval/return, goal: maximize}
+parameters:
+  ppo.learning_rate: {min: 1.0e-5, max: 5.0e-3, distribution: log_uniform_values}
+  ppo.kl_coef: {values: [0.0, 0.05, 0.5]}
+"""))
+    folder, results = sw.run_local_sweep(spec, workers=2, count=4, out_dir=tmp_path / "b", progress=False, seed=1,
+                                         job="tests.test_sweep:quadratic_job")
+    assert len(results) == 4 and all(r.status == "finished" for r in results)
+    for r in results:
+        assert 1e-5 <= r.params["ppo.learning_rate"] <= 5e-3 and r.params["ppo.kl_coef"] in (0.0, 0.05, 0.5)
+        lr, kl = r.params["ppo.learning_rate"], r.params["ppo.kl_coef"]
+        assert r.value == pytest.approx(-((math.log10(lr) + 3.4) ** 2) - (kl - 0.05) ** 2)
+    rows = list(csv.DictReader(open(folder / "results.csv")))
+    assert [float(r["eval/return"]) for r in rows] == sorted((r.value for r in results), reverse=True)
