@@ -1,0 +1,536 @@
+"""PPO fine-tuning of the slate policy on the batched simulator, with an optional KL penalty.
+
+The algorithm is Stable-Baselines3's PPO (Schulman et al. 2017) on
+``envs.make_sb3_vec``. The policy is either
+
+* ``policy="llm"``: ``llm_policy.LLMSlatePolicy`` (text-token state encoder +
+  pointer slate decoder), initialised from a cross-entropy pretrained folder
+  (``pretrained_path``) or from scratch over the item text embeddings; or
+* ``policy="mlp"``: SB3's ``MultiInputPolicy`` over ``IdEmbeddingExtractor``
+  (learned item-id, response and consumption embeddings, flattened into an MLP)
+  with SB3's per-position categorical head: the plain ID baseline, no language
+  model. Its slates may repeat a candidate, so it trains with the simulator's
+  ``duplicate_mode="penalty"``; evaluation repairs repeats with its own logits
+  (``agents.baselines.PolicyAgent``).
+
+KL penalty to the reference policy (RLHF, Ziegler et al. 2019; Stiennon et al.
+2020): a frozen copy of the initial (pretrained) policy ``q``; after each
+rollout every step's reward is shaped as ``r - beta * kl(p, q)`` with the
+per-sample estimator of ``agents.kl`` on the action actually sampled from the
+rollout policy ``p``, and the returns and advantages are recomputed. Shaping
+rewards (rather than adding a loss term) keeps SB3's ``train()`` untouched and
+is the per-token penalty of InstructGPT; ``beta`` is fixed or adapted toward a
+target KL after every rollout. Logged as ``kl/ref`` (mean per-step estimate)
+and ``kl/coef``.
+
+Metrics go to SB3's logger and, through ``MetricsCallback``, to a
+``metrics_sink(metrics: dict, step: int)`` with stable keys
+(``charts/episodic_return``, ``charts/SPS``, ``losses/approx_kl``,
+``losses/clipfrac``, ``losses/explained_variance``, ``kl/ref``, ...).
+Checkpoints (``agents.checkpoint``) are written every ``checkpoint_every`` steps
+at rollout boundaries and on Ctrl-C; ``train_ppo(..., resume=True)`` continues
+from the last one with the same step count.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnvWrapper
+from torch import nn
+
+from agents.checkpoint import (
+    checkpoint_path,
+    find_checkpoint,
+    load_checkpoint,
+    restore_core_state,
+    restore_model,
+    restore_rng_state,
+    save_checkpoint,
+)
+from agents.device import resolve_device
+from agents.kl import KLConfig, kl_estimate, make_kl_controller
+from envs.core import BatchedSimulator
+
+POLICY_KINDS = ("llm", "mlp")
+MetricsSink = Callable[[dict[str, float], int], None]
+
+SB3_TO_STABLE_KEYS = {
+    "train/approx_kl": "losses/approx_kl",
+    "train/clip_fraction": "losses/clipfrac",
+    "train/explained_variance": "losses/explained_variance",
+    "train/value_loss": "losses/value_loss",
+    "train/policy_gradient_loss": "losses/policy_loss",
+    "train/entropy_loss": "losses/entropy_loss",
+    "train/loss": "losses/loss",
+}
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """One PPO training run (CleanRL-style: one field per knob, documented)."""
+
+    env_id: str = "longrec/Video-v0"
+    """registered environment id"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments of the preset (e.g. ``num_candidates``)"""
+    policy: str = "llm"
+    """'llm' (LLMSlatePolicy) or 'mlp' (SB3 MultiInputPolicy over item-id embeddings)"""
+    pretrained_path: str | None = None
+    """LLM policy: a CE-pretrained ``save_pretrained`` folder to start from (None = from scratch)"""
+    model_config: dict[str, Any] | None = None
+    """LLM policy from scratch: ``SlatePolicyConfig`` fields (None = defaults)"""
+    text_encoder: str | None = None
+    """LLM policy from scratch: item text encoder folder (None = all-MiniLM-L6-v2)"""
+    total_steps: int = 100_000
+    """environment steps (user-steps) to train for"""
+    num_envs: int = 64
+    """users simulated in parallel"""
+    n_steps: int = 32
+    """rollout length per user between updates"""
+    batch_size: int = 512
+    """minibatch size of the PPO update"""
+    n_epochs: int = 4
+    """passes over each rollout"""
+    learning_rate: float = 3e-4
+    """Adam step size"""
+    gamma: float = 0.99
+    """discount"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    clip_range: float = 0.2
+    """PPO ratio clip"""
+    ent_coef: float = 0.0
+    """entropy bonus"""
+    vf_coef: float = 0.5
+    """value loss weight"""
+    max_grad_norm: float = 0.5
+    """gradient clipping"""
+    target_kl: float | None = None
+    """SB3's early stop of an update when approx_kl exceeds 1.5x this (None = off)"""
+    reward_scale: float = 0.1
+    """rewards are multiplied by this for learning (episode returns are logged unscaled)"""
+    kl: KLConfig | None = None
+    """KL penalty to the frozen initial policy (None = no penalty)"""
+    mlp_embedding_dim: int = 16
+    """MLP policy: size of the item-id embeddings"""
+    mlp_net_arch: tuple[int, ...] = (256, 256)
+    """MLP policy: hidden layers of the actor and critic"""
+    seed: int = 0
+    """run seed (python/numpy/torch, env, policy sampling)"""
+    device: str = "auto"
+    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."""
+    checkpoint_dir: str | None = None
+    """folder of ``last.pt`` checkpoints (None = no checkpoints)"""
+    checkpoint_every: int = 50_000
+    """steps between checkpoints (taken at the next rollout boundary)"""
+    log_interval_steps: int = 0
+    """steps between metrics emissions (0 = after every update)"""
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICY_KINDS:
+            raise ValueError(f"PPOConfig.policy={self.policy!r} is not known; valid: {POLICY_KINDS}")
+        if self.policy == "mlp" and self.pretrained_path is not None:
+            raise ValueError("PPOConfig.pretrained_path is for policy='llm'; the MLP policy has no pretraining")
+        for name in ("total_steps", "num_envs", "n_steps", "batch_size", "n_epochs", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r} must be >= 1")
+        if self.reward_scale <= 0:
+            raise ValueError(f"PPOConfig.reward_scale={self.reward_scale!r} must be > 0")
+        if isinstance(self.kl, dict):  # from YAML
+            object.__setattr__(self, "kl", KLConfig(**self.kl))
+        object.__setattr__(self, "mlp_net_arch", tuple(self.mlp_net_arch))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class PPOResult:
+    """What ``train_ppo`` returns."""
+
+    model: PPO
+    """the trained SB3 model (``model.policy`` is the policy)"""
+    num_timesteps: int
+    """environment steps done (including those before a resume)"""
+    interrupted: bool
+    """True if Ctrl-C stopped training (a checkpoint was saved first)"""
+    checkpoint: Path | None
+    """the last checkpoint written (or resumed from)"""
+    resumed_from: int | None
+    """step count of the checkpoint the run resumed from (None = fresh start)"""
+
+
+# -- environment ----------------------------------------------------------------------------------
+
+
+class ScaleReward(VecEnvWrapper):
+    """Multiply rewards by a constant for learning (``info['episode']`` keeps the raw return)."""
+
+    def __init__(self, venv: Any, scale: float) -> None:
+        super().__init__(venv)
+        self.scale = float(scale)
+        self.core: BatchedSimulator = venv.core
+
+    def reset(self):
+        return self.venv.reset()
+
+    def step_wait(self):
+        observation, reward, done, infos = self.venv.step_wait()
+        return observation, reward * self.scale, done, infos
+
+
+def make_training_env(config: PPOConfig) -> ScaleReward:
+    """``envs.make_sb3_vec`` of ``num_envs`` users (penalty mode for the MLP policy), reward-scaled."""
+    import envs
+
+    kwargs = dict(config.env_kwargs)
+    if config.policy == "mlp":
+        kwargs.setdefault("duplicate_mode", "penalty")
+    venv = envs.make_sb3_vec(config.env_id, num_envs=config.num_envs, **kwargs)
+    return ScaleReward(venv, config.reward_scale)
+
+
+# -- the MLP / ID policy ----------------------------------------------------------------------------
+
+
+class IdEmbeddingExtractor(BaseFeaturesExtractor):
+    """Flat features of the raw observation for an MLP: item ids through a learned embedding.
+
+    SB3 would feed integer ids to an MLP as floats; here history and candidate ids go
+    through one ``nn.Embedding`` (N items + padding), responses through a 3-entry
+    embedding, and everything is concatenated with consumption and context.
+    """
+
+    def __init__(self, observation_space: gym.spaces.Dict, embedding_dim: int = 16) -> None:
+        history = observation_space["history_item_ids"].shape[0]
+        candidates = observation_space["candidate_item_ids"].shape[0]
+        context = observation_space["context"].shape[0]
+        num_items = int(np.max(observation_space["history_item_ids"].high))
+        features = (2 * history + candidates) * embedding_dim + history + context
+        super().__init__(observation_space, features_dim=features)
+        self.item_embedding = nn.Embedding(num_items + 1, embedding_dim, padding_idx=num_items)
+        self.response_embedding = nn.Embedding(3, embedding_dim)
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        history = observations["history_item_ids"].round().long()
+        responses = observations["history_responses"].round().long()
+        candidates = observations["candidate_item_ids"].round().long()
+        parts = [
+            self.item_embedding(history).flatten(1),
+            self.response_embedding(responses).flatten(1),
+            self.item_embedding(candidates).flatten(1),
+            observations["history_consumption"].float(),
+            observations["context"].float(),
+        ]
+        return torch.cat(parts, dim=1)
+
+
+# -- PPO with reward-shaping KL ----------------------------------------------------------------------
+
+
+class LongrecPPO(PPO):
+    """SB3 PPO plus an RLHF-style KL penalty to a frozen reference policy and exact resume.
+
+    ``reference`` (a frozen policy over the same spaces) and ``kl_config`` enable the
+    penalty; ``pending_restore`` (a checkpoint payload) is applied once the learner is
+    set up, so the simulator, ``_last_obs`` and the random state continue the saved run.
+    """
+
+    def __init__(self, *args: Any, reference: Any = None, kl_config: KLConfig | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.reference = reference
+        self.kl_config = kl_config
+        self.kl_controller = make_kl_controller(kl_config) if kl_config is not None else None
+        self.kl_metrics: dict[str, float] = {}
+        self.pending_restore: dict[str, Any] | None = None
+        self.core: BatchedSimulator | None = None
+
+    def _setup_learn(self, *args: Any, **kwargs: Any):
+        result = super()._setup_learn(*args, **kwargs)
+        if self.pending_restore is not None:
+            payload, self.pending_restore = self.pending_restore, None
+            self._last_obs = restore_core_state(self.core, payload["env"]["core"])
+            self._last_episode_starts = payload["env"]["last_episode_starts"]
+            restore_rng_state(payload["rng"], self.policy)
+        return result
+
+    def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps) -> bool:
+        complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        if complete and self.reference is not None and self.kl_controller is not None:
+            self._shape_rewards_with_kl(rollout_buffer)
+        return complete
+
+    @torch.no_grad()
+    def _shape_rewards_with_kl(self, buffer: Any) -> None:
+        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
+        flat_obs = {
+            key: value.reshape(n_steps * n_envs, *value.shape[2:]) for key, value in buffer.observations.items()
+        }
+        actions = buffer.actions.reshape(n_steps * n_envs, -1)
+        self.reference.set_training_mode(False)
+        ref_logp = []
+        for start in range(0, n_steps * n_envs, 1024):
+            obs = obs_as_tensor({k: v[start : start + 1024] for k, v in flat_obs.items()}, self.device)
+            act = torch.as_tensor(actions[start : start + 1024], device=self.device)
+            ref_logp.append(self.reference.evaluate_actions(obs, act)[1].reshape(-1))
+        logq = torch.cat(ref_logp)
+        logp = torch.as_tensor(buffer.log_probs.reshape(-1), device=self.device)
+        kl = kl_estimate(logp, logq, self.kl_config.estimator).cpu().numpy().reshape(n_steps, n_envs)
+        coef = self.kl_controller.value
+        buffer.rewards -= (coef * kl).astype(buffer.rewards.dtype)
+        last_values = self.policy.predict_values(obs_as_tensor(self._last_obs, self.device))
+        buffer.compute_returns_and_advantage(last_values=last_values, dones=self._last_episode_starts)
+        mean_kl = float(kl.mean())
+        self.kl_controller.update(mean_kl, n_steps * n_envs)
+        self.kl_metrics = {"kl/ref": mean_kl, "kl/coef": coef}
+        self.logger.record("kl/ref", mean_kl)
+        self.logger.record("kl/coef", coef)
+
+
+# -- callbacks ------------------------------------------------------------------------------------------
+
+
+class MetricsCallback(BaseCallback):
+    """Emit stable metric keys after every PPO update to SB3's logger and ``metrics_sink``.
+
+    SB3 records an update's losses in ``train()``, which runs after the rollout; they are
+    read at the start of the next rollout (and at the end of training).
+    """
+
+    def __init__(self, metrics_sink: MetricsSink | None = None, log_interval_steps: int = 0) -> None:
+        super().__init__()
+        self.metrics_sink = metrics_sink
+        self.log_interval_steps = log_interval_steps
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self._returns: list[float] = []
+        self._lengths: list[int] = []
+        self._seen_updates = 0
+        self._last_emit = 0
+
+    def _on_training_start(self) -> None:
+        self._start_time, self._start_steps = time.perf_counter(), self.model.num_timesteps
+        self._seen_updates = self.model._n_updates
+        self._last_emit = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            episode = info.get("episode")
+            if episode is not None:
+                self._returns.append(float(episode["r"]))
+                self._lengths.append(int(episode["l"]))
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.model._n_updates > self._seen_updates:
+            self._seen_updates = self.model._n_updates
+            if self.model.num_timesteps - self._last_emit >= self.log_interval_steps:
+                self.emit()
+
+    def _on_training_end(self) -> None:
+        if self.model._n_updates > self._seen_updates or self._returns:
+            self._seen_updates = self.model._n_updates
+            self.emit()
+
+    def emit(self) -> dict[str, float]:
+        model = self.model
+        values = model.logger.name_to_value
+        metrics: dict[str, float] = {
+            stable: float(values[sb3]) for sb3, stable in SB3_TO_STABLE_KEYS.items() if sb3 in values
+        }
+        elapsed = max(time.perf_counter() - self._start_time, 1e-9)
+        metrics["charts/SPS"] = (model.num_timesteps - self._start_steps) / elapsed
+        if self._returns:
+            metrics["charts/episodic_return"] = float(np.mean(self._returns))
+            metrics["charts/episodic_length"] = float(np.mean(self._lengths))
+            metrics["charts/episodes"] = float(len(self._returns))
+        metrics["charts/learning_rate"] = float(model.policy.optimizer.param_groups[0]["lr"])
+        metrics.update(getattr(model, "kl_metrics", {}))
+        self._returns, self._lengths = [], []
+        self._last_emit = model.num_timesteps
+        step = int(model.num_timesteps)
+        self.history.append((step, metrics))
+        for key, value in metrics.items():
+            model.logger.record(key, value)
+        if self.metrics_sink is not None:
+            self.metrics_sink(metrics, step)
+        return metrics
+
+
+class CheckpointCallback(BaseCallback):
+    """Save an atomic checkpoint every ``every`` steps, at rollout boundaries (after an update)."""
+
+    def __init__(self, directory: str | Path, every: int, meta: dict[str, Any], extra: Callable[[], dict]) -> None:
+        super().__init__()
+        self.path = checkpoint_path(directory)
+        self.every = every
+        self.meta = meta
+        self.extra = extra
+        self.last_saved: int | None = None
+        self.saved_path: Path | None = None
+
+    def _on_training_start(self) -> None:
+        self.last_saved = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.model.num_timesteps - (self.last_saved or 0) >= self.every:
+            self.save()
+
+    def save(self) -> Path:
+        self.saved_path = save_checkpoint(self.path, self.model, self.model.core, self.meta, self.extra())
+        self.last_saved = self.model.num_timesteps
+        return self.saved_path
+
+
+# -- building and training ----------------------------------------------------------------------------
+
+
+def _llm_policy_kwargs(config: PPOConfig, core: BatchedSimulator) -> dict[str, Any]:
+    from llm_policy import SlatePolicyConfig
+
+    kwargs: dict[str, Any] = {"seed": config.seed}
+    if config.pretrained_path is not None:
+        kwargs["pretrained_path"] = str(config.pretrained_path)
+        return kwargs
+    from llm_policy import ItemTextEncoder
+
+    encoder = ItemTextEncoder(config.text_encoder, show_progress=False)
+    kwargs["item_embeddings"] = encoder.encode_catalog(core.catalog)
+    kwargs["model_config"] = SlatePolicyConfig.from_dict(dict(config.model_config or {}))
+    return kwargs
+
+
+def build_ppo(config: PPOConfig, env: ScaleReward | None = None) -> LongrecPPO:
+    """The SB3 model of ``config`` (not trained); ``env`` defaults to ``make_training_env(config)``."""
+    env = env or make_training_env(config)
+    device = resolve_device(config.device)
+    common = dict(
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=config.n_epochs,
+        learning_rate=config.learning_rate,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        clip_range=config.clip_range,
+        ent_coef=config.ent_coef,
+        vf_coef=config.vf_coef,
+        max_grad_norm=config.max_grad_norm,
+        target_kl=config.target_kl,
+        seed=config.seed,
+        device=device,
+        verbose=0,
+    )
+    if config.policy == "llm":
+        from llm_policy import LLMSlatePolicy
+
+        torch.manual_seed(config.seed)  # the policy's initial weights
+        model = LongrecPPO(LLMSlatePolicy, env, policy_kwargs=_llm_policy_kwargs(config, env.core), **common)
+    else:
+        policy_kwargs = dict(
+            features_extractor_class=IdEmbeddingExtractor,
+            features_extractor_kwargs=dict(embedding_dim=config.mlp_embedding_dim),
+            net_arch=dict(pi=list(config.mlp_net_arch), vf=list(config.mlp_net_arch)),
+        )
+        model = LongrecPPO("MultiInputPolicy", env, policy_kwargs=policy_kwargs, **common)
+    model.core = env.core
+    if config.kl is not None and config.kl.coef > 0:
+        model.reference = copy.deepcopy(model.policy).requires_grad_(False)
+        model.reference.set_training_mode(False)
+        model.kl_config = config.kl
+        model.kl_controller = make_kl_controller(config.kl)
+    return model
+
+
+def _checkpoint_meta(config: PPOConfig) -> dict[str, Any]:
+    return {
+        "kind": "ppo",
+        "env_id": config.env_id,
+        "env_kwargs": dict(config.env_kwargs),
+        "policy": config.policy,
+        "num_envs": config.num_envs,
+        "n_steps": config.n_steps,
+        "kl": None if config.kl is None else dataclasses.asdict(config.kl),
+    }
+
+
+def train_ppo(
+    config: PPOConfig,
+    metrics_sink: MetricsSink | None = None,
+    resume: bool = True,
+    callbacks: Sequence[BaseCallback] = (),
+    progress: bool = False,
+) -> PPOResult:
+    """Train PPO as ``config`` says; returns the model and where it stopped.
+
+    With ``resume`` and a ``last.pt`` in ``config.checkpoint_dir``, training continues
+    from it (policy, optimizer, step count, RNG and simulator state) up to
+    ``config.total_steps``. Ctrl-C saves a checkpoint (when a folder is set) and returns
+    with ``interrupted=True``.
+    """
+    model = build_ppo(config)
+    meta = _checkpoint_meta(config)
+    resumed_from = None
+    existing = find_checkpoint(config.checkpoint_dir) if resume else None
+    if existing is not None:
+        payload = load_checkpoint(existing, expected_meta=meta)
+        restore_model(existing, payload, model)
+        extra = payload.get("extra", {})
+        if model.kl_controller is not None and extra.get("kl_coef") is not None:
+            model.kl_controller.value = float(extra["kl_coef"])
+        if model.reference is not None and extra.get("reference") is not None:
+            model.reference.load_state_dict(extra["reference"])
+        model.pending_restore = payload
+        resumed_from = model.num_timesteps
+
+    def extra() -> dict[str, Any]:
+        return {
+            "kl_coef": None if model.kl_controller is None else model.kl_controller.value,
+            "reference": None if model.reference is None else model.reference.state_dict(),
+            "config": config.to_dict(),
+        }
+
+    metrics = MetricsCallback(metrics_sink, config.log_interval_steps)
+    checkpointer = None
+    all_callbacks: list[BaseCallback] = [metrics, *callbacks]
+    if config.checkpoint_dir is not None:
+        checkpointer = CheckpointCallback(config.checkpoint_dir, config.checkpoint_every, meta, extra)
+        all_callbacks.insert(0, checkpointer)
+    remaining = config.total_steps - model.num_timesteps
+    interrupted = False
+    if remaining > 0:
+        try:
+            model.learn(
+                total_timesteps=remaining,
+                callback=CallbackList(all_callbacks),
+                reset_num_timesteps=resumed_from is None,
+                progress_bar=progress,
+            )
+        except KeyboardInterrupt:
+            interrupted = True
+    saved = existing
+    if checkpointer is not None and (interrupted or remaining > 0):
+        saved = checkpointer.save()
+    return PPOResult(model, int(model.num_timesteps), interrupted, saved, resumed_from)
+
+
+def load_policy_for_eval(result_or_model: PPOResult | PPO) -> Any:
+    """The policy of a trained model, in eval mode (for ``agents.baselines.PolicyAgent``)."""
+    model = result_or_model.model if isinstance(result_or_model, PPOResult) else result_or_model
+    model.policy.set_training_mode(False)
+    return model.policy
