@@ -222,3 +222,19 @@ def test_sb3_save_load_round_trip(video_ppo, tmp_path):
     torch.manual_seed(5)
     s2, _ = loaded.predict(obs)
     np.testing.assert_array_equal(s1, s2)
+
+
+def test_ppo_on_plain_gymnasium_env():
+    gym = pytest.importorskip("gymnasium")
+    envs = pytest.importorskip("envs")
+    from stable_baselines3 import PPO
+
+    env = gym.make("longrec/Video-v0")
+    n_items = envs.get_core(env).catalog.num_items
+    model = PPO(LLMSlatePolicy, env, n_steps=32, batch_size=32, n_epochs=1, seed=1, device="cpu",
+                policy_kwargs=dict(item_embeddings=torch.randn(n_items, E), model_config=TINY, seed=1))
+    model.learn(64)
+    obs, _ = env.reset(seed=0)
+    action, _ = model.predict(obs)
+    assert action.shape == env.action_space.shape and len(set(action.tolist())) == len(action)
+    assert env.action_space.contains(action)
