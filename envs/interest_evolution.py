@@ -188,22 +188,6 @@ def positive_update_probability(interest: np.ndarray) -> np.ndarray:
     return (interest + 1.0) / 2.0
 
 
-def budget_after_click(
-    time_left: np.ndarray,
-    watch_time: np.ndarray,
-    quality: np.ndarray,
-    affinity: np.ndarray,
-    config: InterestEvolutionConfig,
-) -> np.ndarray:
-    """Time left after watching: minus the watch time, plus the quality-driven refund."""
-    # RecSim's "expected utility" is the clicked video's shifted choice score.
-    received_utility = (
-        config.user_quality_factor * (affinity - config.min_normalizer)
-        + config.document_quality_factor * quality
-    )
-    return time_left - watch_time + config.budget_update_alpha * watch_time * received_utility
-
-
 # -- catalog --------------------------------------------------------------------------
 
 _TRASHY_TOPICS = (
@@ -325,6 +309,11 @@ class InterestEvolutionUserModel:
         self.catalog = catalog
         self.config = config
         self._quality = catalog.quality.astype(np.float64)
+        # budget refund per minute watched: the quality part per item, the choice-score part per score
+        self._quality_refund_rate = (
+            config.budget_update_alpha * config.document_quality_factor * self._quality
+        )
+        self._score_refund_rate = config.budget_update_alpha * config.user_quality_factor
         self._length = catalog.length.astype(np.float64)
         self._log_no_click = float(np.log(config.no_click_mass - config.min_normalizer))
         self._offsets = np.zeros(0, dtype=np.int64)
@@ -386,9 +375,15 @@ class InterestEvolutionUserModel:
         length = self._length[item]
 
         watch_time = np.minimum(state.time_left, length) * clicked
-        # a click costs the watch time and refunds alpha * watch * utility; no click costs the step penalty
-        new_time_left = budget_after_click(state.time_left, watch_time, self._quality[item], interest, config)
-        new_time_left -= config.step_penalty * ~clicked
+        # A click costs the watch time and refunds budget_update_alpha * watch_time * received
+        # utility, where received utility = user_quality_factor * (shifted choice score)
+        # + document_quality_factor * quality; a slate without a click costs the step penalty.
+        refund_rate = self._quality_refund_rate[item]
+        if config.user_quality_factor:
+            refund_rate = refund_rate + self._score_refund_rate * (interest - config.min_normalizer)
+        new_time_left = state.time_left + np.where(
+            clicked, watch_time * (refund_rate - 1.0), -config.step_penalty
+        )
         state.time_left = new_time_left
 
         positive = rng.random(num_users) < positive_update_probability(interest)

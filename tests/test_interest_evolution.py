@@ -96,12 +96,17 @@ def test_interest_step_by_hand():
     np.testing.assert_allclose(ie.positive_update_probability(np.array([-1.0, 0.0, 0.6])), [0.0, 0.5, 0.8])
 
 
-def test_budget_after_click_by_hand():
-    time_left = np.array([200.0, 200.0])
-    watch = np.array([4.0, 4.0])
-    quality = np.array([3.0, -3.0])
-    new = ie.budget_after_click(time_left, watch, quality, np.zeros(2), CONFIG)
-    np.testing.assert_allclose(new, [200 - 4 + 0.9 / 3.4 * 4 * 3, 200 - 4 - 0.9 / 3.4 * 4 * 3])
+def test_refund_can_use_the_choice_score_instead_of_quality():
+    config = ie.InterestEvolutionConfig(user_quality_factor=1.0, document_quality_factor=0.0, num_items=200)
+    catalog = ie.sample_interest_evolution_catalog(config, np.random.default_rng(0))
+    model = ie.InterestEvolutionUserModel(catalog, config)
+    state = model.init_state(2, np.random.default_rng(0))
+    slate = np.array([[5, 6], [5, 6]])
+    affinity = model.affinity(state, slate)[:, 0]
+    model.transition(state, slate, np.array([5, -1]), np.random.default_rng(0))
+    # received utility = shifted choice score (affinity + 1); no click costs the step penalty
+    expected_first = 200 - 4 + config.budget_update_alpha * 4 * (affinity[0] + 1)
+    np.testing.assert_allclose(state.time_left, [expected_first, 200 - 0.5])
 
 
 def test_catalog_matches_recsim_video_distribution():
