@@ -13,8 +13,9 @@ Dynamics (one session per episode, the one longrec preset without retention):
   clusters evenly spaced on ``[-3, 0]`` followed by 6 "nutritious" ones on
   ``[0, 3]``; a video's quality is ``N(m_c, 0.1)``. Every video lasts 4 minutes.
   RecSim draws fresh candidates every step; here candidates are drawn uniformly
-  from a large catalog sampled from the same distribution (10,000 videos by
-  default, 500 per cluster), which has the same per-step statistics.
+  (distinct within a step) from a large catalog sampled from the same
+  distribution (10,000 videos by default, exactly 500 per cluster), which has
+  the same per-step statistics.
 * **Users.** Interests ``I ~ U(-1, 1)^20``, a time budget of 200 minutes.
 * **Choice (multinomial proportional).** The affinity of video ``j`` is
   ``s_j = I . features_j = I[c_j]``. With ``min_normalizer = -1`` and
@@ -34,6 +35,13 @@ Dynamics (one session per episode, the one longrec preset without retention):
 
 RecSim's ``score_scaling`` and ``attention_prob`` only matter for its cascade
 choice models, which interest_evolution does not use.
+
+Differences from RecSim, by design: the observation does not contain the
+user's interests (RecSim's does; here they are in ``hidden_state()`` for
+oracles), all randomness comes from the generator seeded in ``reset``
+(RecSim draws clicks from the global ``np.random``), and candidates come from
+a fixed catalog so that item ids and texts are stable. Fidelity of returns is
+checked against RecSim itself by ``benchmarks/recsim_fidelity.py``.
 """
 
 from __future__ import annotations
