@@ -1,0 +1,105 @@
+"""Checkpoints: exact resume to the same step count, Ctrl-C saves, clear errors, device selection."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from agents.device import resolve_device
+from agents.ppo import PPOConfig, train_ppo
+
+TINY = PPOConfig(
+    env_id="longrec/News-v0",
+    policy="mlp",
+    total_steps=512,
+    num_envs=16,
+    n_steps=16,
+    batch_size=64,
+    n_epochs=2,
+    mlp_embedding_dim=4,
+    mlp_net_arch=(32,),
+    device="cpu",
+    checkpoint_every=256,
+    seed=3,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def parameters(result):
+    return {k: v.clone() for k, v in result.model.policy.state_dict().items()}
+
+
+def test_resume_reaches_2n_with_the_same_step_count_and_weights(tmp_path):
+    straight = train_ppo(dataclasses.replace(TINY, total_steps=1024))
+    config = dataclasses.replace(TINY, checkpoint_dir=str(tmp_path))
+    first = train_ppo(config)  # N = 512 steps, then stop
+    assert first.num_timesteps == 512 and first.resumed_from is None
+    assert load_checkpoint(checkpoint_path(tmp_path))["num_timesteps"] == 512
+    resumed = train_ppo(dataclasses.replace(config, total_steps=1024))
+    assert resumed.resumed_from == 512 and resumed.num_timesteps == 1024
+    assert resumed.model._n_updates == straight.model._n_updates
+    # the resumed run continues the saved one step for step: same weights as training 2N straight
+    for key, value in parameters(straight).items():
+        torch.testing.assert_close(parameters(resumed)[key], value, msg=f"parameter {key} differs")
+    assert not [p for p in tmp_path.iterdir() if p.name != "last.pt"], "temporary files left behind"
+
+
+class InterruptAt(BaseCallback):
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.step:
+            raise KeyboardInterrupt
+        return True
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    config = dataclasses.replace(TINY, checkpoint_dir=str(tmp_path), checkpoint_every=10_000)
+    interrupted = train_ppo(config, callbacks=[InterruptAt(320)])
+    assert interrupted.interrupted and interrupted.num_timesteps == 320
+    assert load_checkpoint(checkpoint_path(tmp_path))["num_timesteps"] == 320
+    finished = train_ppo(config)
+    assert finished.resumed_from == 320 and finished.num_timesteps >= 512 and not finished.interrupted
+
+
+def test_corrupt_and_incompatible_checkpoints_give_clear_errors(tmp_path):
+    config = dataclasses.replace(TINY, total_steps=256, checkpoint_dir=str(tmp_path))
+    train_ppo(config)
+    path = checkpoint_path(tmp_path)
+    with pytest.raises(CheckpointError, match="env_id='longrec/News-v0'.*env_id='longrec/Music-v0'"):
+        train_ppo(dataclasses.replace(config, env_id="longrec/Music-v0"))
+    with pytest.raises(CheckpointError, match="does not fit this policy"):
+        train_ppo(dataclasses.replace(config, mlp_net_arch=(16,)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"last\.pt.*corrupt or truncated"):
+        train_ppo(config)
+    torch.save({"format": "something-else"}, path)
+    with pytest.raises(CheckpointError, match="not a longrec checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_device_auto_and_errors():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='gpu0' is not known"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no GPU"):
+            resolve_device("cuda")
