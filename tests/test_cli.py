@@ -128,3 +128,22 @@ def test_train_slateq_then_evaluate_its_checkpoint(tmp_path, capsys):
     assert summary["final_checkpoint"] == "checkpoints/slateq.pt"
     assert set(summary["agents"]) == {"slateq", "random"}
     assert any("charts/SPS" in line for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.expensive
+def test_ce_ppo_kl_pipeline_and_reloaded_checkpoint_give_the_same_numbers(tmp_path, capsys):
+    """logs -> CE pretraining -> PPO + KL -> evaluation; the saved policy re-evaluates to the same return."""
+    args = ["-c", "smoke", "--runs-dir", str(tmp_path / "train"), "--quiet"]
+    assert cli.main(["train", *args, "agent=ce_ppo_kl", "eval.baselines=[myopic,pctr_greedy]"]) == 0
+    (run_dir,) = list((tmp_path / "train").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["agents"]) == {"ce_ppo_kl", "myopic", "pctr_greedy"}
+    assert summary["final_checkpoint"] == "checkpoints/final_policy"
+    keys = set().union(*(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()))
+    assert {"pretrain/val/ndcg@10", "charts/SPS", "kl/ref"} <= keys
+    policy = run_dir / "checkpoints" / "final_policy"
+    assert cli.main(["eval", "-c", "smoke", "agent=ce_ppo_kl", "--checkpoint", str(policy), "eval.baselines=[]",
+                     "--runs-dir", str(tmp_path / "eval"), "--quiet"]) == 0
+    (eval_dir,) = list((tmp_path / "eval").iterdir())
+    again = json.loads((eval_dir / "summary.json").read_text())
+    assert again["metrics"]["eval/return"] == pytest.approx(summary["metrics"]["eval/return"])
