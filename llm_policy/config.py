@@ -25,6 +25,12 @@ class SlatePolicyConfig:
     """never download the pretrained encoder"""
     train_pretrained_encoder: bool = True
     """fine-tune the reused pretrained layers (False freezes them)"""
+    encoder_lora_rank: int = 0
+    """LoRA rank on the reused pretrained layers (0 = off; needs ``peft``): only the adapters then train"""
+    encoder_lora_alpha: int = 16
+    """LoRA scaling numerator (the update is scaled by alpha / rank)"""
+    encoder_lora_targets: tuple[str, ...] = ("query", "key", "value")
+    """names of the pretrained encoder's linear layers that get LoRA adapters (BERT-style names by default)"""
     n_encoder_layers: int = 2
     """transformer layers of the fresh state encoder"""
     n_encoder_heads: int = 4
@@ -61,6 +67,12 @@ class SlatePolicyConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_decoder_heads={self.n_decoder_heads}")
         if self.encoder == "fresh" and self.d_model % self.n_encoder_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_encoder_heads={self.n_encoder_heads}")
+        if self.encoder_lora_rank < 0:
+            raise ValueError(f"encoder_lora_rank must be >= 0, got {self.encoder_lora_rank}")
+        if self.encoder_lora_rank > 0 and self.encoder != "pretrained":
+            raise ValueError("encoder_lora_rank > 0 needs encoder='pretrained' (LoRA adapts pretrained layers)")
+        if isinstance(self.encoder_lora_targets, list):
+            object.__setattr__(self, "encoder_lora_targets", tuple(self.encoder_lora_targets))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 

@@ -13,7 +13,9 @@ is fed ``inputs_embeds``). Two modes (``SlatePolicyConfig.encoder``):
 
 * ``"fresh"``: a new small ``BertModel`` of the configured size;
 * ``"pretrained"``: the layers of a pretrained Hugging Face encoder (by default
-  all-MiniLM-L6-v2), reused through ``inputs_embeds``, optionally frozen.
+  all-MiniLM-L6-v2), reused through ``inputs_embeds``: fully fine-tuned, frozen
+  (``train_pretrained_encoder=False``), or adapted with LoRA (Hu et al. 2021;
+  ``encoder_lora_rank > 0``, via ``peft``), the usual choice for a large encoder on a GPU.
 
 Padding history slots (item id ``N`` or response 0) are masked out of the
 attention; the context token is always visible, so a user with no history
@@ -97,7 +99,20 @@ class StateEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = build_encoder_transformer(config, hf_config)
-        if config.encoder == "pretrained" and not config.train_pretrained_encoder:
+        if config.encoder == "pretrained" and config.encoder_lora_rank > 0:
+            try:
+                from peft import LoraConfig, get_peft_model
+            except ImportError as err:  # pragma: no cover - depends on the environment
+                raise ImportError("encoder_lora_rank > 0 needs the optional package 'peft': pip install peft") from err
+            lora = LoraConfig(
+                r=config.encoder_lora_rank,
+                lora_alpha=config.encoder_lora_alpha,
+                lora_dropout=config.dropout,
+                target_modules=list(config.encoder_lora_targets),
+                bias="none",
+            )
+            self.transformer = get_peft_model(self.transformer, lora)  # freezes the pretrained weights
+        elif config.encoder == "pretrained" and not config.train_pretrained_encoder:
             for p in self.transformer.parameters():
                 p.requires_grad_(False)
         d = int(self.transformer.config.hidden_size)

@@ -238,3 +238,28 @@ def test_ppo_on_plain_gymnasium_env():
     action, _ = model.predict(obs)
     assert action.shape == env.action_space.shape and len(set(action.tolist())) == len(action)
     assert env.action_space.contains(action)
+
+
+def test_pretrained_encoder_with_lora_trains_adapters_and_round_trips(tmp_path):
+    pytest.importorskip("peft")
+    from llm_policy.tiny import make_tiny_bert
+
+    path = make_tiny_bert(tmp_path / "bert", ["a b c"], hidden_size=24, num_attention_heads=2)
+    cfg = SlatePolicyConfig(d_model=16, encoder="pretrained", encoder_name_or_path=str(path), n_decoder_heads=2,
+                            n_decoder_layers=1, encoder_lora_rank=2)
+    model = SlateModel(cfg, torch.randn(N, E), D)
+    trainable = [n for n, p in model.encoder.transformer.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    obs = fake_obs(8)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    state = model.encode(obs)
+    (-model.score_slate(state, torch.arange(K).expand(8, K)).log_prob.mean()).backward()
+    opt.step()
+    assert any(not torch.equal(lora_before[n], p) for n, p in model.named_parameters() if "lora_B" in n)
+    model.eval().save_pretrained(tmp_path / "saved")
+    loaded = SlateModel.from_pretrained(tmp_path / "saved").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(obs).pooled, loaded.encode(obs).pooled)
+    with pytest.raises(ValueError, match="needs encoder='pretrained'"):
+        SlatePolicyConfig(encoder_lora_rank=4)
