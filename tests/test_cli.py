@@ -84,12 +84,11 @@ def test_bad_config_fails_before_any_run_folder(tmp_path, capsys):
     assert "did you mean 'env_throughput'" in capsys.readouterr().err
 
 
-def test_missing_backend_is_a_clear_error_before_any_run_folder(tmp_path, capsys):
-    if jobs.backend_available("ppo"):
-        pytest.skip("agents.ppo is available")
+def test_missing_backend_is_a_clear_error_before_any_run_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(jobs.BACKENDS, "ppo", "agents.not_there:train_ppo")
     code = cli.main(["train", "-c", "smoke", "agent=ppo_scratch", "--runs-dir", str(tmp_path)])
     assert code == 1
-    assert "requires agents.ppo.train_ppo (not yet available" in capsys.readouterr().err
+    assert "requires agents.not_there.train_ppo (not yet available" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
