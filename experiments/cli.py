@@ -429,6 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"longrec {args.command}: interrupted (the run folder is marked 'interrupted'; "
+              "metrics so far are in its metrics.jsonl)", file=sys.stderr)
+        return 130
     except (ConfigError, SweepError, CompareError) as exc:
         print(f"longrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
