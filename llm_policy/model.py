@@ -130,11 +130,15 @@ class SlateModel(nn.Module):
 
     # ------------------------------------------------------------------ items
 
-    def item_repr(self, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Representations of item ids (any shape; id N = padding -> zeros); ``None`` = the whole catalog ``(N, d)``."""
+    def item_repr(self, ids: torch.Tensor | None = None, item_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Representations of item ids (any shape; id N = padding -> zeros); ``None`` = the whole catalog ``(N, d)``.
+
+        ``item_table`` ``(N + 1, d)`` replaces the cached embeddings (e.g. embeddings being fine-tuned).
+        """
         if ids is None:
             ids = torch.arange(self.num_items, device=self.item_embeddings.device)
-        x = self.item_embeddings[ids]
+        table = self.item_embeddings if item_table is None else item_table
+        x = table[ids]
         if self.item_id_embedding is not None:
             x = x + self.item_id_embedding(ids)
         return x
@@ -151,6 +155,7 @@ class SlateModel(nn.Module):
         *,
         full_catalog: bool = False,
         candidate_mask: torch.Tensor | None = None,
+        item_table: torch.Tensor | None = None,
     ) -> EncodedState:
         """Encode an observation batch (the contract's five arrays, batch-first).
 
@@ -161,11 +166,15 @@ class SlateModel(nn.Module):
                 ``candidate_item_ids``; slates are then catalog item ids.
             candidate_mask: optional bool mask, True = may be chosen: ``(B, C)``, or ``(B, N)`` /
                 ``(N,)`` with ``full_catalog``.
+            item_table: ``(N + 1, item_dim)`` item embeddings to use instead of the cached buffer
+                (row N = padding); lets gradients reach a text encoder being fine-tuned.
         """
         missing = [k for k in OBS_KEYS if k not in obs and not (full_catalog and k == "candidate_item_ids")]
         if missing:
             raise ValueError(f"observation is missing keys {missing}; expected {list(OBS_KEYS)}")
         device = self.item_embeddings.device
+        if item_table is not None and tuple(item_table.shape) != tuple(self.item_embeddings.shape):
+            raise ValueError(f"item_table must have shape {tuple(self.item_embeddings.shape)} (N + 1 rows), got {tuple(item_table.shape)}")
         hist = self._ids(obs["history_item_ids"]).to(device)
         if hist.numel() and (int(hist.min()) < 0 or int(hist.max()) > self.num_items):
             raise ValueError(
@@ -186,7 +195,7 @@ class SlateModel(nn.Module):
         # catalog has items, project the catalog once and gather (same numbers, far fewer FLOPs).
         slots = hist.numel() + (cand.numel() if cand is not None else self.num_items)
         if full_catalog or slots >= self.num_items + 1:
-            table = self.item_repr(torch.arange(self.num_items + 1, device=device))
+            table = self.item_repr(torch.arange(self.num_items + 1, device=device), item_table)
             enc_tab = self.encoder.item_proj(table)
             history_items, projected = enc_tab[hist], True
             key_tab, in_tab = dec.key_proj(table), dec.input_proj(table)
@@ -195,8 +204,8 @@ class SlateModel(nn.Module):
             else:
                 cands = PreparedCandidates(key_tab[cand], in_tab[cand], mask_arg)
         else:
-            history_items, projected = self.item_repr(hist), False
-            cands = dec.prepare_candidates(self.item_repr(cand), mask_arg)
+            history_items, projected = self.item_repr(hist, item_table), False
+            cands = dec.prepare_candidates(self.item_repr(cand, item_table), mask_arg)
         pooled, states, mask = self.encoder(
             history_items,
             valid,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from llm_policy.text_encoder import resolve_device
 __all__ = ["PretrainConfig", "PretrainResult", "LogTensors", "pretrain", "evaluate", "split_users"]
 
 _TARGETS = ("slate", "click")
+_FINETUNE = ("none", "lora", "full")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class PretrainConfig:
     """rank the whole catalog instead of the logged candidates (target="click" only)"""
     exclude_history: bool = False
     """with full_catalog: never rank items already in the user's history (except the target)"""
+    finetune_text_encoder: str = "none"
+    """"none": fixed cached item embeddings; "lora" / "full": fine-tune the item text encoder too (GPU runs)"""
+    text_encoder_lr: float = 1e-4
+    """learning rate of the text encoder's trainable weights"""
     max_batches_per_epoch: int | None = None
     """cap on gradient steps per epoch (None = a full pass)"""
     eval_batch_size: int = 1024
@@ -90,6 +95,10 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.target not in _TARGETS:
             raise ValueError(f"target must be one of {_TARGETS}, got {self.target!r}")
+        if self.finetune_text_encoder not in _FINETUNE:
+            raise ValueError(f"finetune_text_encoder must be one of {_FINETUNE}, got {self.finetune_text_encoder!r}")
+        if self.finetune_text_encoder != "none" and self.full_catalog:
+            raise ValueError("finetune_text_encoder needs full_catalog=False (it would re-encode the whole catalog every step)")
         if self.full_catalog and self.target != "click":
             raise ValueError("full_catalog=True needs target='click' (slates index the logged candidates)")
         if not 0.0 < self.val_fraction < 1.0:
@@ -210,14 +219,30 @@ def _click_targets(slate: torch.Tensor, clicked_position: torch.Tensor, clicked_
     return slate.gather(1, clicked_position.clamp(min=0).unsqueeze(1)).squeeze(1)
 
 
-def _loss(model: SlateModel, cfg: PretrainConfig, obs, slate, clicked_position, clicked_item_id) -> torch.Tensor:
+def _loss(
+    model: SlateModel, cfg: PretrainConfig, obs, slate, clicked_position, clicked_item_id,
+    item_table: torch.Tensor | None = None,
+) -> torch.Tensor:
     if cfg.target == "slate":
-        state = model.encode(obs)
+        state = model.encode(obs, item_table=item_table)
         return -model.score_slate(state, slate).log_probs.mean()
     target = _click_targets(slate, clicked_position, clicked_item_id, cfg.full_catalog)
     mask = _history_mask(model, obs, target) if cfg.full_catalog and cfg.exclude_history else None
-    state = model.encode(obs, full_catalog=cfg.full_catalog, candidate_mask=mask)
+    state = model.encode(obs, full_catalog=cfg.full_catalog, candidate_mask=mask, item_table=item_table)
     return -model.score_slate(state, target.unsqueeze(1)).log_probs.mean()
+
+
+def _live_item_table(model: SlateModel, text_encoder: Any, texts: Sequence[str], obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Item table whose rows for the batch's items are re-embedded by the text encoder (with gradients)."""
+    ids = torch.cat([obs["history_item_ids"].flatten(), obs["candidate_item_ids"].flatten()]).long()
+    ids = torch.unique(ids[ids < model.num_items])
+    emb = text_encoder.embed([texts[i] for i in ids.tolist()]).to(model.item_embeddings)
+    return model.item_embeddings.detach().index_put((ids.to(emb.device),), emb)
+
+
+@torch.no_grad()
+def _refresh_item_embeddings(model: SlateModel, text_encoder: Any, texts: Sequence[str]) -> None:
+    model.item_embeddings[: model.num_items] = text_encoder.encode(texts, use_cache=False).to(model.item_embeddings)
 
 
 @torch.no_grad()
@@ -273,6 +298,8 @@ def pretrain(
     model_config: SlatePolicyConfig | None = None,
     model: SlateModel | str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
+    text_encoder: Any = None,
+    item_texts: Sequence[str] | None = None,
 ) -> PretrainResult:
     """Train the slate model with cross-entropy on logged data.
 
@@ -282,7 +309,14 @@ def pretrain(
         config: training settings.
         model_config: model sizes for a new model (default :class:`SlatePolicyConfig`).
         model: start from this model or ``save_pretrained`` folder instead of a new one.
-        output_dir: where ``best/`` (``save_pretrained`` folder) and ``metrics.json`` are written.
+        output_dir: where ``best/`` (``save_pretrained`` folder) and ``metrics.json`` are written
+            (and ``best_text_encoder/`` when the text encoder is fine-tuned).
+        text_encoder: the :class:`~llm_policy.text_encoder.ItemTextEncoder` that produced
+            ``item_embeddings``; needed with ``config.finetune_text_encoder != "none"``. Each
+            step then re-embeds the batch's item texts with gradients; after each epoch the
+            catalog is re-encoded into the model's embedding buffer, so the best checkpoint
+            carries the fine-tuned embeddings (and PPO later reads them from the cache-like buffer).
+        item_texts: the catalog texts (row i = item i), with ``text_encoder``.
 
     Returns:
         :class:`PretrainResult` with the best model, metrics and the checkpoint folder.
@@ -318,7 +352,25 @@ def pretrain(
         raise ValueError(f"no training steps for target={config.target!r} (no clicks logged?)")
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    groups: list[dict[str, Any]] = [{"params": params, "lr": config.lr}]
+    finetune = config.finetune_text_encoder != "none"
+    texts: Sequence[str] = ()
+    if finetune:
+        if text_encoder is None or item_texts is None:
+            raise ValueError("finetune_text_encoder needs text_encoder=<ItemTextEncoder> and item_texts=<catalog texts>")
+        texts = list(item_texts)
+        if len(texts) != model.num_items or text_encoder.dim != model.item_dim:
+            raise ValueError(
+                f"text encoder / texts must match the model: {len(texts)} texts of dim {text_encoder.dim} "
+                f"vs {model.num_items} items of dim {model.item_dim}"
+            )
+        if text_encoder.finetuning == "none":
+            text_params = text_encoder.enable_lora() if config.finetune_text_encoder == "lora" else text_encoder.enable_full_finetuning()
+        else:
+            text_params = [p for p in text_encoder.model.parameters() if p.requires_grad]
+        groups.append({"params": text_params, "lr": config.text_encoder_lr})
+        params = params + text_params
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     key = f"ndcg@{config.eval_k}"
     before = evaluate(model, val, config)
@@ -341,7 +393,8 @@ def pretrain(
         for b in range(n_batches):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
             obs, slate, cpos, citem = _batch(train, idx, device)
-            loss = _loss(model, config, obs, slate, cpos, citem)
+            table = _live_item_table(model, text_encoder, texts, obs) if finetune else None
+            loss = _loss(model, config, obs, slate, cpos, citem, table)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -351,6 +404,8 @@ def pretrain(
             count += len(idx)
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{total / count:.4f}", best=f"{best_score:.4f}")
+        if finetune:
+            _refresh_item_embeddings(model, text_encoder, texts)
         val_metrics = evaluate(model, val, config)
         epochs_run = epoch
         history.append({"epoch": epoch, "train/loss": total / max(count, 1), **{f"val/{k}": v for k, v in val_metrics.items()}})
@@ -359,6 +414,9 @@ def pretrain(
             best_state = copy.deepcopy(model.state_dict())
             if best_dir is not None:
                 model.save_pretrained(best_dir)
+                if finetune:
+                    text_encoder.model.save_pretrained(Path(output_dir) / "best_text_encoder")
+                    text_encoder.tokenizer.save_pretrained(Path(output_dir) / "best_text_encoder")
         else:
             stale += 1
             if stale > config.patience:

@@ -48,7 +48,12 @@ def make_tiny_bert(
     vocab = list(_SPECIAL) + sorted(words)
     vocab_file = path / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=max_position_embeddings)
+    try:  # transformers >= 5 takes the vocabulary itself
+        tokenizer = BertTokenizerFast(
+            vocab={tok: i for i, tok in enumerate(vocab)}, do_lower_case=True, model_max_length=max_position_embeddings
+        )
+    except TypeError:  # transformers 4.x
+        tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=max_position_embeddings)
     tokenizer.save_pretrained(path)
     config = BertConfig(
         vocab_size=len(vocab),

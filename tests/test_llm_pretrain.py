@@ -134,3 +134,40 @@ def test_config_errors():
     logs, emb = synthetic_log(num_users=2, steps=2)
     with pytest.raises(ValueError, match="needs item_embeddings"):
         pretrain(logs, None, config=PretrainConfig(progress=False))
+
+
+def test_finetuning_the_text_encoder_during_pretraining(tmp_path):
+    """finetune_text_encoder="full": gradients reach the tiny BERT; the best model carries its re-encoded catalog."""
+    from llm_policy.text_encoder import ItemTextEncoder
+    from llm_policy.tiny import make_tiny_bert
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    adjectives = ["great", "awful", "calm", "loud", "fresh", "stale"]
+    topics = ["cats", "jazz", "curry", "budget", "dogs", "news"]
+    texts = [f"{adjectives[i % 6]} {topics[(i // 6) % 6]} video number {i}" for i in range(N)]
+    good = np.array([t.startswith("great") for t in texts])
+    logs, _ = synthetic_log(num_users=20, steps=6, seed=2)
+    # behaviour: "great" items first, then the rest in logged order
+    for row in range(len(logs["slate"])):
+        cand = logs["candidate_item_ids"][row]
+        order = np.argsort(~good[cand], kind="stable")[:K]
+        logs["slate"][row] = order
+        logs["slate_item_ids"][row] = cand[order]
+    model_dir = make_tiny_bert(tmp_path / "bert", texts, hidden_size=16, num_attention_heads=2, seed=rng.integers(100))
+    enc = ItemTextEncoder(model_dir, cache_dir=tmp_path / "cache", show_progress=False)
+    emb = enc.encode(texts)
+    before = {n: p.detach().clone() for n, p in enc.model.named_parameters()}
+    cfg = PretrainConfig(target="slate", epochs=6, batch_size=32, lr=3e-3, patience=6,
+                         text_encoder_lr=1e-3, finetune_text_encoder="full", progress=False)
+    result = pretrain(logs, emb, config=cfg, model_config=TINY, output_dir=tmp_path / "run",
+                      text_encoder=enc, item_texts=texts)
+    assert any(not torch.equal(before[n], p) for n, p in enc.model.named_parameters())
+    m = result.metrics
+    assert m["best_epoch"] > 0 and m["val/ndcg@10"] > m["val_before/ndcg@10"] + 0.05
+    assert not torch.allclose(result.model.item_embeddings[:N], emb)
+    # the saved best text encoder reproduces the embeddings the best model carries
+    best_enc = ItemTextEncoder(tmp_path / "run" / "best_text_encoder", cache_dir=tmp_path / "cache2", show_progress=False)
+    torch.testing.assert_close(best_enc.encode(texts), result.model.item_embeddings[:N], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="finetune_text_encoder needs text_encoder"):
+        pretrain(logs, emb, config=cfg, model_config=TINY)
