@@ -140,7 +140,7 @@ class ItemTextEncoder:
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
         self.normalize = bool(normalize)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.device = resolve_device(device)
         self.local_files_only = bool(local_files_only)
         self.show_progress = bool(show_progress)
