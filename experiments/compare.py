@@ -296,10 +296,14 @@ def plot_bars(stats: Mapping[str, Mapping[str, AgentStat]], path: Path, metrics:
         return None
     plt = _pyplot()
     agents = sort_agents(stats, present[0])
-    fig, axes = plt.subplots(1, len(present), figsize=(max(4.0, 0.9 * len(agents) + 1.5) * len(present), 4.0),
-                             squeeze=False)
+    ncols = len(present) if len(present) <= 2 else 2
+    nrows = -(-len(present) // ncols)
+    width = max(4.0, 0.8 * len(agents) + 1.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(present):]:
+        ax.set_visible(False)
     colors = plt.get_cmap("tab10")
-    for ax, metric in zip(axes[0], present, strict=True):
+    for ax, metric in zip(axes.flat, present, strict=False):
         names = [a for a in agents if metric in stats[a]]
         means = [stats[a][metric].mean for a in names]
         errs = [stats[a][metric].ci95 if math.isfinite(stats[a][metric].ci95) else 0.0 for a in names]
@@ -359,7 +363,8 @@ def plot_curves(records: Sequence[RunRecord], metric: str, path: Path) -> Path |
             ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=line.get_color())
     ax.set_xlabel("environment steps")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: mean and 95% CI across seeds")
+    seeds = max(len(runs) for runs in curves.values())
+    ax.set_title(f"{metric}: mean and 95% CI across seeds" if seeds > 1 else metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
