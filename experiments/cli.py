@@ -271,11 +271,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise sweeps.SweepError(f"--workers must be >= 1; got {args.workers}")
     if args.backend == "wandb":
         if args.sweep_id:
+            if args.overrides:
+                raise sweeps.SweepError("KEY=VALUE overrides cannot change a registered sweep (--sweep-id); "
+                                        "put them in the sweep file's command and register it again")
             sweep_id = args.sweep_id
         else:
             if not args.file:
                 raise sweeps.SweepError("give a sweep FILE to register, or --sweep-id to join an existing sweep")
-            spec = sweeps.load_sweep(args.file)
+            spec = sweeps.with_command_overrides(sweeps.load_sweep(args.file), args.overrides)
             sweep_id = sweeps.wandb_sweep_id(spec, args.project, args.entity)
         print(f"W&B sweep: {sweep_id}")
         print(f"more agents (any machine with this repo installed and `wandb login`): "

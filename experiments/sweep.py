@@ -25,6 +25,7 @@ configuration")::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -566,6 +567,18 @@ def _bar(total: int, enabled: bool):
 
 
 # --------------------------------------------------------------------------- W&B backend
+
+
+def with_command_overrides(spec: SweepSpec, overrides: Sequence[str]) -> SweepSpec:
+    """The spec whose W&B ``command`` passes ``overrides`` to every trial (before the swept ``${args...}``)."""
+    if not overrides:
+        return spec
+    load_config(spec.base_config, list(overrides))  # validate before registering anything
+    command = [str(w) for w in spec.raw.get("command") or
+               ["${env}", "longrec", spec.job, "--config", spec.base_config, "${args_no_hyphens}"]]
+    at = next((i for i, w in enumerate(command) if w.startswith("${args")), len(command))
+    raw = dict(spec.raw, command=[*command[:at], *overrides, *command[at:]])
+    return dataclasses.replace(spec, raw=raw)
 
 
 def wandb_sweep_id(sweep: SweepSpec, project: str, entity: str | None) -> str:

@@ -187,6 +187,14 @@ def test_wandb_backend_registers_the_file_and_starts_agents(tmp_path, monkeypatc
     assert started[0][1]["PATH"].split(":")[0] == str(Path(sys.executable).parent)
 
 
+def test_wandb_command_carries_extra_overrides():
+    spec = sw.with_command_overrides(sw.load_sweep("kl_lr"), ["logging.tags=[cluster]", "env.num_envs=256"])
+    assert spec.raw["command"] == ["${env}", "longrec", "train", "--config", "video", "logging.tags=[cluster]",
+                                   "env.num_envs=256", "${args_no_hyphens}"]
+    with pytest.raises(Exception, match="unknown config key 'env.num_env'"):
+        sw.with_command_overrides(sw.load_sweep("kl_lr"), ["env.num_env=3"])
+
+
 def test_wandb_backend_without_login_points_to_local(monkeypatch, capsys):
     monkeypatch.setattr("experiments.wandb_logging.is_logged_in", lambda: False)
     assert cli.main(["sweep", "kl_lr", "--backend", "wandb"]) == 2
