@@ -26,6 +26,7 @@ validation item; for the validation target it is the training sequence.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ __all__ = [
     "LLMNextItemConfig",
     "LLMScorer",
     "MovieLensPretrainConfig",
+    "popularity_feature",
+    "pretrain_movielens",
     "run_llm_pretraining",
     "catalog_logits",
     "history_observation",
@@ -316,8 +319,8 @@ class LLMNextItemConfig:
     ``LLMSlatePolicy`` on ``longrec/MovieLens-v0`` and the other presets."""
     batch_size: int = 256
     """(user, position) examples per gradient step."""
-    steps_per_epoch: int = 50
-    """Gradient steps between validation evaluations."""
+    steps_per_epoch: int | None = 50
+    """Gradient steps between validation evaluations (None: one full pass over the training examples)."""
     max_epochs: int = 40
     """Upper bound on epochs."""
     patience: int = 3
@@ -328,19 +331,27 @@ class LLMNextItemConfig:
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 = none)."""
+    next_items: int = 1
+    """Targets per example: 1 trains slate position 0 on the next item; m > 1 teacher-forces the
+    decoder on the next m items (position k predicts item t + k given items t..t+k-1, as the slate
+    decoder writes a slate), m targets for one encoder pass. Evaluation always ranks with position 0."""
     seed: int = 0
     """Seeds initialisation, example sampling and dropout."""
+    device: str = "cpu"
+    """"cpu", "cuda", "auto", ..."""
     time_budget_s: float | None = None
     """Optional wall-clock cap on training (makes the result machine-dependent)."""
 
     def __post_init__(self) -> None:
         for name in ("history_length", "batch_size", "steps_per_epoch", "max_epochs"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"LLMNextItemConfig.{name} must be positive, got {getattr(self, name)}")
         if self.history_length + 1 > self.model.max_history + 1:
             raise ValueError(
                 f"history_length={self.history_length} exceeds model.max_history={self.model.max_history}"
             )
+        if not 1 <= self.next_items <= self.model.max_slate_size:
+            raise ValueError(f"next_items must lie in [1, model.max_slate_size={self.model.max_slate_size}], got {self.next_items}")
         if self.context_dim < 0 or self.patience < 0:
             raise ValueError(f"context_dim and patience must be >= 0, got {self.context_dim}, {self.patience}")
 
@@ -394,7 +405,9 @@ class LLMScorer:
         if self._keys is None:
             self._keys = self.model.decoder.key_proj(self.model.item_repr(None))
         obs = history_observation(histories, self.model.num_items, self.history_length, self.context_dim)
-        return catalog_logits(self.model, obs, self._keys).numpy()
+        device = self._keys.device
+        obs = {k: v.to(device) for k, v in obs.items()}
+        return catalog_logits(self.model, obs, self._keys).float().cpu().numpy()
 
 
 def train_llm_next_item(
@@ -410,15 +423,23 @@ def train_llm_next_item(
     last H items before t, the target the item at t. Early stopping on the protocol's validation
     NDCG@10; the best weights are returned.
     """
+    from llm_policy.text_encoder import resolve_device
+
     start = time.perf_counter()
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)  # module initialisers and dropout draw from the global generator
-    model = SlateModel(config.model, item_embeddings, config.context_dim)
+    model = SlateModel(config.model, item_embeddings, config.context_dim).to(device)
     if model.num_items != split.num_items:
         raise ValueError(f"item_embeddings has {model.num_items} rows, the split has {split.num_items} items")
-    users = np.concatenate([np.full(max(len(s) - 1, 0), u) for u, s in enumerate(split.train)]).astype(np.int64)
-    positions = np.concatenate([np.arange(1, len(s)) for s in split.train]).astype(np.int64)
+    m = config.next_items
+    users = np.concatenate([np.full(max(len(s) - m, 0), u) for u, s in enumerate(split.train)]).astype(np.int64)
+    positions = np.concatenate([np.arange(1, max(len(s) - m + 1, 1)) for s in split.train]).astype(np.int64)
+    if m > 1 and users.size:
+        # teacher forcing masks items already in the slate, so a window must not repeat an item
+        distinct = np.array([len(set(split.train[u][t : t + m].tolist())) == m for u, t in zip(users, positions, strict=True)])
+        users, positions = users[distinct], positions[distinct]
     if users.size == 0:
-        raise ValueError("no training sequence has >= 2 items")
+        raise ValueError(f"no training sequence has >= {m + 1} items")
     rng = np.random.default_rng(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -427,18 +448,26 @@ def train_llm_next_item(
     history: list[dict[str, float]] = []
     order = rng.permutation(users.size)
     cursor = 0
+    steps_per_epoch = config.steps_per_epoch or -(-users.size // config.batch_size)
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         total = 0.0
-        for _ in range(config.steps_per_epoch):
+        for _ in range(steps_per_epoch):
             if cursor + config.batch_size > order.size:
                 order, cursor = rng.permutation(users.size), 0
             idx = order[cursor : cursor + config.batch_size]
             cursor += config.batch_size
             hists = [split.train[u][max(0, t - config.history_length) : t] for u, t in zip(users[idx], positions[idx], strict=True)]
-            targets = torch.as_tensor([split.train[u][t] for u, t in zip(users[idx], positions[idx], strict=True)])
+            targets = torch.as_tensor(
+                np.stack([split.train[u][t : t + m] for u, t in zip(users[idx], positions[idx], strict=True)])
+            ).to(device)
             obs = history_observation(hists, model.num_items, config.history_length, config.context_dim)
-            loss = torch.nn.functional.cross_entropy(catalog_logits(model, obs), targets)
+            obs = {k: v.to(device) for k, v in obs.items()}
+            if m == 1:
+                loss = torch.nn.functional.cross_entropy(catalog_logits(model, obs), targets[:, 0])
+            else:
+                state = model.encode(obs, full_catalog=True)
+                loss = -model.score_slate(state, targets).log_probs.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -447,7 +476,7 @@ def train_llm_next_item(
             total += float(loss.detach())
         scorer = LLMScorer(model, config.history_length, config.context_dim)
         valid = evaluate_next_item(scorer, split, stage="valid").metrics()
-        record = {"epoch": float(epoch), "train_loss": total / config.steps_per_epoch, **{f"valid_{k}": v for k, v in valid.items()}}
+        record = {"epoch": float(epoch), "train_loss": total / steps_per_epoch, **{f"valid_{k}": v for k, v in valid.items()}}
         history.append(record)
         if progress is not None:
             progress("llm " + " ".join(f"{k}={v:.4g}" for k, v in record.items()) + f" t={time.perf_counter() - start:.0f}s")
@@ -467,7 +496,8 @@ def train_llm_next_item(
         "best_epoch": best_epoch,
         "best_valid_ndcg@10": best_ndcg,
         "seconds": time.perf_counter() - start,
-        "examples_seen": epoch * config.steps_per_epoch * config.batch_size,
+        "examples_seen": epoch * steps_per_epoch * config.batch_size,
+        "targets_seen": epoch * steps_per_epoch * config.batch_size * m,
         "history": history,
     }
     return model, log
@@ -487,6 +517,9 @@ class MovieLensPretrainConfig:
     """Where ``best/`` (``save_pretrained`` folder, loadable by ``LLMSlatePolicy``) and ``metrics.json`` go."""
     train: LLMNextItemConfig = field(default_factory=LLMNextItemConfig)
     """Model and training settings."""
+    popularity_feature: bool = True
+    """Append the visible popularity ``log(1 + training count) / log(1 + max count)`` to each item's
+    text embedding (the item features the policy scores), as the simulator's catalog exposes it."""
     num_threads: int | None = None
     """torch CPU threads (None: leave torch's default)."""
 
@@ -512,7 +545,9 @@ def run_llm_pretraining(
     data = load_movielens(config.data_path)
     split = leave_one_out_split(data.sequences(), data.num_items, min_interactions=config.min_interactions)
     encoder = ItemTextEncoder(config.text_model, show_progress=progress is not None)
-    item_embeddings = encoder.encode(data.texts)
+    item_embeddings = encoder.encode(data.texts).numpy()
+    if config.popularity_feature:
+        item_embeddings = np.concatenate([item_embeddings, popularity_feature(split.train_item_counts())], axis=1)
     model, log = train_llm_next_item(split, item_embeddings, config.train, progress=progress)
     scorer = LLMScorer(model, config.train.history_length, config.train.context_dim)
     test = evaluate_next_item(scorer, split, stage="test")
@@ -532,3 +567,62 @@ def run_llm_pretraining(
         summary["data_path"] = str(data.path)
         (folder / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     return out
+
+
+def popularity_feature(counts: np.ndarray) -> np.ndarray:
+    """(N, 1) float32 visible popularity ``log(1 + count) / log(1 + max count)`` (0 for a catalog never seen)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    top = np.log1p(counts.max()) if counts.size else 0.0
+    return (np.log1p(counts) / top if top > 0 else np.zeros_like(counts))[:, None].astype(np.float32)
+
+
+def pretrain_movielens(
+    data_path: str | None = None,
+    policy_config: dict[str, Any] | None = None,
+    text_encoder: str | None = "minilm",
+    epochs: int = 5,
+    batch_size: int = 256,
+    learning_rate: float = 2e-3,
+    min_interactions: int = 5,
+    seed: int = 0,
+    device: str = "cpu",
+    out_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The ``longrec pretrain data.source=movielens`` seam (``experiments.jobs.BACKENDS["movielens"]``).
+
+    ``policy_config``: ``SlatePolicyConfig`` fields; ``text_encoder``: ``"minilm"`` (bundled
+    all-MiniLM-L6-v2), ``"tiny"`` (a random tiny BERT written under ``out_dir``, for tests) or a
+    Hugging Face folder / hub id; ``epochs``: full passes over the training examples (early stopping
+    on validation NDCG@10). Returns ``{"policy_dir": out_dir/best, "metrics": {...}}``.
+    """
+    from pathlib import Path
+
+    out = Path(out_dir) if out_dir is not None else Path("runs") / "movielens_pretrain"
+    text_model: str | None = None if text_encoder in (None, "minilm") else text_encoder
+    if text_encoder == "tiny":
+        from envs.movielens import load_movielens
+        from llm_policy.tiny import make_tiny_bert
+
+        folder = out / "tiny_text_encoder"
+        if not (folder / "config.json").exists():
+            make_tiny_bert(folder, load_movielens(data_path).texts, seed=seed)
+        text_model = str(folder)
+    base = LLMNextItemConfig()
+    model = SlatePolicyConfig(**{**base.model.to_dict(), **(policy_config or {})})
+    train = dataclasses.replace(
+        base, model=model, max_epochs=epochs, steps_per_epoch=None, batch_size=batch_size,
+        learning_rate=learning_rate, seed=seed, device=device,
+    )
+    config = MovieLensPretrainConfig(
+        data_path=data_path, min_interactions=min_interactions, text_model=text_model, output_dir=str(out), train=train
+    )
+    result = run_llm_pretraining(config, progress=print if progress else None)
+    metrics = {
+        **{f"valid/{k}": v for k, v in result["valid"].items()},
+        **{f"test/{k}": v for k, v in result["test"].items()},
+        **{f"test_cold/{label}/{k}": v for label, row in result["cold_start"].items() for k, v in row.items()},
+        "best_epoch": result["train_log"]["best_epoch"],
+        "epochs": result["train_log"]["epochs"],
+    }
+    return {"policy_dir": result["best_dir"], "metrics": metrics}

@@ -145,3 +145,24 @@ def test_llm_config_errors() -> None:
         tiny_llm_config(history_length=40)
     with pytest.raises(ValueError, match="batch_size"):
         tiny_llm_config(batch_size=0)
+
+
+def test_pretrain_movielens_seam_on_fixture(tmp_path) -> None:
+    from pathlib import Path
+
+    from agents.offline_protocol import pretrain_movielens
+
+    fixture = Path(__file__).parent / "fixtures" / "ml_tiny"
+    out = pretrain_movielens(
+        data_path=str(fixture),
+        policy_config={"d_model": 16, "n_encoder_heads": 2, "n_decoder_heads": 2, "n_decoder_layers": 1},
+        text_encoder="tiny",
+        epochs=2,
+        batch_size=4,
+        out_dir=str(tmp_path),
+        progress=False,
+    )
+    model = SlateModel.from_pretrained(out["policy_dir"])
+    assert model.num_items == 6 and model.item_dim == 32 + 1  # tiny BERT text (32) + popularity feature
+    assert 0.0 <= out["metrics"]["test/ndcg@10"] <= 1.0 and out["metrics"]["epochs"] >= 1
+    assert (tmp_path / "metrics.json").is_file()
