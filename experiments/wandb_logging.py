@@ -74,6 +74,7 @@ class WandbLogger:
         mode = resolve_mode(cfg.logging.mode)
         if mode == "disabled":
             return
+        os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own terminal chatter; the CLI prints what matters
         try:
             import wandb
 
@@ -88,7 +89,7 @@ class WandbLogger:
                 dir=str(run_dir),
                 mode=mode,
                 reinit="create_new",
-                settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
+                settings=wandb.Settings(console="off", x_disable_stats=True, quiet=True),
             )
             self.mode = mode
         except Exception as exc:  # W&B must never cost the run
