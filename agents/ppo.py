@@ -66,6 +66,13 @@ from agents.kl import KLConfig, kl_estimate, make_kl_controller
 from envs.core import BatchedSimulator
 
 POLICY_KINDS = ("llm", "mlp")
+LLM_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=32, n_encoder_layers=1, n_decoder_layers=1, n_encoder_heads=2, n_decoder_heads=2,
+                 value_hidden=32),
+    "small": dict(d_model=64, n_encoder_layers=1, n_decoder_layers=1, value_hidden=64),
+    "base": {},
+}
+"""named ``SlatePolicyConfig`` overrides for CPU runs (``base`` = the library defaults)"""
 MetricsSink = Callable[[dict[str, float], int], None]
 
 SB3_TO_STABLE_KEYS = {
