@@ -53,8 +53,8 @@ BACKENDS: dict[str, str] = {
 
 * ``llm_policy.pretrain.pretrain(logs, item_embeddings, config=PretrainConfig, model_config=
   SlatePolicyConfig, output_dir)`` -> ``PretrainResult(model, metrics, best_dir)`` (wired).
-* ``pretrain_movielens(data_path, policy_config, text_encoder, epochs, batch_size, learning_rate,
-  min_interactions, seed, device, out_dir, progress)`` -> ``{"policy_dir": folder, "metrics": {...}}``.
+* ``agents.offline_protocol.pretrain_movielens(data_path, policy_config, text_encoder, epochs, batch_size, learning_rate,
+  min_interactions, seed, device, out_dir, progress)`` -> ``{"policy_dir": folder, "metrics": {...}}`` (wired).
 * ``agents.ppo.train_ppo(config=agents.ppo.PPOConfig, metrics_sink, resume, progress)`` ->
   ``PPOResult(model, num_timesteps, interrupted, checkpoint, resumed_from)`` (wired,
   :func:`train_with_ppo`; the KL penalty only for ``ce_ppo_kl``).
@@ -189,9 +189,9 @@ def run_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
 def run_movielens_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     """Next-item pretraining on a MovieLens folder (the real-data seam, see :data:`BACKENDS`)."""
     function = require("movielens", "`longrec pretrain data.source=movielens`")
-    if not cfg.data.path or not Path(cfg.data.path).exists():
-        raise ConfigError(f"config key 'data.path' must name a MovieLens folder (ratings.csv, movies.csv); "
-                          f"got {cfg.data.path!r}")
+    if cfg.data.path and not Path(cfg.data.path).is_dir():
+        raise ConfigError(f"config key 'data.path' must name a MovieLens folder (ratings.csv, movies.csv) or be "
+                          f"null (the project's copy of ml-latest-small, or $LONGREC_MOVIELENS); got {cfg.data.path!r}")
     result = function(data_path=cfg.data.path, policy_config=policy_config_kwargs(cfg),
                       text_encoder=cfg.policy.text_encoder, epochs=cfg.pretrain.epochs,
                       batch_size=cfg.pretrain.batch_size, learning_rate=cfg.pretrain.learning_rate,
@@ -199,6 +199,7 @@ def run_movielens_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
                       out_dir=run.checkpoints_dir / "pretrained", progress=cfg.logging.progress)
     metrics = {f"pretrain/{k}": v for k, v in dict(result.get("metrics", {})).items() if _is_number(v)}
     run.update_summary(metrics=metrics, pretrained_policy=str(result["policy_dir"]))
+    run.log_checkpoint(result["policy_dir"], final=run.job_type == "pretrain")
     return {"policy_dir": Path(result["policy_dir"]), "metrics": metrics}
 
 
