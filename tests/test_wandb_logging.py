@@ -49,7 +49,10 @@ def test_netrc_login_is_detected(wandb_env, monkeypatch):
     assert not is_logged_in()  # an entry for another host does not count
 
 
-def test_offline_run_directory_holds_config_group_metrics_table_image_artifact(wandb_env):
+@pytest.mark.parametrize("wandb_mode", ["offline", None])  # set explicitly, or the default without a login
+def test_offline_run_directory_holds_config_group_metrics_table_image_artifact(wandb_env, monkeypatch, wandb_mode):
+    if wandb_mode:
+        monkeypatch.setenv("WANDB_MODE", wandb_mode)
     cfg = load_config("smoke", ["logging.wandb=true", f"logging.runs_dir={wandb_env / 'runs'}",
                                 "ppo.learning_rate=0.000123", "agent=ce_ppo", "name=", "logging.tags=[nightly]"])
     assert run_group(cfg) == "Video-v0__ce_ppo"
