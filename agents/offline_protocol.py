@@ -51,6 +51,7 @@ __all__ = [
     "catalog_logits",
     "history_observation",
     "train_llm_next_item",
+    "training_examples",
     "EvaluationResult",
     "LeaveOneOutSplit",
     "NextItemScorer",
@@ -331,6 +332,9 @@ class LLMNextItemConfig:
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 = none)."""
+    recent_positions: int | None = 50
+    """Train only on each user's last ``recent_positions`` training targets (None: all), as SASRec
+    reads each user's last ``max_len`` items: the evaluation targets are the users' most recent items."""
     next_items: int = 1
     """Targets per example: 1 trains slate position 0 on the next item; m > 1 teacher-forces the
     decoder on the next m items (position k predicts item t + k given items t..t+k-1, as the slate
@@ -343,7 +347,7 @@ class LLMNextItemConfig:
     """Optional wall-clock cap on training (makes the result machine-dependent)."""
 
     def __post_init__(self) -> None:
-        for name in ("history_length", "batch_size", "steps_per_epoch", "max_epochs"):
+        for name in ("history_length", "batch_size", "steps_per_epoch", "max_epochs", "recent_positions"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"LLMNextItemConfig.{name} must be positive, got {getattr(self, name)}")
         if self.history_length + 1 > self.model.max_history + 1:
@@ -410,6 +414,30 @@ class LLMScorer:
         return catalog_logits(self.model, obs, self._keys).float().cpu().numpy()
 
 
+def training_examples(
+    split: LeaveOneOutSplit, *, next_items: int = 1, recent_positions: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(user, t) pairs of next-item training examples: history ``train[u][:t]``, targets ``train[u][t:t+m]``.
+
+    ``t`` runs over ``1..len - m`` (only the last ``recent_positions`` of them when given); windows of
+    ``m > 1`` targets that repeat an item are dropped.
+    """
+    m = next_items
+    users = np.concatenate([np.full(max(len(s) - m, 0), u) for u, s in enumerate(split.train)]).astype(np.int64)
+    positions = np.concatenate([np.arange(1, max(len(s) - m + 1, 1)) for s in split.train]).astype(np.int64)
+    if recent_positions is not None:
+        last = np.concatenate([np.full(max(len(s) - m, 0), len(s) - m) for s in split.train])
+        keep = positions > last - recent_positions
+        users, positions = users[keep], positions[keep]
+    if m > 1 and users.size:
+        # teacher forcing masks items already in the slate, so a window must not repeat an item
+        distinct = np.array([len(set(split.train[u][t : t + m].tolist())) == m for u, t in zip(users, positions, strict=True)])
+        users, positions = users[distinct], positions[distinct]
+    if users.size == 0:
+        raise ValueError(f"no training sequence has >= {m + 1} items")
+    return users, positions
+
+
 def train_llm_next_item(
     split: LeaveOneOutSplit,
     item_embeddings: torch.Tensor | np.ndarray,
@@ -432,14 +460,7 @@ def train_llm_next_item(
     if model.num_items != split.num_items:
         raise ValueError(f"item_embeddings has {model.num_items} rows, the split has {split.num_items} items")
     m = config.next_items
-    users = np.concatenate([np.full(max(len(s) - m, 0), u) for u, s in enumerate(split.train)]).astype(np.int64)
-    positions = np.concatenate([np.arange(1, max(len(s) - m + 1, 1)) for s in split.train]).astype(np.int64)
-    if m > 1 and users.size:
-        # teacher forcing masks items already in the slate, so a window must not repeat an item
-        distinct = np.array([len(set(split.train[u][t : t + m].tolist())) == m for u, t in zip(users, positions, strict=True)])
-        users, positions = users[distinct], positions[distinct]
-    if users.size == 0:
-        raise ValueError(f"no training sequence has >= {m + 1} items")
+    users, positions = training_examples(split, next_items=m, recent_positions=config.recent_positions)
     rng = np.random.default_rng(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -53,12 +53,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--sasrec-max-len", type=int, default=50)
     p.add_argument("--sasrec-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
-    p.add_argument("--sasrec-budget-min", type=float, default=10.0, help="wall-clock cap on SASRec training")
+    p.add_argument("--sasrec-batch-size", type=int, default=32)
+    p.add_argument("--sasrec-budget-min", type=float, default=9.0, help="wall-clock cap on SASRec training")
     p.add_argument("--llm-history", type=int, default=20)
     p.add_argument("--llm-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--llm-steps-per-epoch", type=int, default=25)
     p.add_argument("--llm-batch-size", type=int, default=256)
     p.add_argument("--llm-lr", type=float, default=2e-3)
+    p.add_argument("--llm-patience", type=int, default=5, help="evaluations without a better valid NDCG@10")
+    p.add_argument("--llm-no-popularity", action="store_true", help="score items by their text embedding alone")
     p.add_argument("--llm-id-embeddings", action="store_true", help="add learned item-id embeddings to the text embeddings")
     p.add_argument("--llm-budget-min", type=float, default=12.0, help="wall-clock cap on LLM training")
     p.add_argument("--out", default="benchmarks/out/offline_movielens", help="where the LLM checkpoint and metrics go")
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     sasrec_config = SASRecConfig(
         max_len=args.sasrec_max_len,
         max_epochs=args.sasrec_epochs,
+        batch_size=args.sasrec_batch_size,
         seed=args.seed,
         time_budget_s=60.0 * args.sasrec_budget_min,
     )
@@ -97,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     llm_config = MovieLensPretrainConfig(
         data_path=args.data,
         output_dir=args.out,
+        popularity_feature=not args.llm_no_popularity,
         train=dataclasses.replace(
             base,
             model=dataclasses.replace(base.model, item_id_embeddings=args.llm_id_embeddings),
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             steps_per_epoch=args.llm_steps_per_epoch,
             max_epochs=args.llm_epochs,
             learning_rate=args.llm_lr,
+            patience=args.llm_patience,
             seed=args.seed,
             time_budget_s=60.0 * args.llm_budget_min,
         ),

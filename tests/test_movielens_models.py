@@ -166,3 +166,18 @@ def test_pretrain_movielens_seam_on_fixture(tmp_path) -> None:
     assert model.num_items == 6 and model.item_dim == 32 + 1  # tiny BERT text (32) + popularity feature
     assert 0.0 <= out["metrics"]["test/ndcg@10"] <= 1.0 and out["metrics"]["epochs"] >= 1
     assert (tmp_path / "metrics.json").is_file()
+
+
+def test_training_examples_by_hand() -> None:
+    from agents.offline_protocol import training_examples
+
+    split = leave_one_out_split([np.arange(12), np.array([5, 6, 5, 7, 8, 9])], num_items=20)  # train 0..9 and 5 6 5 7
+    users, positions = training_examples(split)
+    assert list(zip(users.tolist(), positions.tolist(), strict=True)) == [(0, t) for t in range(1, 10)] + [(1, 1), (1, 2), (1, 3)]
+    users, positions = training_examples(split, recent_positions=2)
+    assert list(zip(users.tolist(), positions.tolist(), strict=True)) == [(0, 8), (0, 9), (1, 2), (1, 3)]
+    users, positions = training_examples(split, next_items=2)
+    # user 1's window starting at t=1 is (6, 5), at t=2 (5, 7): both distinct; (5, 6, 5) never forms a 2-window repeat
+    assert (users == 1).sum() == 2 and positions[users == 0].tolist() == list(range(1, 9))
+    with pytest.raises(ValueError, match=">= 13 items"):
+        training_examples(split, next_items=12)
