@@ -144,6 +144,9 @@ class OracleConfig:
     """weight of the expected watch time of a click (minutes)"""
     leave_weight: float = 1.0
     """weight of the session time lost when an ignored slate ends the session early"""
+    refund_weight: float = 10.0
+    """interest evolution: future watch minutes per refunded minute (refunds compound: a longer
+    session shows more high-quality videos, which refund again; 10 was best of 1/3/10/30)"""
 
 
 class OracleAgent:
@@ -156,9 +159,9 @@ class OracleAgent:
     hidden quality, appeal, interest, fatigue and satisfaction. No click is worth the
     satisfaction step toward ``no_click_experience`` minus the chance of leaving times the
     session time left. For RecSim's interest evolution, a click is worth the watch time
-    plus the session time refunded by quality (every refunded minute is more watch
-    time); an ignored slate costs the step penalty. The slate is chosen by SlateQ's
-    greedy optimisation under the true choice model.
+    plus ``refund_weight`` times the session time refunded by quality (refunded minutes
+    become watch time, which refunds again); an ignored slate costs the step penalty. The
+    slate is chosen by SlateQ's greedy optimisation under the true choice model.
     """
 
     privileged = True
@@ -221,7 +224,7 @@ class OracleAgent:
         time_left = np.maximum(core.hidden_state()["time_left"], 0.0)[:, None]
         watch = np.minimum(time_left, core.catalog.length[ids])
         refund = config.budget_update_alpha * watch * config.document_quality_factor * core.catalog.quality[ids]
-        click_value = watch + refund
+        click_value = watch + self.config.refund_weight * refund
         no_click_value = np.full(core.num_users, -config.step_penalty)
         return click_value, no_click_value
 
