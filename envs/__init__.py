@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from envs import interest_evolution, presets
+from envs import interest_evolution, movielens_preset, presets
 from envs.core import BatchedSimulator
 from envs.registration import describe, make_core, register_preset, registered_ids
 
@@ -18,6 +18,7 @@ register_preset("longrec/Ecommerce-v0", presets.ecommerce)
 register_preset("longrec/News-v0", presets.news)
 register_preset("longrec/Music-v0", presets.music)
 register_preset("longrec/InterestEvolution-v0", interest_evolution.interest_evolution)
+register_preset(movielens_preset.ENV_ID, movielens_preset.movielens)
 
 
 def make_vec(env_id: str, num_envs: int = 1, **kwargs: Any):
