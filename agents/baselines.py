@@ -40,7 +40,7 @@ import torch
 from agents.slateq import optimise_slate
 from envs.core import BatchedSimulator
 from envs.interest_evolution import InterestEvolutionUserModel
-from envs.user import LongTermUserModel, sigmoid
+from envs.user import LongTermUserModel
 
 BASELINES = ("random", "popularity", "myopic", "oracle", "pctr_greedy", "slateq", "ppo_mlp")
 
@@ -194,18 +194,8 @@ class OracleAgent:
         interest = np.take_along_axis(hidden["interest"], topic, axis=1)
         fatigue = np.take_along_axis(hidden["fatigue"], topic, axis=1)
         quality, appeal = catalog.quality[ids].astype(np.float64), catalog.appeal[ids].astype(np.float64)
-        fraction = sigmoid(
-            u.consumption_bias
-            + u.consumption_quality_weight * quality
-            + u.consumption_appeal_weight * (appeal - 0.5)
-            + u.consumption_interest_weight * interest
-            - fatigue
-        )
-        minutes = fraction * catalog.length[ids]
-        worth = sigmoid(u.experience_quality_weight * quality)
-        experience = sigmoid(u.experience_quality_weight * quality + interest) - u.clickbait_penalty * np.maximum(
-            appeal - worth, 0.0
-        )
+        minutes = model.consumption_fraction(quality, appeal, interest, fatigue) * catalog.length[ids]
+        experience = model.click_experience(quality, appeal, interest)
         satisfaction = hidden["satisfaction"][:, None]
         click_value = cfg.minutes_weight * minutes + cfg.satisfaction_weight * u.satisfaction_rate * (
             experience - satisfaction

@@ -133,6 +133,34 @@ class LongTermUserModel:
         u = self.user
         return u.no_click_utility - u.satisfaction_click_weight * (state.satisfaction - 0.5)
 
+    def consumption_fraction(
+        self, quality: np.ndarray, appeal: np.ndarray, interest: np.ndarray, fatigue: np.ndarray, noise: np.ndarray | float = 0.0
+    ) -> np.ndarray:
+        """Fraction of a clicked item consumed (watched / bought / read), before the click mask.
+
+        ``noise`` is the already-scaled noise term (0 for the expectation the oracle uses).
+        """
+        u = self.user
+        return sigmoid(
+            u.consumption_bias
+            + u.consumption_quality_weight * quality
+            + u.consumption_appeal_weight * (appeal - 0.5)
+            + u.consumption_interest_weight * interest
+            - fatigue
+            + noise
+        )
+
+    def click_experience(self, quality: np.ndarray, appeal: np.ndarray, interest: np.ndarray) -> np.ndarray:
+        """What a clicked item was worth to the user, minus the promise its appeal made and did not keep.
+
+        Satisfaction tracks this experience (clickbait: appeal above the item's worth is penalised).
+        """
+        u = self.user
+        worth = sigmoid(u.experience_quality_weight * quality)
+        return sigmoid(u.experience_quality_weight * quality + interest) - u.clickbait_penalty * np.maximum(
+            appeal - worth, 0.0
+        )
+
     # -- response and state transition ---------------------------------------
     def transition(
         self,
@@ -151,14 +179,7 @@ class LongTermUserModel:
         fatigue = state.fatigue[rows, topic]
         quality, appeal = cat.quality[item], cat.appeal[item]
         noise = rng.standard_normal(num_users)
-        fraction = sigmoid(
-            u.consumption_bias
-            + u.consumption_quality_weight * quality
-            + u.consumption_appeal_weight * (appeal - 0.5)
-            + u.consumption_interest_weight * interest
-            - fatigue
-            + u.consumption_noise * noise
-        )
+        fraction = self.consumption_fraction(quality, appeal, interest, fatigue, u.consumption_noise * noise)
         consumption = np.where(clicked, fraction, 0.0)
         minutes = consumption * cat.length[item]
         if self.response_kind == "watch_time":
@@ -168,13 +189,7 @@ class LongTermUserModel:
 
         # Satisfaction tracks recent experience: what the item was worth, minus the
         # promise the thumbnail/headline made and the item did not keep.
-        worth = sigmoid(u.experience_quality_weight * quality)
-        experience = np.where(
-            clicked,
-            sigmoid(u.experience_quality_weight * quality + interest)
-            - u.clickbait_penalty * np.maximum(appeal - worth, 0.0),
-            u.no_click_experience,
-        )
+        experience = np.where(clicked, self.click_experience(quality, appeal, interest), u.no_click_experience)
         state.satisfaction = np.clip(
             state.satisfaction + u.satisfaction_rate * (experience - state.satisfaction), 0.0, 1.0
         )
