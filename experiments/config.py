@@ -31,25 +31,11 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-AGENTS = (
-    "random",
-    "popularity",
-    "myopic",
-    "pctr_greedy",
-    "slateq",
-    "ppo_mlp",
-    "ppo_scratch",
-    "ce_ppo",
-    "ce_ppo_kl",
-    "oracle",
-)
-"""Agent names understood by ``agent=`` (the keys of the agents benchmark)."""
 
 AgentName = Literal[
     "random",
@@ -63,6 +49,8 @@ AgentName = Literal[
     "ce_ppo_kl",
     "oracle",
 ]
+AGENTS: tuple[str, ...] = get_args(AgentName)
+"""Agent names understood by ``agent=`` (the keys of the agents benchmark)."""
 
 
 class ConfigError(ValueError):
