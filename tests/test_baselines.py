@@ -6,7 +6,6 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 
 import envs
 from agents.baselines import (
@@ -24,13 +23,7 @@ ALL_IDS = envs.registered_ids()
 SIMPLE = ("random", "popularity", "myopic", "oracle")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks on a shared 2-core machine run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def assert_valid_slates(slates: np.ndarray, num_users: int, slate_size: int, num_candidates: int) -> None:

@@ -23,12 +23,7 @@ TINY_MODEL = dict(d_model=16, n_encoder_layers=1, n_decoder_layers=1, n_encoder_
                   value_hidden=16)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
