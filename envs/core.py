@@ -11,6 +11,8 @@ Randomness comes only from ``self.np_random``, created in ``reset(seed=...)``.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -139,12 +141,15 @@ class BatchedSimulator:
         self.history_length = session.history_length
         self.context_dim = user_model.context_dim
         self._position_bias = user_model.position_bias(self.slate_size)
+        self._has_position_bias = bool(np.any(self._position_bias))
         self.np_random: np.random.Generator = np.random.default_rng()
         self._state: Any = None
         self._users = np.arange(num_users)
         self._row_index = self._users[:, None]
         self._slate_shape = (num_users, self.slate_size)
-        self._slate_positions = np.arange(self.slate_size)
+        # row p: the responses to a slate clicked at position p; the last row (no click) all skips
+        self._responses_by_position = np.full((self.slate_size + 1, self.slate_size), RESPONSE_SKIP)
+        np.fill_diagonal(self._responses_by_position, RESPONSE_CLICK)
         self._candidate_shape = (num_users, self.num_candidates)
 
     # -- episode control ---------------------------------------------------
@@ -199,7 +204,7 @@ class BatchedSimulator:
             if slates.dtype.kind != "f" or not np.all(np.mod(slates, 1) == 0):
                 raise ValueError(f"slate entries must be integers; got dtype {slates.dtype}")
             slates = slates.astype(np.int64)
-        if slates.min() < 0 or slates.max() >= self.num_candidates:
+        if not _entries_in_range(slates, self.num_candidates):
             row, col = np.argwhere((slates < 0) | (slates >= self.num_candidates))[0]
             raise ValueError(
                 f"slate entry {slates[row, col]} (user {row}, position {col}) is out of range; "
@@ -207,9 +212,8 @@ class BatchedSimulator:
             )
         if self.slate_size == 1:
             return slates, None
-        ordered = np.sort(slates, axis=1)
-        duplicate_rows = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
-        if not duplicate_rows.any():
+        duplicate_rows = _duplicate_rows(slates)
+        if duplicate_rows is None:
             return slates, None
         if self.duplicate_mode == "error":
             row = int(np.flatnonzero(duplicate_rows)[0])
@@ -224,13 +228,14 @@ class BatchedSimulator:
         slates, duplicate_rows = self.validate_slates(slates)
         rng = self.np_random
         slate_item_ids = self.candidate_item_ids[self._row_index, slates]
-        utilities = self.user_model.item_utilities(self._state, slate_item_ids) + self._position_bias
+        utilities = self.user_model.item_utilities(self._state, slate_item_ids)
+        if self._has_position_bias:
+            utilities = utilities + self._position_bias
         if duplicate_rows is not None:
             # penalty mode: a repeated entry is shown once; later copies cannot be chosen
             utilities = np.where(_first_occurrence_mask(slates), utilities, -np.inf)
         position = _sample_mnl(utilities, self.user_model.no_click_utility(self._state), rng)
-        clicked_item = slate_item_ids[self._users, position]  # position -1 reads the last entry ...
-        clicked_item[position < 0] = -1  # ... and is overwritten here
+        clicked_item = _clicked_items(slate_item_ids, position)
         transition = self.user_model.transition(self._state, slate_item_ids, clicked_item, rng)
         reward = transition.reward
         if duplicate_rows is not None:
@@ -256,7 +261,7 @@ class BatchedSimulator:
             "episode_length": self.episode_length,
         }
         final_observation = None
-        if done.any():
+        if np.count_nonzero(done):  # cheaper than done.any() on small arrays
             final_observation = self.observation()
             self._reset_users(done)
         self.candidate_item_ids = sample_distinct_candidates(rng, self.catalog.num_items, self._candidate_shape)
@@ -267,9 +272,13 @@ class BatchedSimulator:
     def _push_history(self, slate_item_ids: np.ndarray, position: np.ndarray, consumption: np.ndarray) -> None:
         """Append this step's slate to the history (new arrays: handed-out ones stay intact)."""
         k, h = self.slate_size, self.history_length
-        is_clicked = self._slate_positions == position[:, None]
-        responses = is_clicked + RESPONSE_SKIP  # RESPONSE_CLICK = RESPONSE_SKIP + 1
-        consumed = is_clicked * consumption.astype(np.float32)[:, None]
+        responses = self._responses_by_position.take(position, axis=0)  # position -1: the all-skip row
+        if len(position) == 1:  # one user: set the one consumed entry in Python, cheaper than numpy calls
+            consumed = np.zeros((1, k), dtype=np.float32)
+            if position.item() >= 0:
+                consumed[0, position.item()] = consumption.item()
+        else:
+            consumed = (responses == RESPONSE_CLICK) * consumption.astype(np.float32)[:, None]
         if k >= h:
             self.history_item_ids = slate_item_ids[:, k - h :].copy()
             self.history_responses = responses[:, k - h :]
@@ -322,6 +331,33 @@ class BatchedSimulator:
         return self._position_bias.copy()
 
 
+def _clicked_items(slate_item_ids: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """(B,) item id each user clicked, -1 where the position is -1 (no click)."""
+    if len(position) == 1:  # one user: Python is cheaper than numpy calls
+        return np.array([slate_item_ids.item(position.item()) if position.item() >= 0 else -1])
+    clicked_item = slate_item_ids[np.arange(len(position)), position]  # position -1 reads the last entry ...
+    clicked_item[position < 0] = -1  # ... and is overwritten here
+    return clicked_item
+
+
+def _entries_in_range(slates: np.ndarray, num_candidates: int) -> bool:
+    """Whether every entry of ``slates`` (B, K) is a candidate index in ``[0, num_candidates)``."""
+    if len(slates) == 1:  # one user: Python on the K entries is cheaper than numpy calls
+        entries = slates[0].tolist()
+        return min(entries) >= 0 and max(entries) < num_candidates
+    return bool(slates.min() >= 0 and slates.max() < num_candidates)
+
+
+def _duplicate_rows(slates: np.ndarray) -> np.ndarray | None:
+    """(B,) bool: the rows of ``slates`` (B, K) that repeat an entry; None if no row does."""
+    if len(slates) == 1:  # one user: a set is cheaper than numpy calls
+        entries = slates[0].tolist()
+        return np.ones(1, dtype=bool) if len(set(entries)) < len(entries) else None
+    ordered = np.sort(slates, axis=1)
+    duplicate_rows = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+    return duplicate_rows if duplicate_rows.any() else None
+
+
 def _first_occurrence_mask(slates: np.ndarray) -> np.ndarray:
     k = slates.shape[1]
     same = slates[:, :, None] == slates[:, None, :]
@@ -334,6 +370,11 @@ def _sample_mnl(utilities: np.ndarray, no_click_utility: np.ndarray, rng: np.ran
 
     Utilities are small (|u| < ~50), so ``exp`` needs no max-shift.
     """
-    cumulative = np.cumsum(np.exp(np.concatenate([no_click_utility[:, None], utilities], axis=1)), axis=1)
+    weights = np.exp(np.concatenate([no_click_utility[:, None], utilities], axis=1))
+    if len(weights) == 1:  # one user: the same running sum and draw in plain Python
+        cumulative = list(itertools.accumulate(weights[0].tolist()))
+        draw = rng.random() * cumulative[-1]
+        return np.array([bisect.bisect_left(cumulative, draw) - 1])  # entries < draw, as below
+    cumulative = np.cumsum(weights, axis=1)
     draw = rng.random(len(cumulative)) * cumulative[:, -1]
     return (cumulative < draw[:, None]).sum(axis=1) - 1

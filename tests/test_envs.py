@@ -93,6 +93,39 @@ def test_batched_vector_env_matches_sb3_vec_env_for_many_users():
         np.testing.assert_allclose(v_r, b_r, rtol=1e-6)
 
 
+def test_one_user_fast_paths_match_row_zero_of_the_batched_path():
+    """The core's B = 1 shortcuts (Python on a few numbers) equal row 0 of the batched code."""
+    from envs.core import _clicked_items, _duplicate_rows, _entries_in_range, _sample_mnl
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        k = int(rng.integers(1, 6))
+        utilities = rng.normal(0.0, 3.0, size=(1, k))
+        no_click = rng.normal(size=1)
+        fast = _sample_mnl(utilities, no_click, np.random.default_rng(trial))
+        batched = _sample_mnl(utilities.repeat(2, 0), no_click.repeat(2), np.random.default_rng(trial))
+        np.testing.assert_array_equal(fast, batched[:1])
+        slate_item_ids = rng.integers(0, 50, size=(1, k))
+        position = rng.integers(-1, k, size=1)
+        batched = _clicked_items(slate_item_ids.repeat(2, 0), position.repeat(2))
+        np.testing.assert_array_equal(_clicked_items(slate_item_ids, position), batched[:1])
+        slate = rng.integers(-1, 6, size=(1, k))
+        assert _entries_in_range(slate, 5) == _entries_in_range(slate.repeat(2, 0), 5)
+        fast_duplicates, batched_duplicates = _duplicate_rows(slate), _duplicate_rows(slate.repeat(2, 0))
+        assert (fast_duplicates is None) == (batched_duplicates is None)
+
+    one, two = (envs.make_core("longrec/InterestEvolution-v0", num_users=n, slate_size=3) for n in (1, 2))
+    one.reset(seed=0)
+    two.reset(seed=0)
+    for position, consumption in [(-1, 0.0), (0, 0.3), (2, 1.0 / 3.0)]:
+        slate_item_ids = rng.integers(0, 100, size=(1, 3))
+        one._push_history(slate_item_ids, np.array([position]), np.array([consumption]))
+        two._push_history(slate_item_ids.repeat(2, 0), np.array([position] * 2), np.array([consumption] * 2))
+        for key in ("history_item_ids", "history_responses", "history_consumption"):
+            np.testing.assert_array_equal(getattr(one, key), getattr(two, key)[:1])
+            assert getattr(one, key).dtype == getattr(two, key).dtype
+
+
 def test_observation_never_contains_hidden_state():
     env = gym.make("longrec/Video-v0")
     obs, _ = env.reset(seed=0)
