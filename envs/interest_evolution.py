@@ -175,19 +175,25 @@ def sample_choice(probabilities: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     return np.minimum(choice, probabilities.shape[-1] - 1)
 
 
+def interest_step(interest: np.ndarray | float, config: InterestEvolutionConfig) -> np.ndarray | float:
+    """Size of a clicked cluster's interest move (arrays or a Python float).
+
+    The step is ``alpha * (1 - I)`` with ``alpha`` falling linearly from
+    ``alpha_y_intercept`` at ``I = 0`` to 0 at ``|I| = alpha_x_intercept``.
+    """
+    alpha = config.alpha_y_intercept - (config.alpha_y_intercept / config.alpha_x_intercept) * abs(interest)
+    return alpha * (1.0 - interest)
+
+
 def evolve_interest(
     interest: np.ndarray, positive: np.ndarray, config: InterestEvolutionConfig
 ) -> np.ndarray:
     """New value of the clicked cluster's interest (B,), given the sign coin ``positive`` (B,) bool.
 
-    The step is ``alpha * (1 - I)`` with ``alpha`` falling linearly from
-    ``alpha_y_intercept`` at ``I = 0`` to 0 at ``|I| = alpha_x_intercept``.
+    ``interest`` moves up or down by ``interest_step`` and is clipped to [-1, 1].
     """
-    alpha = config.alpha_y_intercept - (config.alpha_y_intercept / config.alpha_x_intercept) * np.abs(
-        interest
-    )
-    step = alpha * (1.0 - interest)
-    # np.minimum/np.maximum: same as np.clip, with less per-call overhead at B = 1
+    step = interest_step(interest, config)
+    # np.minimum/np.maximum: same as np.clip, with less per-call overhead
     return np.minimum(np.maximum(np.where(positive, interest + step, interest - step), -1.0), 1.0)
 
 
@@ -323,8 +329,12 @@ class InterestEvolutionUserModel:
         )
         self._score_refund_rate = config.budget_update_alpha * config.user_quality_factor
         self._length = catalog.length.astype(np.float64)
-        self._log_no_click = float(np.log(config.no_click_mass - config.min_normalizer))
+        self._log_no_click = np.full(1, np.log(config.no_click_mass - config.min_normalizer))
         self._offsets = np.zeros(0, dtype=np.int64)
+        # per-item values as Python numbers, for the one-user transition
+        self._cluster_list = catalog.topic.tolist()
+        self._length_list = self._length.tolist()
+        self._quality_refund_rate_list = self._quality_refund_rate.tolist()
 
     # -- user sampler -------------------------------------------------------------------
     def init_state(self, num_users: int, rng: np.random.Generator) -> InterestEvolutionState:
@@ -353,8 +363,10 @@ class InterestEvolutionUserModel:
 
     def affinity(self, state: InterestEvolutionState, item_ids: np.ndarray) -> np.ndarray:
         """RecSim's document score ``interest . one_hot(cluster)`` of ``item_ids`` (B, M)."""
-        flat = self._row_offsets(len(item_ids))[:, None] + self.catalog.topic[item_ids]
-        return state.interest.take(flat)
+        clusters = self.catalog.topic.take(item_ids)
+        if len(item_ids) > 1:  # flat index of (user, cluster); one user's row offset is 0
+            clusters = self._row_offsets(len(item_ids))[:, None] + clusters
+        return state.interest.take(clusters)
 
     def item_utilities(self, state: InterestEvolutionState, item_ids: np.ndarray) -> np.ndarray:
         shifted = self.affinity(state, item_ids) - self.config.min_normalizer
@@ -363,7 +375,7 @@ class InterestEvolutionUserModel:
         return np.log(np.maximum(shifted, _MIN_CLICK_MASS))
 
     def no_click_utility(self, state: InterestEvolutionState) -> np.ndarray:
-        return np.full(len(state.time_left), self._log_no_click)
+        return self._log_no_click.repeat(len(state.time_left))  # np.full, with less per-call overhead
 
     # -- response and state transition ---------------------------------------------------
     def transition(
@@ -375,6 +387,8 @@ class InterestEvolutionUserModel:
     ) -> Transition:
         config = self.config
         num_users = len(clicked_item)
+        if num_users == 1:
+            return self._transition_one_user(state, clicked_item.item(), rng)
         clicked = clicked_item >= 0
         item = np.maximum(clicked_item, 0)
         # flat index of (user, clicked cluster) into the (B, clusters) interest matrix
@@ -410,6 +424,47 @@ class InterestEvolutionUserModel:
             truncated=np.zeros(num_users, dtype=bool),
         )
 
+    def _transition_one_user(
+        self, state: InterestEvolutionState, clicked_item: int, rng: np.random.Generator
+    ) -> Transition:
+        """``transition`` for B = 1 on Python floats: the same arithmetic and draws, bit for bit.
+
+        Numpy's per-call overhead dominates at B = 1 (~30 calls on size-1 arrays);
+        ``test_one_user_fast_path_matches_the_batched_path`` checks the equality.
+        """
+        config = self.config
+        time_left = state.time_left.item()
+        item = max(clicked_item, 0)
+        cluster = self._cluster_list[item]
+        interest = state.interest.item(cluster)
+        length = self._length_list[item]
+        # the batched path draws the interest coin for every user, clicked or not
+        positive = rng.random() < positive_update_probability(interest)
+        if clicked_item >= 0:
+            watch_time = min(time_left, length)
+            refund_rate = self._quality_refund_rate_list[item]
+            if config.user_quality_factor:
+                refund_rate = refund_rate + self._score_refund_rate * (interest - config.min_normalizer)
+            time_left = time_left + watch_time * (refund_rate - 1.0)
+            step = interest_step(interest, config)
+            state.interest[0, cluster] = min(max(interest + step if positive else interest - step, -1.0), 1.0)
+        else:
+            watch_time = 0.0
+            time_left = time_left - config.step_penalty
+        state.time_left[0] = time_left
+        state.steps[0] += 1
+        state.clicks[0] += clicked_item >= 0
+        state.minutes_watched[0] += watch_time
+        session_ended = np.array([time_left <= 0.0])
+        return Transition(
+            reward=np.array([watch_time]),
+            consumption=np.array([watch_time / length]),
+            session_ended=session_ended,
+            returned=np.zeros(1, dtype=bool),
+            terminated=session_ended.copy(),
+            truncated=np.zeros(1, dtype=bool),
+        )
+
     def _row_offsets(self, num_users: int) -> np.ndarray:
         if len(self._offsets) != num_users:
             self._offsets = np.arange(num_users) * self.config.num_clusters
@@ -417,6 +472,14 @@ class InterestEvolutionUserModel:
 
     # -- what the policy and the analyst may see -----------------------------------------
     def context(self, state: InterestEvolutionState) -> np.ndarray:
+        if len(state.steps) == 1:  # one user: the same arithmetic on Python numbers, bit for bit
+            steps, clicks, minutes = state.steps.item(), state.clicks.item(), state.minutes_watched.item()
+            columns = (
+                min(steps * (1.0 / self.context_steps), 1.0),
+                clicks / max(steps, 1),
+                min(minutes * (0.5 / self.config.time_budget), 1.0),
+            )
+            return np.array([columns], dtype=np.float32)
         context = np.empty((len(state.steps), self.context_dim), dtype=np.float32)
         context[:, 0] = np.minimum(state.steps * (1.0 / self.context_steps), 1.0)
         context[:, 1] = state.clicks / np.maximum(state.steps, 1)

@@ -137,6 +137,38 @@ def test_transition_caps_watch_time_and_ends_session():
     assert not transition.truncated.any() and not transition.returned.any()
 
 
+@pytest.mark.parametrize("user_quality_factor", [0.0, 0.5])
+def test_one_user_fast_path_matches_the_batched_path(user_quality_factor):
+    """B = 1 runs on Python floats; it must equal row 0 of the batched path bit for bit."""
+    config = ie.InterestEvolutionConfig(num_items=200, user_quality_factor=user_quality_factor)
+    catalog = ie.sample_interest_evolution_catalog(config, np.random.default_rng(0))
+    model = ie.InterestEvolutionUserModel(catalog, config)
+    rng = np.random.default_rng(1)
+    for trial in range(400):
+        one, two = model.init_state(1, rng), model.init_state(2, rng)
+        one.interest[0, rng.integers(config.num_clusters)] = (-1.0, 1.0, 0.0)[trial % 3]  # edges of [-1, 1]
+        one.time_left[0] = rng.uniform(0.1, 8.0)  # short budgets: capped watch times and session ends
+        one.steps[0], one.clicks[0], one.minutes_watched[0] = 7, 3, 12.5
+        for name in ("interest", "time_left", "steps", "clicks", "minutes_watched"):
+            getattr(two, name)[:] = getattr(one, name)[0]
+        clicked = int(rng.integers(-1, config.num_items))
+        slate = np.array([[max(clicked, 0), 5]])
+        np.testing.assert_array_equal(model.context(one), model.context(two)[:1])
+        batched_utilities = model.item_utilities(two, slate.repeat(2, 0))
+        np.testing.assert_array_equal(model.item_utilities(one, slate), batched_utilities[:1])
+
+        one_rng, two_rng = np.random.default_rng(trial), np.random.default_rng(trial)
+        fast = model.transition(one, slate, np.array([clicked]), one_rng)
+        batched = model.transition(two, slate.repeat(2, 0), np.array([clicked, clicked]), two_rng)
+        for field in ("reward", "consumption", "session_ended", "returned", "terminated", "truncated"):
+            assert getattr(fast, field).dtype == getattr(batched, field).dtype
+            np.testing.assert_array_equal(getattr(fast, field), getattr(batched, field)[:1])
+        for name in ("interest", "time_left", "steps", "clicks", "minutes_watched"):
+            np.testing.assert_array_equal(getattr(one, name), getattr(two, name)[:1])
+        # one coin drawn for the one user, as the batched path draws one per user
+        assert one_rng.random() == np.random.default_rng(trial).random(2)[1]
+
+
 # -- environment contract ----------------------------------------------------------------
 
 
