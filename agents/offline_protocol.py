@@ -46,6 +46,8 @@ __all__ = [
     "LLMScorer",
     "MovieLensPretrainConfig",
     "popularity_feature",
+    "release_year_features",
+    "RELEASE_YEAR_EDGES",
     "pretrain_movielens",
     "run_llm_pretraining",
     "catalog_logits",
@@ -304,7 +306,9 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
 
 
 def _default_llm_model_config() -> SlatePolicyConfig:
-    return SlatePolicyConfig(d_model=64, n_encoder_layers=2, n_decoder_layers=1, max_history=128, dropout=0.1)
+    return SlatePolicyConfig(
+        d_model=64, n_encoder_layers=2, n_decoder_layers=1, max_history=128, dropout=0.1, item_id_embeddings=True
+    )
 
 
 @dataclass(frozen=True)
@@ -313,8 +317,9 @@ class LLMNextItemConfig:
 
     model: SlatePolicyConfig = field(default_factory=_default_llm_model_config)
     """Sizes of the state encoder / slate decoder (``llm_policy.SlatePolicyConfig``)."""
-    history_length: int = 20
-    """H: most recent items the state encoder reads (the simulator's observation length)."""
+    history_length: int = 50
+    """H: most recent items the state encoder reads (SASRec's benchmark window; a policy loaded on a
+    simulator reads that simulator's history length, any H <= ``model.max_history - 1``)."""
     context_dim: int = 4
     """Size of the (zero) context vector; 4 = the long-horizon presets', so the weights load into
     ``LLMSlatePolicy`` on ``longrec/MovieLens-v0`` and the other presets."""
@@ -541,6 +546,9 @@ class MovieLensPretrainConfig:
     popularity_feature: bool = True
     """Append the visible popularity ``log(1 + training count) / log(1 + max count)`` to each item's
     text embedding (the item features the policy scores), as the simulator's catalog exposes it."""
+    release_year_feature: bool = True
+    """Append the release year (``release_year_features``: year bin one-hot + scaled year) to each
+    item's features; the year is in every item text, the features make it easy to use."""
     num_threads: int | None = None
     """torch CPU threads (None: leave torch's default)."""
 
@@ -567,8 +575,12 @@ def run_llm_pretraining(
     split = leave_one_out_split(data.sequences(), data.num_items, min_interactions=config.min_interactions)
     encoder = ItemTextEncoder(config.text_model, show_progress=progress is not None)
     item_embeddings = encoder.encode(data.texts).numpy()
+    features = [item_embeddings]
     if config.popularity_feature:
-        item_embeddings = np.concatenate([item_embeddings, popularity_feature(split.train_item_counts())], axis=1)
+        features.append(popularity_feature(split.train_item_counts()))
+    if config.release_year_feature:
+        features.append(release_year_features(data.years))
+    item_embeddings = np.concatenate(features, axis=1).astype(np.float32)
     model, log = train_llm_next_item(split, item_embeddings, config.train, progress=progress)
     scorer = LLMScorer(model, config.train.history_length, config.train.context_dim)
     test = evaluate_next_item(scorer, split, stage="test")
@@ -587,6 +599,26 @@ def run_llm_pretraining(
         summary = {k: v for k, v in out.items() if k in ("valid", "test", "cold_start", "train_log")}
         summary["data_path"] = str(data.path)
         (folder / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    return out
+
+
+RELEASE_YEAR_EDGES: tuple[int, ...] = (1950, 1970, 1980, 1990, 1995, 2000, 2005, 2010, 2014, 2016)
+"""Bin edges of ``release_year_features`` (finer where the catalog is dense)."""
+
+
+def release_year_features(years: np.ndarray, edges: Sequence[int] = RELEASE_YEAR_EDGES) -> np.ndarray:
+    """(N, len(edges) + 2) float32: one-hot release-year bin, then ``(year - 1995) / 20``.
+
+    The year is part of every MovieLens item text (the title's "(1995)"), but a sentence embedding
+    keeps it only faintly; as explicit features a pointer score can prefer the decades a user is
+    watching. Unknown years (``-1``) get all zeros.
+    """
+    years = np.asarray(years, dtype=np.int64)
+    known = years > 0
+    bins = np.digitize(np.where(known, years, edges[0]), np.asarray(edges))
+    out = np.zeros((years.size, len(edges) + 2), dtype=np.float32)
+    out[np.flatnonzero(known), bins[known]] = 1.0
+    out[:, -1] = np.where(known, (years - 1995) / 20.0, 0.0)
     return out
 
 

@@ -55,15 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sasrec-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--sasrec-batch-size", type=int, default=32)
     p.add_argument("--sasrec-budget-min", type=float, default=9.0, help="wall-clock cap on SASRec training")
-    p.add_argument("--llm-history", type=int, default=20)
+    p.add_argument("--llm-history", type=int, default=50)
     p.add_argument("--llm-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--llm-steps-per-epoch", type=int, default=25)
     p.add_argument("--llm-batch-size", type=int, default=256)
     p.add_argument("--llm-lr", type=float, default=2e-3)
     p.add_argument("--llm-patience", type=int, default=5, help="evaluations without a better valid NDCG@10")
     p.add_argument("--llm-no-popularity", action="store_true", help="score items by their text embedding alone")
-    p.add_argument("--llm-id-embeddings", action="store_true", help="add learned item-id embeddings to the text embeddings")
-    p.add_argument("--llm-budget-min", type=float, default=12.0, help="wall-clock cap on LLM training")
+    p.add_argument("--llm-no-id-embeddings", action="store_true", help="score by item features alone (no learned item-id embeddings)")
+    p.add_argument("--llm-no-release-year", action="store_true", help="leave the release-year features out of the item features")
+    p.add_argument("--llm-budget-min", type=float, default=15.0, help="wall-clock cap on LLM training")
     p.add_argument("--out", default="benchmarks/out/offline_movielens", help="where the LLM checkpoint and metrics go")
     p.add_argument("--skip-calibration", action="store_true", help="do not run the MovieLens-v0 genre calibration")
     return p.parse_args(argv)
@@ -102,9 +103,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         data_path=args.data,
         output_dir=args.out,
         popularity_feature=not args.llm_no_popularity,
+        release_year_feature=not args.llm_no_release_year,
         train=dataclasses.replace(
             base,
-            model=dataclasses.replace(base.model, item_id_embeddings=args.llm_id_embeddings),
+            model=dataclasses.replace(base.model, item_id_embeddings=not args.llm_no_id_embeddings),
             history_length=args.llm_history,
             batch_size=args.llm_batch_size,
             steps_per_epoch=args.llm_steps_per_epoch,

@@ -163,7 +163,7 @@ def test_pretrain_movielens_seam_on_fixture(tmp_path) -> None:
         progress=False,
     )
     model = SlateModel.from_pretrained(out["policy_dir"])
-    assert model.num_items == 6 and model.item_dim == 32 + 1  # tiny BERT text (32) + popularity feature
+    assert model.num_items == 6 and model.item_dim == 32 + 1 + 12  # tiny BERT text + popularity + release year
     assert 0.0 <= out["metrics"]["test/ndcg@10"] <= 1.0 and out["metrics"]["epochs"] >= 1
     assert (tmp_path / "metrics.json").is_file()
 
@@ -181,3 +181,20 @@ def test_training_examples_by_hand() -> None:
     assert (users == 1).sum() == 2 and positions[users == 0].tolist() == list(range(1, 9))
     with pytest.raises(ValueError, match=">= 13 items"):
         training_examples(split, next_items=12)
+
+
+def test_release_year_features_by_hand() -> None:
+    from agents.offline_protocol import release_year_features
+
+    feats = release_year_features(np.array([-1, 1940, 1995, 2018]), edges=(1950, 1995, 2010))
+    expected = np.array(
+        [
+            [0, 0, 0, 0, 0.0],  # unknown year: all zeros
+            [1, 0, 0, 0, (1940 - 1995) / 20],
+            [0, 0, 1, 0, 0.0],  # an edge opens its bin
+            [0, 0, 0, 1, (2018 - 1995) / 20],
+        ],
+        dtype=np.float32,
+    )
+    np.testing.assert_allclose(feats, expected)
+    assert feats.dtype == np.float32
