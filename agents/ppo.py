@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnvWrapper
@@ -456,6 +457,9 @@ def build_ppo(config: PPOConfig, env: ScaleReward | None = None) -> LongrecPPO:
         )
         model = LongrecPPO("MultiInputPolicy", env, policy_kwargs=policy_kwargs, **common)
     model.core = env.core
+    # Metrics flow through MetricsCallback; SB3's default logger would also leave an empty
+    # /tmp/SB3-<time> folder behind on every learn().
+    model.set_logger(Logger(folder=None, output_formats=[]))
     if config.kl is not None and config.kl.coef > 0:
         model.reference = copy.deepcopy(model.policy).requires_grad_(False)
         model.reference.set_training_mode(False)
