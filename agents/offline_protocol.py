@@ -52,6 +52,8 @@ __all__ = [
     "run_llm_pretraining",
     "catalog_logits",
     "history_observation",
+    "all_positions_loss",
+    "llm_training_windows",
     "train_llm_next_item",
     "training_examples",
     "EvaluationResult",
@@ -344,6 +346,12 @@ class LLMNextItemConfig:
     """Targets per example: 1 trains slate position 0 on the next item; m > 1 teacher-forces the
     decoder on the next m items (position k predicts item t + k given items t..t+k-1, as the slate
     decoder writes a slate), m targets for one encoder pass. Evaluation always ranks with position 0."""
+    objective: Literal["next_item", "all_positions"] = "next_item"
+    """"next_item": one target per (user, position) example, each example re-encodes its history;
+    "all_positions" (needs ``model.causal_encoder``): as SASRec, each user's last ``history_length + 1``
+    training items form one window, the causal encoder runs once over it and decoder position 0 is
+    trained at every history position t to predict item t + 1 (``all_positions_loss``); ``batch_size``
+    then counts windows (users) and ``recent_positions`` / ``next_items`` are not used."""
     seed: int = 0
     """Seeds initialisation, example sampling and dropout."""
     device: str = "cpu"
@@ -363,6 +371,12 @@ class LLMNextItemConfig:
             raise ValueError(f"next_items must lie in [1, model.max_slate_size={self.model.max_slate_size}], got {self.next_items}")
         if self.context_dim < 0 or self.patience < 0:
             raise ValueError(f"context_dim and patience must be >= 0, got {self.context_dim}, {self.patience}")
+        if self.objective not in ("next_item", "all_positions"):
+            raise ValueError(f"objective must be 'next_item' or 'all_positions', got {self.objective!r}")
+        if self.objective == "all_positions" and not self.model.causal_encoder:
+            raise ValueError("objective='all_positions' needs model.causal_encoder=True (a prefix's state must not see later items)")
+        if self.objective == "all_positions" and self.next_items != 1:
+            raise ValueError("objective='all_positions' trains slate position 0 only (next_items must be 1)")
 
 
 def history_observation(
@@ -443,6 +457,74 @@ def training_examples(
     return users, positions
 
 
+def llm_training_windows(split: LeaveOneOutSplit, history_length: int) -> np.ndarray:
+    """``(U', H + 1)`` int64 windows: each training sequence's last ``H + 1`` items, left-padded with N.
+
+    Users with fewer than 2 training items are left out. Inputs are ``[:, :-1]``, targets ``[:, 1:]``
+    (SASRec's "tail" windows, with the catalog's padding id N).
+    """
+    width = history_length + 1
+    rows = [seq[-width:] for seq in split.train if len(seq) >= 2]
+    if not rows:
+        raise ValueError("no training sequence has >= 2 items")
+    out = np.full((len(rows), width), split.num_items, dtype=np.int64)
+    for row, seq in enumerate(rows):
+        out[row, width - len(seq) :] = seq
+    return out
+
+
+def all_positions_loss(
+    model: SlateModel, windows: torch.Tensor, context_dim: int, keys: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
+    """Mean full-catalog cross-entropy of every next item of a batch of windows, one encoder pass.
+
+    ``windows (B, H + 1)``: item ids, left-padded with N (:func:`llm_training_windows`). The causal
+    state encoder reads the inputs ``windows[:, :-1]`` (context token first) once; every history
+    token t with a valid next item becomes one slate-decoder query at position 0 whose start token is
+    the running-mean pooled state up to t and whose cross-attention sees the valid tokens <= t (the
+    context token included), so each query scores exactly as the single-target model would on the
+    prefix ending at t (same token positions). Returns ``(loss, number of targets)``.
+    """
+    if not model.config.causal_encoder:
+        raise ValueError("all_positions_loss needs a model with config.causal_encoder=True")
+    n = model.num_items
+    device = model.item_embeddings.device
+    windows = windows.to(device)
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    b, h = inputs.shape
+    clicked = inputs != n
+    obs = {
+        "history_item_ids": inputs,
+        "history_responses": clicked.long() * 2,
+        "history_consumption": clicked.float(),
+        "candidate_item_ids": torch.zeros(b, 1, dtype=torch.long, device=device),
+        "context": torch.zeros(b, context_dim, device=device),
+    }
+    enc = model.encode(obs, all_positions=True)  # pooled (B, H + 1, d): token 0 = context, token t = item t - 1
+    query = clicked & (targets != n)  # history token t = inputs[:, t - 1] predicts targets[:, t - 1]
+    rows, cols = query.nonzero(as_tuple=True)
+    dec = model.decoder
+    # The H queries of a window go through GPT-2 as one sequence whose tokens cannot see each other
+    # (self-attention mask = identity) and all sit at slate position 0, so each is exactly a
+    # one-position decoder pass; the window's memory is projected once for its H queries.
+    # Query t (history token t + 1) cross-attends to the valid tokens <= t + 1.
+    steps = torch.arange(h, device=device)
+    self_mask = torch.eye(h, dtype=torch.bool, device=device).expand(b, 1, h, h)
+    visible = enc.mask.unsqueeze(1) & (torch.arange(h + 1, device=device).unsqueeze(0) <= steps.unsqueeze(1) + 1)
+    hidden = dec.gpt(
+        inputs_embeds=dec.start(enc.pooled[:, 1:].reshape(b * h, -1)).reshape(b, h, -1),
+        attention_mask=self_mask,
+        position_ids=torch.zeros(b, h, dtype=torch.long, device=device),
+        encoder_hidden_states=dec.memory_proj(enc.states),
+        encoder_attention_mask=visible.unsqueeze(1),
+        use_cache=False,
+    ).last_hidden_state[rows, cols].unsqueeze(1)
+    if keys is None:
+        keys = dec.key_proj(model.item_repr(None))
+    logits = dec._scores(hidden, PreparedCandidates(keys=keys, inputs=keys, mask=None))[:, 0]
+    return torch.nn.functional.cross_entropy(logits, targets[rows, cols]), int(rows.numel())
+
+
 def train_llm_next_item(
     split: LeaveOneOutSplit,
     item_embeddings: torch.Tensor | np.ndarray,
@@ -452,9 +534,11 @@ def train_llm_next_item(
 ) -> tuple[SlateModel, dict[str, Any]]:
     """Train the LLM policy's encoder + decoder to predict each next training item (full-catalog CE).
 
-    Examples are all (user, position t >= 1) pairs of the training sequences: the history is the
-    last H items before t, the target the item at t. Early stopping on the protocol's validation
-    NDCG@10; the best weights are returned.
+    ``objective="next_item"``: examples are all (user, position t >= 1) pairs of the training
+    sequences: the history is the last H items before t, the target the item at t.
+    ``objective="all_positions"``: one window of the last H + 1 training items per user, every
+    position trained in one causal encoder pass (:func:`all_positions_loss`). Early stopping on the
+    protocol's validation NDCG@10; the best weights are returned.
     """
     from llm_policy.text_encoder import resolve_device
 
@@ -465,24 +549,41 @@ def train_llm_next_item(
     if model.num_items != split.num_items:
         raise ValueError(f"item_embeddings has {model.num_items} rows, the split has {split.num_items} items")
     m = config.next_items
-    users, positions = training_examples(split, next_items=m, recent_positions=config.recent_positions)
+    all_positions = config.objective == "all_positions"
+    if all_positions:
+        windows = torch.from_numpy(llm_training_windows(split, config.history_length))
+        units = int(windows.shape[0])
+    else:
+        users, positions = training_examples(split, next_items=m, recent_positions=config.recent_positions)
+        units = int(users.size)
     rng = np.random.default_rng(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     best_state = copy.deepcopy(model.state_dict())
     best_ndcg, best_epoch, stale, epoch = -1.0, 0, 0, 0
     history: list[dict[str, float]] = []
-    order = rng.permutation(users.size)
-    cursor = 0
-    steps_per_epoch = config.steps_per_epoch or -(-users.size // config.batch_size)
+    batch_size = min(config.batch_size, units)
+    order = rng.permutation(units)
+    cursor, targets_seen = 0, 0
+    steps_per_epoch = config.steps_per_epoch or -(-units // batch_size)
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         total = 0.0
         for _ in range(steps_per_epoch):
-            if cursor + config.batch_size > order.size:
-                order, cursor = rng.permutation(users.size), 0
-            idx = order[cursor : cursor + config.batch_size]
-            cursor += config.batch_size
+            if cursor + batch_size > order.size:
+                order, cursor = rng.permutation(units), 0
+            idx = order[cursor : cursor + batch_size]
+            cursor += batch_size
+            if all_positions:
+                loss, count = all_positions_loss(model, windows[torch.from_numpy(idx)], config.context_dim)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                total += float(loss.detach())
+                targets_seen += count
+                continue
             hists = [split.train[u][max(0, t - config.history_length) : t] for u, t in zip(users[idx], positions[idx], strict=True)]
             targets = torch.as_tensor(
                 np.stack([split.train[u][t : t + m] for u, t in zip(users[idx], positions[idx], strict=True)])
@@ -500,6 +601,7 @@ def train_llm_next_item(
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             total += float(loss.detach())
+            targets_seen += len(idx) * m
         scorer = LLMScorer(model, config.history_length, config.context_dim)
         valid = evaluate_next_item(scorer, split, stage="valid").metrics()
         record = {"epoch": float(epoch), "train_loss": total / steps_per_epoch, **{f"valid_{k}": v for k, v in valid.items()}}
@@ -522,8 +624,8 @@ def train_llm_next_item(
         "best_epoch": best_epoch,
         "best_valid_ndcg@10": best_ndcg,
         "seconds": time.perf_counter() - start,
-        "examples_seen": epoch * steps_per_epoch * config.batch_size,
-        "targets_seen": epoch * steps_per_epoch * config.batch_size * m,
+        "examples_seen": epoch * steps_per_epoch * batch_size,
+        "targets_seen": targets_seen,
         "history": history,
     }
     return model, log

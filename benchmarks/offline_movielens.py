@@ -45,6 +45,12 @@ from agents.offline_protocol import (  # noqa: E402
 from agents.sasrec import SASRecConfig, SASRecScorer, train_sasrec  # noqa: E402
 from envs.movielens import load_movielens  # noqa: E402
 
+_LLM_DEFAULTS = {
+    "all_positions": {"batch_size": 32, "steps_per_epoch": None, "dropout": 0.2, "patience": 10, "lr": 2e-3},
+    "next_item": {"batch_size": 256, "steps_per_epoch": 25, "dropout": 0.1, "patience": 5, "lr": 2e-3},
+}
+"""LLM training defaults per objective (a flag left at None takes these)."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,11 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sasrec-batch-size", type=int, default=32)
     p.add_argument("--sasrec-budget-min", type=float, default=9.0, help="wall-clock cap on SASRec training")
     p.add_argument("--llm-history", type=int, default=50)
+    p.add_argument("--llm-objective", choices=("all_positions", "next_item"), default="next_item",
+                   help="all_positions: causal state encoder, every position of each user's last H + 1 training "
+                        "items trained in one pass (as SASRec); next_item: one target per (user, position) example")
     p.add_argument("--llm-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
-    p.add_argument("--llm-steps-per-epoch", type=int, default=25)
-    p.add_argument("--llm-batch-size", type=int, default=256)
-    p.add_argument("--llm-lr", type=float, default=2e-3)
-    p.add_argument("--llm-patience", type=int, default=5, help="evaluations without a better valid NDCG@10")
+    p.add_argument("--llm-steps-per-epoch", type=int, default=None,
+                   help="steps between evaluations (default: a full pass over the windows for all_positions, 25 for next_item)")
+    p.add_argument("--llm-batch-size", type=int, default=None,
+                   help="windows per step for all_positions (default 32), examples per step for next_item (default 256)")
+    p.add_argument("--llm-lr", type=float, default=None, help="default: 2e-3")
+    p.add_argument("--llm-dropout", type=float, default=None, help="default: 0.2 for all_positions, 0.1 for next_item")
+    p.add_argument("--llm-patience", type=int, default=None,
+                   help="evaluations without a better valid NDCG@10 (default: 10 for all_positions, 5 for next_item)")
     p.add_argument("--llm-no-popularity", action="store_true", help="score items by their text embedding alone")
     p.add_argument("--llm-no-id-embeddings", action="store_true", help="score by item features alone (no learned item-id embeddings)")
     p.add_argument("--llm-no-release-year", action="store_true", help="leave the release-year features out of the item features")
@@ -101,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
     t = time.perf_counter()
     base = LLMNextItemConfig()
+    objective = args.llm_objective
+    defaults = _LLM_DEFAULTS[objective]
+    pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
     llm_config = MovieLensPretrainConfig(
         data_path=args.data,
         output_dir=args.out,
@@ -108,13 +124,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         release_year_feature=not args.llm_no_release_year,
         train=dataclasses.replace(
             base,
-            model=dataclasses.replace(base.model, item_id_embeddings=not args.llm_no_id_embeddings),
+            model=dataclasses.replace(
+                base.model,
+                item_id_embeddings=not args.llm_no_id_embeddings,
+                causal_encoder=objective == "all_positions",
+                dropout=pick(args.llm_dropout, "dropout"),
+            ),
+            objective=objective,
             history_length=args.llm_history,
-            batch_size=args.llm_batch_size,
-            steps_per_epoch=args.llm_steps_per_epoch,
+            batch_size=pick(args.llm_batch_size, "batch_size"),
+            steps_per_epoch=pick(args.llm_steps_per_epoch, "steps_per_epoch"),
             max_epochs=args.llm_epochs,
-            learning_rate=args.llm_lr,
-            patience=args.llm_patience,
+            learning_rate=pick(args.llm_lr, "lr"),
+            patience=pick(args.llm_patience, "patience"),
             seed=args.seed,
             time_budget_s=60.0 * args.llm_budget_min,
         ),
@@ -125,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results["llm"] = llm["result"]
     train_log = llm["train_log"]
     log(
-        f"llm: {train_log['epochs']} epochs ({train_log['examples_seen']} examples), best epoch "
+        f"llm ({objective}): {train_log['epochs']} epochs ({train_log['examples_seen']} examples, "
+        f"{train_log['targets_seen']} targets), best epoch "
         f"{train_log['best_epoch']}, {time.perf_counter() - t:.0f} s (incl. item-text encoding); "
         f"checkpoint: {llm['best_dir']}"
     )

@@ -49,6 +49,11 @@ class SlatePolicyConfig:
     """longest slate K the decoder can position-embed"""
     pooling: str = "mean"
     """pooled state: "mean" over valid tokens, or the "context" token's state"""
+    causal_encoder: bool = False
+    """causal state encoder: token t attends only to tokens <= t (padding keys still masked), and the
+    pooled state is the mean over valid tokens up to the last one (= "mean" pooling of a right-aligned
+    history). Lets next-item training run the encoder once per sequence and train every position
+    (``agents.offline_protocol``, objective "all_positions"); needs pooling="mean"."""
     item_id_embeddings: bool = False
     """add a learned per-item id embedding to the text embedding (off: pure text model, generalises to new items)"""
     value_hidden: int = 64
@@ -71,6 +76,8 @@ class SlatePolicyConfig:
             raise ValueError(f"encoder_lora_rank must be >= 0, got {self.encoder_lora_rank}")
         if self.encoder_lora_rank > 0 and self.encoder != "pretrained":
             raise ValueError("encoder_lora_rank > 0 needs encoder='pretrained' (LoRA adapts pretrained layers)")
+        if self.causal_encoder and self.pooling != "mean":
+            raise ValueError("causal_encoder=True needs pooling='mean' (the causal context token sees no history)")
         if isinstance(self.encoder_lora_targets, list):
             object.__setattr__(self, "encoder_lora_targets", tuple(self.encoder_lora_targets))
         if not 0.0 <= self.dropout < 1.0:

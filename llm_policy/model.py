@@ -69,7 +69,7 @@ class EncodedState:
     """Output of :meth:`SlateModel.encode`."""
 
     pooled: torch.Tensor
-    """(B, d_enc) pooled user state"""
+    """(B, d_enc) pooled user state ((B, H + 1, d_enc) per prefix with ``encode(all_positions=True)``)"""
     states: torch.Tensor
     """(B, H + 1, d_enc) token states"""
     mask: torch.Tensor
@@ -156,6 +156,7 @@ class SlateModel(nn.Module):
         full_catalog: bool = False,
         candidate_mask: torch.Tensor | None = None,
         item_table: torch.Tensor | None = None,
+        all_positions: bool = False,
     ) -> EncodedState:
         """Encode an observation batch (the contract's five arrays, batch-first).
 
@@ -168,6 +169,8 @@ class SlateModel(nn.Module):
                 ``(N,)`` with ``full_catalog``.
             item_table: ``(N + 1, item_dim)`` item embeddings to use instead of the cached buffer
                 (row N = padding); lets gradients reach a text encoder being fine-tuned.
+            all_positions: ``pooled`` is then ``(B, H + 1, d)``, the pooled state of every prefix
+                (needs ``config.causal_encoder``; see :meth:`StateEncoder.forward`).
         """
         missing = [k for k in OBS_KEYS if k not in obs and not (full_catalog and k == "candidate_item_ids")]
         if missing:
@@ -213,6 +216,7 @@ class SlateModel(nn.Module):
             obs["history_consumption"].to(device).float(),
             obs["context"].to(device).float(),
             projected=projected,
+            all_positions=all_positions,
         )
         return EncodedState(pooled, states, mask, cands)
 

@@ -31,7 +31,17 @@ from torch import nn
 
 from llm_policy.config import SlatePolicyConfig
 
-__all__ = ["StateEncoder", "build_encoder_transformer"]
+__all__ = ["StateEncoder", "build_encoder_transformer", "running_mean_pool"]
+
+
+def running_mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B, T, d)`` running means: row t = mean of ``states[:, s]`` over valid ``s <= t``.
+
+    The last row is the mean over all valid tokens (``"mean"`` pooling); a row whose prefix has no
+    valid token is 0 (the context token at position 0 is always valid, so that never happens here).
+    """
+    m = mask.unsqueeze(-1).to(states.dtype)
+    return torch.cumsum(states * m, dim=1) / torch.cumsum(m, dim=1).clamp_min(1.0)
 
 
 def build_encoder_transformer(
@@ -53,6 +63,8 @@ def build_encoder_transformer(
         model_type = cfg_dict.pop("model_type")
         if config.encoder == "fresh":
             return BertModel(BertConfig(**cfg_dict), add_pooling_layer=False)
+        if config.causal_encoder:
+            cfg_dict["is_decoder"] = True
         return AutoModel.from_config(AutoConfig.for_model(model_type, **cfg_dict))
     if config.encoder == "fresh":
         bert = BertConfig(
@@ -66,13 +78,15 @@ def build_encoder_transformer(
             max_position_embeddings=config.max_history + 1,
             type_vocab_size=1,
             pad_token_id=0,
+            is_decoder=config.causal_encoder,  # BertModel then applies a causal (+ padding) self-attention mask
         )
         return BertModel(bert, add_pooling_layer=False)
     from llm_policy.text_encoder import default_model_path
 
     path = config.encoder_name_or_path or str(default_model_path())
+    extra: dict[str, Any] = {"is_decoder": True, "use_cache": False} if config.causal_encoder else {}
     try:
-        return AutoModel.from_pretrained(path, local_files_only=config.local_files_only)
+        return AutoModel.from_pretrained(path, local_files_only=config.local_files_only, **extra)
     except (OSError, ValueError) as err:
         raise OSError(
             f"could not load the pretrained state encoder '{path}' (local_files_only={config.local_files_only}): {err}"
@@ -115,6 +129,8 @@ class StateEncoder(nn.Module):
         elif config.encoder == "pretrained" and not config.train_pretrained_encoder:
             for p in self.transformer.parameters():
                 p.requires_grad_(False)
+        if config.causal_encoder and not getattr(self.transformer.config, "is_decoder", False):
+            raise ValueError("causal_encoder=True needs an encoder whose config supports is_decoder (BERT-style)")
         d = int(self.transformer.config.hidden_size)
         self.dim = d
         self.max_positions = int(getattr(self.transformer.config, "max_position_embeddings", 1 << 30))
@@ -140,6 +156,7 @@ class StateEncoder(nn.Module):
         history_consumption: torch.Tensor,
         context: torch.Tensor,
         projected: bool = False,
+        all_positions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode a batch of users.
 
@@ -150,10 +167,13 @@ class StateEncoder(nn.Module):
             history_responses: ``(B, H)`` int in {0, 1, 2}.
             history_consumption: ``(B, H)`` float consumed fraction.
             context: ``(B, D)`` float visible context.
+            all_positions: return the pooled state of every prefix ``(B, H + 1, d)`` (running mean
+                over valid tokens <= t; needs ``causal_encoder``, where the states of a prefix do not
+                depend on later tokens).
 
         Returns:
-            ``pooled (B, d)``, ``states (B, H + 1, d)`` (token 0 = context) and
-            ``mask (B, H + 1)`` bool (True = real token).
+            ``pooled (B, d)`` (or ``(B, H + 1, d)`` with ``all_positions``), ``states (B, H + 1, d)``
+            (token 0 = context) and ``mask (B, H + 1)`` bool (True = real token).
         """
         b, h = history_valid.shape
         if h + 1 > self.max_positions:
@@ -171,9 +191,14 @@ class StateEncoder(nn.Module):
         embeds = torch.cat([ctx_token, tokens], dim=1)
         mask = torch.cat([history_valid.new_ones(b, 1), history_valid], dim=1)
         param = next(self.transformer.parameters())
-        out = self.transformer(inputs_embeds=embeds.to(param.dtype), attention_mask=mask.long())
+        if all_positions and not self.config.causal_encoder:
+            raise ValueError("all_positions=True needs SlatePolicyConfig.causal_encoder=True")
+        kwargs: dict[str, Any] = {"use_cache": False} if self.config.causal_encoder else {}
+        out = self.transformer(inputs_embeds=embeds.to(param.dtype), attention_mask=mask.long(), **kwargs)
         states = out.last_hidden_state
-        if self.config.pooling == "context":
+        if all_positions:
+            pooled = running_mean_pool(states, mask)
+        elif self.config.pooling == "context":
             pooled = states[:, 0]
         else:
             m = mask.unsqueeze(-1).to(states.dtype)

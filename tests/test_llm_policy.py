@@ -263,3 +263,38 @@ def test_pretrained_encoder_with_lora_trains_adapters_and_round_trips(tmp_path):
         torch.testing.assert_close(model.encode(obs).pooled, loaded.encode(obs).pooled)
     with pytest.raises(ValueError, match="needs encoder='pretrained'"):
         SlatePolicyConfig(encoder_lora_rank=4)
+
+
+def test_causal_encoder_ignores_later_tokens_and_round_trips(tmp_path):
+    from llm_policy.state_encoder import running_mean_pool
+
+    torch.manual_seed(0)
+    n, h = 20, 10
+    config = SlatePolicyConfig(d_model=32, n_encoder_layers=2, n_decoder_layers=1, causal_encoder=True, max_history=16)
+    model = SlateModel(config, torch.randn(n, 8), 3).eval()
+    hist = torch.randint(0, n, (3, h))
+    hist[0, :4] = n  # left padding
+    valid = hist != n
+    obs = {"history_item_ids": hist, "history_responses": valid.long() * 2, "history_consumption": valid.float(),
+           "context": torch.randn(3, 3)}
+    later = hist.clone()
+    later[:, 7:] = (hist[:, 7:] + 1) % n
+    with torch.no_grad():
+        enc = model.encode(obs, full_catalog=True)
+        enc2 = model.encode({**obs, "history_item_ids": later}, full_catalog=True)
+        per_prefix = model.encode(obs, full_catalog=True, all_positions=True).pooled
+    # token t = context (0) or history slot t - 1: tokens 0..7 only see slots < 7
+    torch.testing.assert_close(enc.states[:, :8], enc2.states[:, :8], atol=0, rtol=0)
+    assert (enc.states[:, 8:] - enc2.states[:, 8:]).abs().max() > 1e-3
+    torch.testing.assert_close(per_prefix[:, -1], enc.pooled)  # last prefix = mean pooling
+    torch.testing.assert_close(per_prefix, running_mean_pool(enc.states, enc.mask))
+    torch.testing.assert_close(per_prefix[0, 3], enc.states[0, 0])  # only the context token is valid so far
+    model.save_pretrained(tmp_path / "m")
+    loaded = SlateModel.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.causal_encoder and loaded.encoder.transformer.config.is_decoder
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(obs, full_catalog=True).states, enc.states)
+    default = SlateModel(SlatePolicyConfig(d_model=32, max_history=16), torch.randn(n, 8), 3)
+    assert not default.encoder.transformer.config.is_decoder
+    with pytest.raises(ValueError, match="causal_encoder"):
+        default.encode(obs, full_catalog=True, all_positions=True)
