@@ -525,6 +525,27 @@ def all_positions_loss(
     return torch.nn.functional.cross_entropy(logits, targets[rows, cols]), int(rows.numel())
 
 
+def _next_item_loss(
+    model: SlateModel,
+    split: LeaveOneOutSplit,
+    users: np.ndarray,
+    positions: np.ndarray,
+    config: LLMNextItemConfig,
+    device: Any,
+) -> torch.Tensor:
+    """Cross-entropy of (user, t) examples: history ``train[u][t-H:t]``, targets ``train[u][t:t+m]``."""
+    m, h = config.next_items, config.history_length
+    hists = [split.train[u][max(0, t - h) : t] for u, t in zip(users, positions, strict=True)]
+    targets = torch.as_tensor(np.stack([split.train[u][t : t + m] for u, t in zip(users, positions, strict=True)]))
+    obs = history_observation(hists, model.num_items, h, config.context_dim)
+    obs = {k: v.to(device) for k, v in obs.items()}
+    targets = targets.to(device)
+    if m == 1:
+        return torch.nn.functional.cross_entropy(catalog_logits(model, obs), targets[:, 0])
+    state = model.encode(obs, full_catalog=True)
+    return -model.score_slate(state, targets).log_probs.mean()
+
+
 def train_llm_next_item(
     split: LeaveOneOutSplit,
     item_embeddings: torch.Tensor | np.ndarray,
@@ -576,32 +597,15 @@ def train_llm_next_item(
             cursor += batch_size
             if all_positions:
                 loss, count = all_positions_loss(model, windows[torch.from_numpy(idx)], config.context_dim)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimizer.step()
-                total += float(loss.detach())
-                targets_seen += count
-                continue
-            hists = [split.train[u][max(0, t - config.history_length) : t] for u, t in zip(users[idx], positions[idx], strict=True)]
-            targets = torch.as_tensor(
-                np.stack([split.train[u][t : t + m] for u, t in zip(users[idx], positions[idx], strict=True)])
-            ).to(device)
-            obs = history_observation(hists, model.num_items, config.history_length, config.context_dim)
-            obs = {k: v.to(device) for k, v in obs.items()}
-            if m == 1:
-                loss = torch.nn.functional.cross_entropy(catalog_logits(model, obs), targets[:, 0])
             else:
-                state = model.encode(obs, full_catalog=True)
-                loss = -model.score_slate(state, targets).log_probs.mean()
+                loss, count = _next_item_loss(model, split, users[idx], positions[idx], config, device), len(idx) * m
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             total += float(loss.detach())
-            targets_seen += len(idx) * m
+            targets_seen += count
         scorer = LLMScorer(model, config.history_length, config.context_dim)
         valid = evaluate_next_item(scorer, split, stage="valid").metrics()
         record = {"epoch": float(epoch), "train_loss": total / steps_per_epoch, **{f"valid_{k}": v for k, v in valid.items()}}
