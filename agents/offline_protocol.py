@@ -41,6 +41,7 @@ from llm_policy.model import SlateModel
 from llm_policy.slate_decoder import PreparedCandidates
 
 __all__ = [
+    "BestOnValidation",
     "DEFAULT_BUCKETS",
     "LLMNextItemConfig",
     "LLMScorer",
@@ -525,6 +526,38 @@ def all_positions_loss(
     return torch.nn.functional.cross_entropy(logits, targets[rows, cols]), int(rows.numel())
 
 
+class BestOnValidation:
+    """Early stopping on a validation score, shared by the SASRec and LLM trainers.
+
+    Keeps a copy of the best weights, counts evaluations without a better score and watches an
+    optional wall-clock budget measured from ``start``.
+    """
+
+    def __init__(self, model: torch.nn.Module, patience: int, time_budget_s: float | None, start: float) -> None:
+        self.model, self.patience, self.time_budget_s, self.start = model, patience, time_budget_s, start
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.best_score, self.best_epoch, self.stale = -1.0, 0, 0
+
+    def record(self, score: float, epoch: int) -> None:
+        """Take one validation score; a better one keeps a copy of the current weights."""
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.stale = score, epoch, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.stale += 1
+
+    @property
+    def should_stop(self) -> bool:
+        """More than ``patience`` evaluations without improvement, or the time budget spent."""
+        over_budget = self.time_budget_s is not None and time.perf_counter() - self.start > self.time_budget_s
+        return self.stale > self.patience or over_budget
+
+    def restore_best(self) -> None:
+        """Load the best weights into the model and put it in eval mode."""
+        self.model.load_state_dict(self.best_state)
+        self.model.eval()
+
+
 def _next_item_loss(
     model: SlateModel,
     split: LeaveOneOutSplit,
@@ -580,8 +613,8 @@ def train_llm_next_item(
     rng = np.random.default_rng(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    best_state = copy.deepcopy(model.state_dict())
-    best_ndcg, best_epoch, stale, epoch = -1.0, 0, 0, 0
+    stopper = BestOnValidation(model, config.patience, config.time_budget_s, start)
+    epoch = 0
     history: list[dict[str, float]] = []
     batch_size = min(config.batch_size, units)
     order = rng.permutation(units)
@@ -612,21 +645,14 @@ def train_llm_next_item(
         history.append(record)
         if progress is not None:
             progress("llm " + " ".join(f"{k}={v:.4g}" for k, v in record.items()) + f" t={time.perf_counter() - start:.0f}s")
-        if valid["ndcg@10"] > best_ndcg:
-            best_ndcg, best_epoch, stale = valid["ndcg@10"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale > config.patience:
-                break
-        if config.time_budget_s is not None and time.perf_counter() - start > config.time_budget_s:
+        stopper.record(valid["ndcg@10"], epoch)
+        if stopper.should_stop:
             break
-    model.load_state_dict(best_state)
-    model.eval()
+    stopper.restore_best()
     log = {
         "epochs": epoch,
-        "best_epoch": best_epoch,
-        "best_valid_ndcg@10": best_ndcg,
+        "best_epoch": stopper.best_epoch,
+        "best_valid_ndcg@10": stopper.best_score,
         "seconds": time.perf_counter() - start,
         "examples_seen": epoch * steps_per_epoch * batch_size,
         "targets_seen": targets_seen,

@@ -25,7 +25,6 @@ on validation NDCG@10 of the offline protocol (``agents.offline_protocol``).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.offline_protocol import LeaveOneOutSplit, evaluate_next_item
+from agents.offline_protocol import BestOnValidation, LeaveOneOutSplit, evaluate_next_item
 
 __all__ = ["SASRec", "SASRecConfig", "SASRecScorer", "TrainLog", "train_sasrec"]
 
@@ -230,8 +229,8 @@ def train_sasrec(
     )
     windows = torch.from_numpy(_training_windows(split, config))
     scorer = SASRecScorer(model)
-    best_state = copy.deepcopy(model.state_dict())
-    best_ndcg, best_epoch, bad_evals, epoch = -1.0, 0, 0, 0
+    stopper = BestOnValidation(model, config.patience, config.time_budget_s, start)
+    epoch = 0
     history: list[dict[str, float]] = []
     for epoch in range(1, config.max_epochs + 1):
         model.train()
@@ -256,24 +255,17 @@ def train_sasrec(
         if epoch % config.eval_every == 0 or epoch == config.max_epochs:
             metrics = evaluate_next_item(scorer, split, stage="valid").metrics()
             record.update({f"valid_{k}": v for k, v in metrics.items()})
-            if metrics["ndcg@10"] > best_ndcg:
-                best_ndcg, best_epoch, bad_evals = metrics["ndcg@10"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_evals += 1
+            stopper.record(metrics["ndcg@10"], epoch)
         history.append(record)
         if progress is not None:
             progress("sasrec " + " ".join(f"{k}={v:.4g}" for k, v in record.items()))
-        if bad_evals > config.patience:
+        if stopper.should_stop:
             break
-        if config.time_budget_s is not None and time.perf_counter() - start > config.time_budget_s:
-            break
-    model.load_state_dict(best_state)
-    model.eval()
+    stopper.restore_best()
     log = TrainLog(
         epochs=epoch,
-        best_epoch=best_epoch,
-        best_valid_ndcg=best_ndcg,
+        best_epoch=stopper.best_epoch,
+        best_valid_ndcg=stopper.best_score,
         history=tuple(history),
         seconds=time.perf_counter() - start,
         config=asdict(config),
