@@ -9,8 +9,9 @@ checkpoint) holding everything a run needs to continue *exactly*:
 * the random state: Python ``random``, NumPy's global generator (SB3 shuffles
   minibatches with it), torch (CPU and CUDA), the policy's private sampling
   generators (``LLMSlatePolicy(seed=...)``);
-* the simulator: the core's generator and its users (hidden state, history,
-  candidates, episode counters), and SB3's ``_last_episode_starts``;
+* the simulator: the core's generator (with the draws it has buffered) and its
+  users (hidden state, history, candidates, episode counters), and SB3's
+  ``_last_episode_starts``;
 * anything the trainer adds under ``extra`` (KL coefficient, reference policy).
 
 Checkpoints are taken at rollout boundaries (after an update), where resuming
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.block_random import BlockRandom
 from envs.core import BatchedSimulator
 
 CHECKPOINT_FORMAT = "longrec-checkpoint-v1"
@@ -91,7 +93,7 @@ def capture_core_state(core: BatchedSimulator) -> dict[str, Any]:
     if not core.is_reset:
         raise ValueError("cannot checkpoint a simulator before reset()")
     state = {key: copy.deepcopy(getattr(core, key)) for key in CORE_STATE_KEYS}
-    state["np_random"] = copy.deepcopy(core.np_random.bit_generator.state)
+    state["random"] = core.rng.get_state()  # the generator and the draws it has buffered
     state["num_users"] = core.num_users
     state["num_items"] = core.catalog.num_items
     return state
@@ -106,8 +108,11 @@ def restore_core_state(core: BatchedSimulator, state: dict[str, Any]) -> dict[st
         )
     for key in CORE_STATE_KEYS:
         setattr(core, key, copy.deepcopy(state[key]))
-    core.np_random = np.random.default_rng()
-    core.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
+    if "random" in state:
+        core.rng = BlockRandom.from_state(state["random"])
+    else:  # written before the core buffered its draws: the generator alone
+        core.np_random = np.random.default_rng()
+        core.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
     return core.observation()
 
 
