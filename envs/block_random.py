@@ -31,6 +31,7 @@ MIN_REQUESTS_PER_BLOCK = 4
 """requests bigger than a quarter of a block are drawn directly"""
 
 Size = int | tuple[int, ...] | None
+_SHAPE_TYPES = (tuple, list)
 
 
 class BlockRandom:
@@ -82,7 +83,7 @@ class BlockRandom:
 
     def _rows(self, kind: tuple[Any, ...], size: Size, draw: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
         """The next ``size[0]`` rows of shape ``size[1:]`` of the block of ``kind`` (drawn by ``draw(*args, shape)``)."""
-        shape = tuple(size) if isinstance(size, tuple | list) else (int(size),)
+        shape = tuple(size) if isinstance(size, _SHAPE_TYPES) else (int(size),)
         if not shape:
             return draw(*args, shape)
         rows, row_shape = shape[0], shape[1:]

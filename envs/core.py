@@ -98,7 +98,7 @@ def sample_distinct_candidates(
     if cols == 1:
         return candidates
     if rows == 1:  # one user: a set is cheaper than numpy calls
-        while len(set(candidates[0].tolist())) < cols:
+        while len(set(candidates.tolist()[0])) < cols:
             candidates = rng.integers(0, num_items, size=shape)
         return candidates
     ordered = np.sort(candidates, axis=1)
@@ -159,6 +159,7 @@ class BatchedSimulator:
         self._responses_by_position = np.full((self.slate_size + 1, self.slate_size), RESPONSE_SKIP)
         np.fill_diagonal(self._responses_by_position, RESPONSE_CLICK)
         self._candidate_shape = (num_users, self.num_candidates)
+        self._one = np.ones(1, dtype=np.int64)
 
     # -- randomness --------------------------------------------------------
     @property
@@ -218,6 +219,10 @@ class BatchedSimulator:
             raise ValueError(
                 f"slate batch has shape {slates.shape}; expected {self._slate_shape} (users, slate_size)"
             )
+        if self.num_users == 1 and slates.dtype.kind in "iu":  # one user: accept a valid slate in plain Python
+            entries = slates.tolist()[0]
+            if min(entries) >= 0 and max(entries) < self.num_candidates and len(set(entries)) == len(entries):
+                return slates, None
         if slates.dtype.kind not in "iu":
             if slates.dtype.kind != "f" or not np.all(np.mod(slates, 1) == 0):
                 raise ValueError(f"slate entries must be integers; got dtype {slates.dtype}")
@@ -245,7 +250,10 @@ class BatchedSimulator:
     def step(self, slates: np.ndarray) -> StepResult:
         slates, duplicate_rows = self.validate_slates(slates)
         rng = self.rng
-        slate_item_ids = self.candidate_item_ids[self._row_index, slates]
+        if self.num_users == 1:  # one user: a flat take, cheaper than fancy indexing
+            slate_item_ids = self.candidate_item_ids.take(slates)
+        else:
+            slate_item_ids = self.candidate_item_ids[self._row_index, slates]
         utilities = self.user_model.item_utilities(self._state, slate_item_ids)
         if self._has_position_bias:
             utilities = utilities + self._position_bias
@@ -263,8 +271,7 @@ class BatchedSimulator:
 
         self._push_history(slate_item_ids, position, transition.consumption)
         self.episode_return = self.episode_return + reward
-        self.episode_length = self.episode_length + 1
-        done = transition.terminated | transition.truncated
+        self.episode_length = self.episode_length + self._one  # an array operand: cheaper than the scalar 1
         info = {
             "session_ended": transition.session_ended,
             "returned": transition.returned,
@@ -279,7 +286,9 @@ class BatchedSimulator:
             "episode_length": self.episode_length,
         }
         final_observation = None
-        if np.count_nonzero(done):  # cheaper than done.any() on small arrays
+        done = transition.terminated | transition.truncated
+        # one user: .item(); count_nonzero: cheaper than .any() on small arrays
+        if done.item() if self.num_users == 1 else np.count_nonzero(done):
             final_observation = self.observation()
             self._reset_users(done)
         self.candidate_item_ids = sample_distinct_candidates(rng, self.catalog.num_items, self._candidate_shape)
@@ -388,11 +397,12 @@ def _sample_mnl(utilities: np.ndarray, no_click_utility: np.ndarray, rng: np.ran
 
     Utilities are small (|u| < ~50), so ``exp`` needs no max-shift.
     """
-    weights = np.exp(np.concatenate([no_click_utility[:, None], utilities], axis=1))
-    if len(weights) == 1:  # one user: the same running sum and draw in plain Python
-        cumulative = list(itertools.accumulate(weights[0].tolist()))
+    if len(utilities) == 1:  # one user: the same exp, running sum and draw in plain Python
+        weights = np.exp([no_click_utility.item(), *utilities.tolist()[0]]).tolist()
+        cumulative = list(itertools.accumulate(weights))
         draw = rng.random() * cumulative[-1]
         return np.array([bisect.bisect_left(cumulative, draw) - 1])  # entries < draw, as below
+    weights = np.exp(np.concatenate([no_click_utility[:, None], utilities], axis=1))
     cumulative = np.cumsum(weights, axis=1)
     draw = rng.random(len(cumulative)) * cumulative[:, -1]
     return (cumulative < draw[:, None]).sum(axis=1) - 1

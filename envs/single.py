@@ -52,7 +52,7 @@ class SingleUserEnv(gym.Env):
         if self._needs_user_reset:
             raise ValueError("step() called after the episode ended; call reset() first")
         result = self.core.step(np.asarray(action).reshape(1, -1))
-        terminated, truncated = bool(result.terminated[0]), bool(result.truncated[0])
+        terminated, truncated = result.terminated.item(), result.truncated.item()
         info = {key: value[0] for key, value in result.info.items()}
         if terminated or truncated:
             self._needs_user_reset = True
@@ -60,7 +60,7 @@ class SingleUserEnv(gym.Env):
             observation = row(result.final_observation, 0)
         else:
             observation = row(result.observation, 0)
-        return observation, float(result.reward[0]), terminated, truncated, info
+        return observation, result.reward.item(), terminated, truncated, info
 
     def hidden_state(self) -> dict[str, np.ndarray]:
         """The user's hidden state (for oracles and analysis; never in observations)."""
