@@ -23,7 +23,14 @@ def register_preset(env_id: str, factory: CoreFactory) -> None:
     """Register ``env_id`` (``longrec/Name-vN``) for all three views."""
     _FACTORIES[env_id] = factory
     if env_id not in gym.registry:
-        gym.register(id=env_id, entry_point="envs.registration:make_single_user_env", kwargs={"preset": env_id})
+        # order_enforce=False: SingleUserEnv itself refuses step() before reset() (a ValueError
+        # from the core), so gymnasium's OrderEnforcing wrapper would only add a call per step
+        gym.register(
+            id=env_id,
+            entry_point="envs.registration:make_single_user_env",
+            kwargs={"preset": env_id},
+            order_enforce=False,
+        )
 
 
 def registered_ids() -> list[str]:
