@@ -38,7 +38,8 @@ class BlockRandom:
     """A ``Generator`` whose ``random`` and ``integers`` are served from pre-drawn blocks.
 
     There is one block per kind of request: the method, its range, and the
-    shape of one row (``size[1:]``; scalars are their own kind). A request
+    shape of one row (``size[1:]``; ``random()`` scalars have their own block,
+    ``integers`` scalars are one-row requests). A request
     takes the next ``size[0]`` rows of its block; when fewer are left, the rest
     is dropped and a new block of ``BLOCK_SIZE`` numbers is drawn. A request
     for more than a quarter of a block is drawn directly. Arrays returned are
