@@ -309,8 +309,12 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
 
 
 def _default_llm_model_config() -> SlatePolicyConfig:
+    # Causal encoder + "last" pooling: SASRec's reading of a sequence, so every position of a window
+    # trains in one pass; pointer_scale 1: a softmax over ~10k items must get sharp quickly; id dropout:
+    # the text features must also score items alone, as they do for items without an id vector.
     return SlatePolicyConfig(
-        d_model=64, n_encoder_layers=2, n_decoder_layers=1, max_history=128, dropout=0.1, item_id_embeddings=True
+        d_model=64, n_encoder_layers=2, n_decoder_layers=1, max_history=128, dropout=0.2, item_id_embeddings=True,
+        causal_encoder=True, pooling="last", pointer_scale=1.0, item_id_dropout=0.3,
     )
 
 
@@ -326,17 +330,17 @@ class LLMNextItemConfig:
     context_dim: int = 4
     """Size of the (zero) context vector; 4 = the long-horizon presets', so the weights load into
     ``LLMSlatePolicy`` on ``longrec/MovieLens-v0`` and the other presets."""
-    batch_size: int = 256
-    """(user, position) examples per gradient step."""
-    steps_per_epoch: int | None = 50
-    """Gradient steps between validation evaluations (None: one full pass over the training examples)."""
-    max_epochs: int = 40
+    batch_size: int = 32
+    """Windows (``objective="all_positions"``) or (user, position) examples (``"next_item"``) per gradient step."""
+    steps_per_epoch: int | None = None
+    """Gradient steps between validation evaluations (None: one full pass over the training windows / examples)."""
+    max_epochs: int = 200
     """Upper bound on epochs."""
-    patience: int = 3
+    patience: int = 15
     """Stop after this many evaluations without a better validation NDCG@10."""
     learning_rate: float = 2e-3
     """AdamW learning rate."""
-    weight_decay: float = 0.01
+    weight_decay: float = 0.0
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 = none)."""
@@ -347,12 +351,16 @@ class LLMNextItemConfig:
     """Targets per example: 1 trains slate position 0 on the next item; m > 1 teacher-forces the
     decoder on the next m items (position k predicts item t + k given items t..t+k-1, as the slate
     decoder writes a slate), m targets for one encoder pass. Evaluation always ranks with position 0."""
-    objective: Literal["next_item", "all_positions"] = "next_item"
+    objective: Literal["next_item", "all_positions"] = "all_positions"
     """"next_item": one target per (user, position) example, each example re-encodes its history;
     "all_positions" (needs ``model.causal_encoder``): as SASRec, each user's last ``history_length + 1``
     training items form one window, the causal encoder runs once over it and decoder position 0 is
     trained at every history position t to predict item t + 1 (``all_positions_loss``); ``batch_size``
     then counts windows (users) and ``recent_positions`` / ``next_items`` are not used."""
+    id_min_count: int = 5
+    """With ``model.item_id_embeddings``, only items with at least this many training interactions get
+    a learned id vector (the usual 5-core threshold); rarer items are scored by their features alone,
+    as an item never seen (``SlateModel.restrict_item_ids``). 0 = every item."""
     seed: int = 0
     """Seeds initialisation, example sampling and dropout."""
     device: str = "cpu"
@@ -370,8 +378,11 @@ class LLMNextItemConfig:
             )
         if not 1 <= self.next_items <= self.model.max_slate_size:
             raise ValueError(f"next_items must lie in [1, model.max_slate_size={self.model.max_slate_size}], got {self.next_items}")
-        if self.context_dim < 0 or self.patience < 0:
-            raise ValueError(f"context_dim and patience must be >= 0, got {self.context_dim}, {self.patience}")
+        if self.context_dim < 0 or self.patience < 0 or self.id_min_count < 0:
+            raise ValueError(
+                f"context_dim, patience and id_min_count must be >= 0, got {self.context_dim}, {self.patience}, "
+                f"{self.id_min_count}"
+            )
         if self.objective not in ("next_item", "all_positions"):
             raise ValueError(f"objective must be 'next_item' or 'all_positions', got {self.objective!r}")
         if self.objective == "all_positions" and not self.model.causal_encoder:
@@ -522,7 +533,7 @@ def all_positions_loss(
     ).last_hidden_state[rows, cols].unsqueeze(1)
     if keys is None:
         keys = dec.key_proj(model.item_repr(None))
-    logits = dec._scores(hidden, PreparedCandidates(keys=keys, inputs=keys, mask=None))[:, 0]
+    logits = dec._scores(hidden, PreparedCandidates(keys=keys, inputs=keys, mask=None)).squeeze(1)
     return torch.nn.functional.cross_entropy(logits, targets[rows, cols]), int(rows.numel())
 
 
@@ -602,6 +613,8 @@ def train_llm_next_item(
     model = SlateModel(config.model, item_embeddings, config.context_dim).to(device)
     if model.num_items != split.num_items:
         raise ValueError(f"item_embeddings has {model.num_items} rows, the split has {split.num_items} items")
+    if model.item_id_embedding is not None:
+        model.restrict_item_ids(split.train_item_counts() >= config.id_min_count)
     m = config.next_items
     all_positions = config.objective == "all_positions"
     if all_positions:
@@ -765,8 +778,8 @@ def pretrain_movielens(
     data_path: str | None = None,
     policy_config: dict[str, Any] | None = None,
     text_encoder: str | None = "minilm",
-    epochs: int = 5,
-    batch_size: int = 256,
+    epochs: int = 200,
+    batch_size: int = 32,
     learning_rate: float = 2e-3,
     min_interactions: int = 5,
     seed: int = 0,
@@ -778,7 +791,7 @@ def pretrain_movielens(
 
     ``policy_config``: ``SlatePolicyConfig`` fields; ``text_encoder``: ``"minilm"`` (bundled
     all-MiniLM-L6-v2), ``"tiny"`` (a random tiny BERT written under ``out_dir``, for tests) or a
-    Hugging Face folder / hub id; ``epochs``: full passes over the training examples (early stopping
+    Hugging Face folder / hub id; ``epochs``: upper bound on full passes over the training windows (early stopping
     on validation NDCG@10). Returns ``{"policy_dir": out_dir/best, "metrics": {...}}``.
     """
     from pathlib import Path

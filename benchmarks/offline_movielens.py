@@ -45,12 +45,6 @@ from agents.offline_protocol import (  # noqa: E402
 from agents.sasrec import SASRecConfig, SASRecScorer, train_sasrec  # noqa: E402
 from envs.movielens import load_movielens  # noqa: E402
 
-_LLM_DEFAULTS = {
-    "all_positions": {"batch_size": 32, "steps_per_epoch": None, "dropout": 0.2, "patience": 10, "lr": 2e-3},
-    "next_item": {"batch_size": 256, "steps_per_epoch": 25, "dropout": 0.1, "patience": 5, "lr": 2e-3},
-}
-"""LLM training defaults per objective (a flag left at None takes these)."""
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -64,18 +58,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sasrec-batch-size", type=int, default=32)
     p.add_argument("--sasrec-budget-min", type=float, default=9.0, help="wall-clock cap on SASRec training")
     p.add_argument("--llm-history", type=int, default=50)
-    p.add_argument("--llm-objective", choices=("all_positions", "next_item"), default="next_item",
+    p.add_argument("--llm-objective", choices=("all_positions", "next_item"), default="all_positions",
                    help="all_positions: causal state encoder, every position of each user's last H + 1 training "
                         "items trained in one pass (as SASRec); next_item: one target per (user, position) example")
     p.add_argument("--llm-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--llm-steps-per-epoch", type=int, default=None,
-                   help="steps between evaluations (default: a full pass over the windows for all_positions, 25 for next_item)")
+                   help="steps between evaluations (default: a full pass over the training windows / examples)")
     p.add_argument("--llm-batch-size", type=int, default=None,
-                   help="windows per step for all_positions (default 32), examples per step for next_item (default 256)")
-    p.add_argument("--llm-lr", type=float, default=None, help="default: 2e-3")
-    p.add_argument("--llm-dropout", type=float, default=None, help="default: 0.2 for all_positions, 0.1 for next_item")
+                   help="windows (all_positions) or examples (next_item) per step (default: LLMNextItemConfig's)")
+    p.add_argument("--llm-lr", type=float, default=None, help="default: LLMNextItemConfig's")
+    p.add_argument("--llm-weight-decay", type=float, default=None, help="default: LLMNextItemConfig's")
+    p.add_argument("--llm-dropout", type=float, default=None, help="default: the model config's")
+    p.add_argument("--llm-pooling", choices=("last", "mean"), default=None, help="default: the model config's")
+    p.add_argument("--llm-pointer-scale", type=float, default=None,
+                   help="pointer-logit multiplier (default: the model config's; 0 = 1/sqrt(d))")
+    p.add_argument("--llm-id-min-count", type=int, default=None,
+                   help="items with fewer training interactions get no id vector (default: LLMNextItemConfig's)")
+    p.add_argument("--llm-id-dropout", type=float, default=None, help="default: the model config's")
     p.add_argument("--llm-patience", type=int, default=None,
-                   help="evaluations without a better valid NDCG@10 (default: 10 for all_positions, 5 for next_item)")
+                   help="evaluations without a better valid NDCG@10 (default: LLMNextItemConfig's)")
     p.add_argument("--llm-no-popularity", action="store_true", help="score items by their text embedding alone")
     p.add_argument("--llm-no-id-embeddings", action="store_true", help="score by item features alone (no learned item-id embeddings)")
     p.add_argument("--llm-no-release-year", action="store_true", help="leave the release-year features out of the item features")
@@ -115,8 +116,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     t = time.perf_counter()
     base = LLMNextItemConfig()
     objective = args.llm_objective
-    defaults = _LLM_DEFAULTS[objective]
-    pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
+    given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
+    model_config = dataclasses.replace(
+        base.model,
+        item_id_embeddings=not args.llm_no_id_embeddings,
+        causal_encoder=objective == "all_positions",
+        **given(dropout=args.llm_dropout, pooling=args.llm_pooling, item_id_dropout=args.llm_id_dropout),
+    )
+    if args.llm_pointer_scale is not None:
+        model_config = dataclasses.replace(model_config, pointer_scale=args.llm_pointer_scale or None)
     llm_config = MovieLensPretrainConfig(
         data_path=args.data,
         output_dir=args.out,
@@ -124,21 +132,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         release_year_feature=not args.llm_no_release_year,
         train=dataclasses.replace(
             base,
-            model=dataclasses.replace(
-                base.model,
-                item_id_embeddings=not args.llm_no_id_embeddings,
-                causal_encoder=objective == "all_positions",
-                dropout=pick(args.llm_dropout, "dropout"),
-            ),
+            model=model_config,
             objective=objective,
             history_length=args.llm_history,
-            batch_size=pick(args.llm_batch_size, "batch_size"),
-            steps_per_epoch=pick(args.llm_steps_per_epoch, "steps_per_epoch"),
             max_epochs=args.llm_epochs,
-            learning_rate=pick(args.llm_lr, "lr"),
-            patience=pick(args.llm_patience, "patience"),
             seed=args.seed,
             time_budget_s=60.0 * args.llm_budget_min,
+            **given(
+                batch_size=args.llm_batch_size, steps_per_epoch=args.llm_steps_per_epoch, learning_rate=args.llm_lr,
+                weight_decay=args.llm_weight_decay, patience=args.llm_patience, id_min_count=args.llm_id_min_count,
+            ),
         ),
     )
     torch.set_num_threads(args.llm_threads)

@@ -8,7 +8,7 @@ from typing import Any
 __all__ = ["SlatePolicyConfig"]
 
 _ENCODER_MODES = ("fresh", "pretrained")
-_POOLING = ("mean", "context")
+_POOLING = ("mean", "last", "context")
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,24 @@ class SlatePolicyConfig:
     max_slate_size: int = 16
     """longest slate K the decoder can position-embed"""
     pooling: str = "mean"
-    """pooled state: "mean" over valid tokens, or the "context" token's state"""
+    """pooled state: "mean" over valid tokens, the "last" valid token's state (SASRec's choice with a causal
+    encoder: the most recent item summarises the prefix), or the "context" token's state"""
     causal_encoder: bool = False
     """causal state encoder: token t attends only to tokens <= t (padding keys still masked), and the
     pooled state is the mean over valid tokens up to the last one (= "mean" pooling of a right-aligned
-    history). Lets next-item training run the encoder once per sequence and train every position
-    (``agents.offline_protocol``, objective "all_positions"); needs pooling="mean"."""
+    history; "last" pooling then reads the last valid token). Lets next-item training run the encoder
+    once per sequence and train every position (``agents.offline_protocol``, objective
+    "all_positions"); needs pooling="mean" or "last"."""
     item_id_embeddings: bool = False
     """add a learned per-item id embedding to the text embedding (off: pure text model, generalises to new items)"""
+    item_id_dropout: float = 0.0
+    """training only: probability that an item's id vector is left out of its representation in a forward
+    pass (per item, as in DropoutNet, Volkovs et al. 2017), so the text features must score items on their
+    own too: what a cold item, which has no id vector, relies on"""
+    pointer_scale: float | None = None
+    """multiplier of the pointer logits <W_q h, W_key x>: None = 1/sqrt(d_model) (scaled dot product, a
+    soft start for PPO over a few candidates); next-item pretraining over a whole catalog uses 1.0, which
+    lets the softmax over thousands of items get sharp within a few epochs"""
     value_hidden: int = 64
     """hidden width of the value head MLP"""
 
@@ -76,10 +86,14 @@ class SlatePolicyConfig:
             raise ValueError(f"encoder_lora_rank must be >= 0, got {self.encoder_lora_rank}")
         if self.encoder_lora_rank > 0 and self.encoder != "pretrained":
             raise ValueError("encoder_lora_rank > 0 needs encoder='pretrained' (LoRA adapts pretrained layers)")
-        if self.causal_encoder and self.pooling != "mean":
-            raise ValueError("causal_encoder=True needs pooling='mean' (the causal context token sees no history)")
+        if self.causal_encoder and self.pooling == "context":
+            raise ValueError("causal_encoder=True needs pooling='mean' or 'last' (the causal context token sees no history)")
         if isinstance(self.encoder_lora_targets, list):
             object.__setattr__(self, "encoder_lora_targets", tuple(self.encoder_lora_targets))
+        if self.pointer_scale is not None and not self.pointer_scale > 0:
+            raise ValueError(f"pointer_scale must be positive or None, got {self.pointer_scale}")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ValueError(f"item_id_dropout must lie in [0, 1), got {self.item_id_dropout}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 

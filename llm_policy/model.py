@@ -120,6 +120,10 @@ class SlateModel(nn.Module):
         )
         if self.item_id_embedding is not None:
             nn.init.zeros_(self.item_id_embedding.weight)  # start as the pure text model
+            active = torch.ones(self.num_items + 1, dtype=torch.bool)
+            active[-1] = False
+            self.register_buffer("item_id_active", active, persistent=True)
+            """which items use their id vector (see :meth:`restrict_item_ids`); row N = padding"""
         self.obs_sizes: dict[str, int] | None = None
         """observation sizes ``N, H, C, D, K`` it was trained for (saved, lets a policy rebuild its spaces)"""
         self.encoder = StateEncoder(config, self.item_dim, self.context_dim, hf_config=encoder_hf_config)
@@ -140,8 +144,27 @@ class SlateModel(nn.Module):
         table = self.item_embeddings if item_table is None else item_table
         x = table[ids]
         if self.item_id_embedding is not None:
-            x = x + self.item_id_embedding(ids)
+            active = self.item_id_active[ids]
+            if self.training and self.config.item_id_dropout > 0:
+                active = active & (torch.rand(active.shape, device=active.device) >= self.config.item_id_dropout)
+            x = x + self.item_id_embedding(ids) * active.unsqueeze(-1).to(x.dtype)
         return x
+
+    def restrict_item_ids(self, active: torch.Tensor | np.ndarray) -> None:
+        """Use learned id vectors only for the items where ``active`` ``(N,)`` is True.
+
+        The other items are represented by their features alone (text, ...), exactly as an item the
+        model has never seen, and their id vectors get no gradient. Training restricts ids to items
+        with enough interactions to estimate one (:class:`agents.offline_protocol.LLMNextItemConfig`
+        ``id_min_count``), so a rare item's score comes from what its text says, not from a vector
+        that only ever received "not this one" gradients.
+        """
+        if self.item_id_embedding is None:
+            raise ValueError("restrict_item_ids needs config.item_id_embeddings=True")
+        active = torch.as_tensor(np.asarray(active), dtype=torch.bool)
+        if tuple(active.shape) != (self.num_items,):
+            raise ValueError(f"active must have shape ({self.num_items},), got {tuple(active.shape)}")
+        self.item_id_active[:-1] = active.to(self.item_id_active.device)
 
     # ------------------------------------------------------------------ encoding
 
@@ -251,7 +274,7 @@ class SlateModel(nn.Module):
         dec = self.decoder
         memory = dec.memory_proj(enc.states)
         hidden = dec._run(dec.start(enc.pooled), memory, enc.mask).last_hidden_state
-        logits = dec._scores(hidden, enc.candidates)[:, 0]
+        logits = dec._scores(hidden, enc.candidates).squeeze(1)  # squeeze, not [:, 0]: its backward allocates no (B, 1, C) zeros
         allowed = dec._allowed_base(enc.candidates, logits.shape[0], logits.device)
         return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
 

@@ -8,7 +8,8 @@ position k are dot products between the decoder state and the embeddings of
 this step's candidates,
 
     logit[k, c] = <W_q h_k, W_key x_c> / sqrt(d)      (minus infinity for candidates
-                                                       already chosen or masked)
+                                                       already chosen or masked; the scale is
+                                                       ``SlatePolicyConfig.pointer_scale``)
 
 so the same weights score 20 logged candidates or a whole 10k-item catalog.
 The decoder's input at position 0 is a start token derived from the pooled
@@ -123,7 +124,7 @@ class SlateDecoder(nn.Module):
         self.key_proj = nn.Linear(item_dim, d)
         self.input_proj = nn.Linear(item_dim, d)
         self.query_proj = nn.Linear(d, d)
-        self.scale = 1.0 / math.sqrt(d)
+        self.scale = 1.0 / math.sqrt(d) if config.pointer_scale is None else float(config.pointer_scale)
 
     # ------------------------------------------------------------------ building blocks
 

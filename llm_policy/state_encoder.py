@@ -140,6 +140,20 @@ class StateEncoder(nn.Module):
         self.context_proj = nn.Linear(max(context_dim, 1), d)
         self.context_type = nn.Parameter(torch.zeros(d))
         self.context_dim = context_dim
+        self._init_token_parts(float(getattr(self.transformer.config, "initializer_range", 0.02)))
+
+    def _init_token_parts(self, std: float) -> None:
+        """Initialise the response, consumption and context parts of the tokens like the transformer's own
+        embeddings (normal, ``std`` = its ``initializer_range``, zero bias).
+
+        PyTorch's defaults (N(0, 1) embeddings, U(-1, 1) for a 1-input linear layer) would make these
+        parts ~50x larger than the projected item features and the position embeddings, so after the
+        embedding LayerNorm a token would say little about *which* item it is or where it sits.
+        """
+        nn.init.normal_(self.response_embedding.weight, std=std)
+        for layer in (self.consumption_proj, self.context_proj):
+            nn.init.normal_(layer.weight, std=std)
+            nn.init.zeros_(layer.bias)
 
     def hf_config_dict(self) -> dict[str, Any]:
         """The transformer's Hugging Face config as a JSON-able dict (saved with the policy)."""
@@ -168,8 +182,8 @@ class StateEncoder(nn.Module):
             history_consumption: ``(B, H)`` float consumed fraction.
             context: ``(B, D)`` float visible context.
             all_positions: return the pooled state of every prefix ``(B, H + 1, d)`` (running mean
-                over valid tokens <= t; needs ``causal_encoder``, where the states of a prefix do not
-                depend on later tokens).
+                over valid tokens <= t, or token t's own state with "last" pooling; needs
+                ``causal_encoder``, where the states of a prefix do not depend on later tokens).
 
         Returns:
             ``pooled (B, d)`` (or ``(B, H + 1, d)`` with ``all_positions``), ``states (B, H + 1, d)``
@@ -197,9 +211,13 @@ class StateEncoder(nn.Module):
         out = self.transformer(inputs_embeds=embeds.to(param.dtype), attention_mask=mask.long(), **kwargs)
         states = out.last_hidden_state
         if all_positions:
-            pooled = running_mean_pool(states, mask)
+            pooled = states if self.config.pooling == "last" else running_mean_pool(states, mask)
         elif self.config.pooling == "context":
             pooled = states[:, 0]
+        elif self.config.pooling == "last":
+            positions = torch.arange(h + 1, device=mask.device)
+            last = torch.where(mask, positions, 0).argmax(dim=1)
+            pooled = states[torch.arange(b, device=states.device), last]
         else:
             m = mask.unsqueeze(-1).to(states.dtype)
             pooled = (states * m).sum(dim=1) / m.sum(dim=1)

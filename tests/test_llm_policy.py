@@ -298,3 +298,77 @@ def test_causal_encoder_ignores_later_tokens_and_round_trips(tmp_path):
     assert not default.encoder.transformer.config.is_decoder
     with pytest.raises(ValueError, match="causal_encoder"):
         default.encode(obs, full_catalog=True, all_positions=True)
+
+
+def test_last_pooling_reads_the_last_valid_token_and_matches_per_prefix_states():
+    torch.manual_seed(0)
+    n, h = 20, 6
+    config = SlatePolicyConfig(d_model=16, n_encoder_heads=2, n_decoder_heads=2, n_decoder_layers=1, causal_encoder=True,
+                               pooling="last", max_history=8)
+    model = SlateModel(config, torch.randn(n, 8), 2).eval()
+    hist = torch.randint(0, n, (3, h))
+    hist[0, :2] = n  # left padding: the last valid token is still the last slot
+    hist[2, :] = n  # no history: the context token is the state
+    valid = hist != n
+    obs = {"history_item_ids": hist, "history_responses": valid.long() * 2, "history_consumption": valid.float(),
+           "context": torch.randn(3, 2)}
+    with torch.no_grad():
+        enc = model.encode(obs, full_catalog=True)
+        per_prefix = model.encode(obs, full_catalog=True, all_positions=True).pooled
+    torch.testing.assert_close(enc.pooled[:2], enc.states[:2, -1])
+    torch.testing.assert_close(enc.pooled[2], enc.states[2, 0])
+    torch.testing.assert_close(per_prefix, enc.states)
+    with pytest.raises(ValueError, match="pooling"):
+        SlatePolicyConfig(pooling="max")
+
+
+def test_pointer_scale_multiplies_the_logits():
+    torch.manual_seed(0)
+    items = torch.randn(12, 8)
+    obs = {"history_item_ids": torch.randint(0, 12, (2, 4)), "history_responses": torch.full((2, 4), 2),
+           "history_consumption": torch.ones(2, 4), "context": torch.zeros(2, 2)}
+    scaled_dot = SlateModel(SlatePolicyConfig(d_model=16, n_decoder_layers=1), items, 2).eval()
+    unit = SlateModel(SlatePolicyConfig(d_model=16, n_decoder_layers=1, pointer_scale=1.0), items, 2).eval()
+    unit.load_state_dict(scaled_dot.state_dict())
+    with torch.no_grad():
+        a = scaled_dot.candidate_scores(scaled_dot.encode(obs, full_catalog=True))
+        b = unit.candidate_scores(unit.encode(obs, full_catalog=True))
+    torch.testing.assert_close(b, a * 4.0)  # 1 vs 1/sqrt(16)
+    with pytest.raises(ValueError, match="pointer_scale"):
+        SlatePolicyConfig(pointer_scale=0.0)
+
+
+def test_restrict_item_ids_scores_inactive_items_by_features_alone(tmp_path):
+    torch.manual_seed(0)
+    n = 10
+    features = torch.randn(n, 8)
+    model = SlateModel(SlatePolicyConfig(d_model=16, n_decoder_layers=1, item_id_embeddings=True), features, 2)
+    torch.nn.init.normal_(model.item_id_embedding.weight)
+    active = np.arange(n) % 2 == 0
+    model.restrict_item_ids(active)
+    reprs = model.item_repr(None)
+    torch.testing.assert_close(reprs[~active], features[~active])
+    assert (reprs[active] - features[active]).abs().min() > 0
+    reprs.sum().backward()
+    grad_rows = model.item_id_embedding.weight.grad.abs().sum(dim=1)
+    assert torch.all(grad_rows[:n][~active] == 0) and torch.all(grad_rows[:n][active] > 0)
+    loaded = SlateModel.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    torch.testing.assert_close(loaded.item_repr(None), model.item_repr(None).detach())
+    with pytest.raises(ValueError, match="shape"):
+        model.restrict_item_ids(np.ones(n + 1, dtype=bool))
+    with pytest.raises(ValueError, match="item_id_embeddings"):
+        SlateModel(SlatePolicyConfig(d_model=16), features, 2).restrict_item_ids(active)
+
+
+def test_item_id_dropout_drops_id_vectors_in_training_only():
+    torch.manual_seed(0)
+    n = 400
+    features = torch.randn(n, 8)
+    config = SlatePolicyConfig(d_model=16, n_decoder_layers=1, item_id_embeddings=True, item_id_dropout=0.5)
+    model = SlateModel(config, features, 2)
+    torch.nn.init.normal_(model.item_id_embedding.weight)
+    dropped = (model.train().item_repr(None) == features).all(dim=1).float().mean()
+    assert 0.4 < dropped < 0.6
+    torch.testing.assert_close(model.eval().item_repr(None), features + model.item_id_embedding.weight[:n])
+    with pytest.raises(ValueError, match="item_id_dropout"):
+        SlatePolicyConfig(item_id_dropout=1.0)

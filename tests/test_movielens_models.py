@@ -81,7 +81,8 @@ def test_sasrec_config_errors() -> None:
 
 def tiny_llm_config(**kwargs) -> LLMNextItemConfig:
     model = SlatePolicyConfig(d_model=16, n_encoder_layers=1, n_encoder_heads=2, n_decoder_layers=1, n_decoder_heads=2, max_history=16)
-    defaults = dict(model=model, history_length=6, batch_size=32, steps_per_epoch=20, max_epochs=3, patience=3, learning_rate=1e-2)
+    defaults = dict(model=model, history_length=6, batch_size=32, steps_per_epoch=20, max_epochs=3, patience=3, learning_rate=1e-2,
+                    objective="next_item", id_min_count=0)
     return LLMNextItemConfig(**{**defaults, **kwargs})
 
 
@@ -202,9 +203,9 @@ def test_release_year_features_by_hand() -> None:
     assert feats.dtype == np.float32
 
 
-def causal_llm_config(**kwargs) -> LLMNextItemConfig:
+def causal_llm_config(pooling: str = "mean", **kwargs) -> LLMNextItemConfig:
     base = tiny_llm_config()
-    model = SlatePolicyConfig(**{**base.model.to_dict(), "causal_encoder": True, "item_id_embeddings": True})
+    model = SlatePolicyConfig(**{**base.model.to_dict(), "causal_encoder": True, "item_id_embeddings": True, "pooling": pooling})
     return tiny_llm_config(model=model, objective="all_positions", **kwargs)
 
 
@@ -216,12 +217,13 @@ def test_llm_training_windows_by_hand() -> None:
     )
 
 
-def test_all_positions_loss_is_the_mean_of_single_prefix_losses() -> None:
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_all_positions_loss_is_the_mean_of_single_prefix_losses(pooling: str) -> None:
     # One causal encoder pass over a window scores every prefix exactly as the single-target model
     # does on that prefix alone (same positions, later slots padding).
     torch.manual_seed(0)
     n, h = 30, 8
-    config = causal_llm_config(history_length=h)
+    config = causal_llm_config(history_length=h, pooling=pooling)
     model = SlateModel(config.model, torch.randn(n, 8), context_dim=config.context_dim).eval()
     torch.nn.init.normal_(model.item_id_embedding.weight, std=0.5)
     windows = torch.randint(0, n, (3, h + 1))
@@ -262,6 +264,21 @@ def test_llm_all_positions_objective_learns_a_cycle_and_is_deterministic() -> No
     model2, _ = train_llm_next_item(split, texts, config)
     for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_rare_items_get_no_id_vector_after_training() -> None:
+    num_items = 40
+    angle = 2 * np.pi * np.arange(num_items) / num_items
+    texts = np.stack([f(k * angle) for k in (1, 2, 3) for f in (np.cos, np.sin)], axis=1).astype(np.float32)
+    split = leave_one_out_split(cyclic_sequences(np.arange(num_items), num_users=30, length=8, seed=3), num_items=num_items)
+    counts = split.train_item_counts()
+    assert (counts < 5).any() and (counts >= 5).any()
+    model, _ = train_llm_next_item(split, texts, causal_llm_config(max_epochs=1, id_min_count=5))
+    ids = model.item_id_embedding.weight.detach()[:num_items].abs().sum(dim=1).numpy()
+    assert np.all(ids[counts < 5] == 0) and np.all(ids[counts >= 5] > 0)
+    np.testing.assert_array_equal(model.item_id_active[:num_items].numpy(), counts >= 5)
+    with pytest.raises(ValueError, match="id_min_count"):
+        tiny_llm_config(id_min_count=-1)
 
 
 def test_all_positions_objective_errors() -> None:
