@@ -314,7 +314,7 @@ def _default_llm_model_config() -> SlatePolicyConfig:
     # the text features must also score items alone, as they do for items without an id vector.
     return SlatePolicyConfig(
         d_model=64, n_encoder_layers=2, n_decoder_layers=1, max_history=128, dropout=0.2, item_id_embeddings=True,
-        causal_encoder=True, pooling="last", pointer_scale=1.0, item_id_dropout=0.3,
+        causal_encoder=True, pooling="last", pointer_scale=1.0, item_id_dropout=0.5,
     )
 
 
