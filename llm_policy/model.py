@@ -17,6 +17,7 @@ item embeddings); ``from_pretrained(dir)`` rebuilds it with no other file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -149,6 +150,23 @@ class SlateModel(nn.Module):
                 active = active & (torch.rand(active.shape, device=active.device) >= self.config.item_id_dropout)
             x = x + self.item_id_embedding(ids) * active.unsqueeze(-1).to(x.dtype)
         return x
+
+    def disable_dropout(self) -> SlateModel:
+        """Switch off every training-time regulariser: dropout layers and ``item_id_dropout``.
+
+        For PPO, whose rollouts (eval mode) and updates (train mode) must score actions alike; the
+        configs saved with the model then say 0 too. Returns ``self``.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        for hf_config in (self.encoder.transformer.config, self.decoder.gpt.config):
+            for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+                if hasattr(hf_config, name):
+                    setattr(hf_config, name, 0.0)
+        self.config = dataclasses.replace(self.config, dropout=0.0, item_id_dropout=0.0)
+        self.encoder.config = self.config
+        return self
 
     def restrict_item_ids(self, active: torch.Tensor | np.ndarray) -> None:
         """Use learned id vectors only for the items where ``active`` ``(N,)`` is True.

@@ -100,7 +100,8 @@ class LLMSlatePolicy(ActorCriticPolicy):
             ``.safetensors`` / ``.pt`` path), e.g. ``ItemTextEncoder().encode_catalog(catalog)``.
             Not needed with ``pretrained_path``.
         model_config: :class:`SlatePolicyConfig` (or a dict of its fields). Ignored with ``pretrained_path``.
-        pretrained_path: a folder written by ``save_pretrained`` (or by CE pretraining) to start from.
+        pretrained_path: a folder written by ``save_pretrained`` (or by CE pretraining) to start from;
+            its dropout and item-id dropout are switched off (:meth:`SlateModel.disable_dropout`).
         seed: seeds a private ``torch.Generator`` for slate sampling; ``None`` uses torch's global
             generator (seeded by SB3's ``seed=``).
         use_kv_cache: decode with the key/value cache.
@@ -139,7 +140,8 @@ class LLMSlatePolicy(ActorCriticPolicy):
     def _build(self, lr_schedule: Schedule) -> None:
         sizes = self.sizes
         if self.pretrained_path is not None:
-            self.model = SlateModel.from_pretrained(self.pretrained_path)
+            # pretraining's dropout would make rollouts (eval mode) and PPO updates (train mode) disagree
+            self.model = SlateModel.from_pretrained(self.pretrained_path).disable_dropout()
             self.model_config = self.model.config
         else:
             self.model = SlateModel(self.model_config, self.item_embeddings_arg, sizes["D"])

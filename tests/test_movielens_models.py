@@ -125,7 +125,10 @@ def test_llm_weights_load_into_the_ppo_policy(tmp_path) -> None:
     from llm_policy.sb3_policy import LLMSlatePolicy
 
     torch.manual_seed(0)
-    config = tiny_llm_config()
+    config = tiny_llm_config(
+        model=SlatePolicyConfig(**{**tiny_llm_config().model.to_dict(), "dropout": 0.2, "item_id_embeddings": True,
+                                   "item_id_dropout": 0.5})
+    )
     model = SlateModel(config.model, torch.randn(12, 8), context_dim=config.context_dim)
     folder = model.save_pretrained(tmp_path / "best")
     n, h, c, k = 12, 5, 6, 3
@@ -141,6 +144,15 @@ def test_llm_weights_load_into_the_ppo_policy(tmp_path) -> None:
     policy = LLMSlatePolicy(obs_space, gym.spaces.MultiDiscrete([c] * k), lambda _: 1e-3, pretrained_path=str(folder))
     for a, b in zip(model.state_dict().values(), policy.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
+    # pretraining's dropout and id dropout are off for PPO: train-mode scoring is deterministic
+    assert config.model.dropout > 0 and config.model.item_id_dropout > 0
+    assert policy.model.config.dropout == 0 and policy.model.config.item_id_dropout == 0
+    obs = {key: torch.as_tensor(np.stack([obs_space[key].sample() for _ in range(4)])) for key in obs_space}
+    policy.model.train()
+    enc1, enc2 = policy.model.encode(obs), policy.model.encode(obs)
+    torch.testing.assert_close(policy.model.candidate_scores(enc1), policy.model.candidate_scores(enc2))
+    resaved = SlateModel.from_pretrained(policy.model.save_pretrained(tmp_path / "ppo"))
+    assert resaved.encoder.transformer.config.hidden_dropout_prob == 0 and resaved.config.dropout == 0
 
 
 def test_llm_config_errors() -> None:
