@@ -101,13 +101,33 @@ def sample_distinct_candidates(
         while len(set(candidates.tolist()[0])) < cols:
             candidates = rng.integers(0, num_items, size=shape)
         return candidates
-    ordered = np.sort(candidates, axis=1)
-    repeats = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+    repeats = _rows_with_repeats(candidates)
     while len(repeats):
         candidates[repeats] = rng.integers(0, num_items, size=(len(repeats), cols))
-        ordered = np.sort(candidates[repeats], axis=1)
-        repeats = repeats[(ordered[:, 1:] == ordered[:, :-1]).any(axis=1)]
+        repeats = repeats[_rows_with_repeats(candidates[repeats])]
     return candidates
+
+
+PAIRWISE_MAX_COLUMNS = 6
+"""``_rows_with_repeats`` compares column pairs up to this many columns (15 pairs), else sorts rows"""
+
+
+def _rows_with_repeats(values: np.ndarray) -> np.ndarray:
+    """Sorted indices of the rows of ``values`` (n, k) that contain some entry twice."""
+    k = values.shape[1]
+    if k < 2:
+        return np.zeros(0, dtype=np.int64)
+    if k <= PAIRWISE_MAX_COLUMNS:  # few columns (slates): compare every pair, no sort
+        repeated = values[:, 1] == values[:, 0]
+        for j in range(2, k):
+            for i in range(j):
+                repeated |= values[:, j] == values[:, i]
+        return np.flatnonzero(repeated)
+    ordered = np.sort(values, axis=1).ravel()
+    # equal neighbours in the flattened sorted rows (a contiguous compare, far cheaper than a
+    # per-row ``.any(axis=1)``), without the pairs that straddle two rows (flat position % k == k - 1)
+    pairs = np.flatnonzero(ordered[1:] == ordered[:-1])
+    return np.unique(pairs[pairs % k != k - 1] // k)
 
 
 class BatchedSimulator:
@@ -311,9 +331,9 @@ class BatchedSimulator:
             self.history_responses = responses[:, k - h :]
             self.history_consumption = consumed[:, k - h :]
             return
-        self.history_item_ids = np.concatenate([self.history_item_ids[:, k:], slate_item_ids], axis=1)
-        self.history_responses = np.concatenate([self.history_responses[:, k:], responses], axis=1)
-        self.history_consumption = np.concatenate([self.history_consumption[:, k:], consumed], axis=1)
+        self.history_item_ids = _shift_in(self.history_item_ids, slate_item_ids)
+        self.history_responses = _shift_in(self.history_responses, responses)
+        self.history_consumption = _shift_in(self.history_consumption, consumed)
 
     def _reset_users(self, mask: np.ndarray) -> None:
         """Replace the users in ``mask`` (copy-on-write: arrays already handed out stay intact)."""
@@ -358,6 +378,20 @@ class BatchedSimulator:
         return self._position_bias.copy()
 
 
+def _shift_in(history: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """A new (B, h) array: ``history`` (B, h) without its first k columns, then ``new`` (B, k).
+
+    Same as ``np.concatenate([history[:, k:], new], axis=1)``, but as one contiguous copy of
+    the buffer shifted left by k entries (each row's last k entries then hold the next row's
+    first k) plus one write of the k new columns, instead of a strided copy row by row.
+    """
+    h, k = history.shape[1], new.shape[1]
+    shifted = np.empty(history.shape, dtype=history.dtype)
+    shifted.reshape(-1)[:-k] = history.reshape(-1)[k:]
+    shifted[:, h - k :] = new
+    return shifted
+
+
 def _clicked_items(slate_item_ids: np.ndarray, position: np.ndarray) -> np.ndarray:
     """(B,) item id each user clicked, -1 where the position is -1 (no click)."""
     if len(position) == 1:  # one user: Python is cheaper than numpy calls
@@ -372,7 +406,9 @@ def _entries_in_range(slates: np.ndarray, num_candidates: int) -> bool:
     if len(slates) == 1:  # one user: Python on the K entries is cheaper than numpy calls
         entries = slates[0].tolist()
         return min(entries) >= 0 and max(entries) < num_candidates
-    return bool(slates.min() >= 0 and slates.max() < num_candidates)
+    if slates.dtype.kind == "i":  # one pass: negative entries viewed as unsigned are huge
+        slates = slates.view(np.dtype(f"u{slates.dtype.itemsize}"))
+    return bool(slates.max() < num_candidates)
 
 
 def _duplicate_rows(slates: np.ndarray) -> np.ndarray | None:
@@ -380,9 +416,12 @@ def _duplicate_rows(slates: np.ndarray) -> np.ndarray | None:
     if len(slates) == 1:  # one user: a set is cheaper than numpy calls
         entries = slates[0].tolist()
         return np.ones(1, dtype=bool) if len(set(entries)) < len(entries) else None
-    ordered = np.sort(slates, axis=1)
-    duplicate_rows = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
-    return duplicate_rows if duplicate_rows.any() else None
+    repeats = _rows_with_repeats(slates)
+    if not len(repeats):
+        return None
+    duplicate_rows = np.zeros(len(slates), dtype=bool)
+    duplicate_rows[repeats] = True
+    return duplicate_rows
 
 
 def _first_occurrence_mask(slates: np.ndarray) -> np.ndarray:
