@@ -172,8 +172,9 @@ class BatchedSimulator:
         self._has_position_bias = bool(np.any(self._position_bias))
         self.rng = BlockRandom(np.random.default_rng())
         self._state: Any = None
-        self._users = np.arange(num_users)
-        self._row_index = self._users[:, None]
+        # flat index of row b's first entry in a (B, C) candidate / (B, K) slate array
+        self._candidate_row_start = np.arange(num_users)[:, None] * self.num_candidates
+        self._slate_row_start = np.arange(num_users) * self.slate_size
         self._slate_shape = (num_users, self.slate_size)
         # row p: the responses to a slate clicked at position p; the last row (no click) all skips
         self._responses_by_position = np.full((self.slate_size + 1, self.slate_size), RESPONSE_SKIP)
@@ -270,10 +271,10 @@ class BatchedSimulator:
     def step(self, slates: np.ndarray) -> StepResult:
         slates, duplicate_rows = self.validate_slates(slates)
         rng = self.rng
-        if self.num_users == 1:  # one user: a flat take, cheaper than fancy indexing
+        if self.num_users == 1:  # one user: a flat take
             slate_item_ids = self.candidate_item_ids.take(slates)
-        else:
-            slate_item_ids = self.candidate_item_ids[self._row_index, slates]
+        else:  # a flat take, cheaper than 2-d fancy indexing
+            slate_item_ids = self.candidate_item_ids.take(self._candidate_row_start + slates)
         utilities = self.user_model.item_utilities(self._state, slate_item_ids)
         if self._has_position_bias:
             utilities = utilities + self._position_bias
@@ -281,7 +282,7 @@ class BatchedSimulator:
             # penalty mode: a repeated entry is shown once; later copies cannot be chosen
             utilities = np.where(_first_occurrence_mask(slates), utilities, -np.inf)
         position = _sample_mnl(utilities, self.user_model.no_click_utility(self._state), rng)
-        clicked_item = _clicked_items(slate_item_ids, position)
+        clicked_item = _clicked_items(slate_item_ids, position, self._slate_row_start)
         transition = self.user_model.transition(self._state, slate_item_ids, clicked_item, rng)
         reward = transition.reward
         if duplicate_rows is not None:
@@ -338,12 +339,13 @@ class BatchedSimulator:
     def _reset_users(self, mask: np.ndarray) -> None:
         """Replace the users in ``mask`` (copy-on-write: arrays already handed out stay intact)."""
         self.user_model.reset_users(self._state, mask, self.rng)
+        users = np.flatnonzero(mask)  # indices: cheaper than three boolean-mask writes
         self.history_item_ids = self.history_item_ids.copy()
         self.history_responses = self.history_responses.copy()
         self.history_consumption = self.history_consumption.copy()
-        self.history_item_ids[mask] = self.catalog.num_items
-        self.history_responses[mask] = RESPONSE_PAD
-        self.history_consumption[mask] = 0.0
+        self.history_item_ids[users] = self.catalog.num_items
+        self.history_responses[users] = RESPONSE_PAD
+        self.history_consumption[users] = 0.0
         self.episode_return = np.where(mask, 0.0, self.episode_return)
         self.episode_length = np.where(mask, 0, self.episode_length)
 
@@ -392,11 +394,17 @@ def _shift_in(history: np.ndarray, new: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def _clicked_items(slate_item_ids: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """(B,) item id each user clicked, -1 where the position is -1 (no click)."""
+def _clicked_items(slate_item_ids: np.ndarray, position: np.ndarray, row_start: np.ndarray | None = None) -> np.ndarray:
+    """(B,) item id each user clicked, -1 where the position is -1 (no click).
+
+    ``row_start`` (B,): flat index of each row's first entry (``arange(B) * K``; made if None).
+    """
     if len(position) == 1:  # one user: Python is cheaper than numpy calls
         return np.array([slate_item_ids.item(position.item()) if position.item() >= 0 else -1])
-    clicked_item = slate_item_ids[np.arange(len(position)), position]  # position -1 reads the last entry ...
+    if row_start is None:
+        row_start = np.arange(len(position)) * slate_item_ids.shape[1]
+    # a flat take; position -1 reads the previous row's last entry (row 0: the last one) ...
+    clicked_item = slate_item_ids.take(row_start + position)
     clicked_item[position < 0] = -1  # ... and is overwritten here
     return clicked_item
 
@@ -441,7 +449,15 @@ def _sample_mnl(utilities: np.ndarray, no_click_utility: np.ndarray, rng: np.ran
         cumulative = list(itertools.accumulate(weights))
         draw = rng.random() * cumulative[-1]
         return np.array([bisect.bisect_left(cumulative, draw) - 1])  # entries < draw, as below
-    weights = np.exp(np.concatenate([no_click_utility[:, None], utilities], axis=1))
-    cumulative = np.cumsum(weights, axis=1)
-    draw = rng.random(len(cumulative)) * cumulative[:, -1]
-    return (cumulative < draw[:, None]).sum(axis=1) - 1
+    # options along axis 0: the running sum and the count then run over contiguous rows of B
+    # users (the same additions in the same order as a per-user cumsum, in K + 1 calls;
+    # ``np.cumsum(axis=0)`` on a (K + 1, B) array is several times slower than this loop)
+    num_users, slate_size = utilities.shape
+    cumulative = np.empty((slate_size + 1, num_users))
+    cumulative[0] = no_click_utility
+    cumulative[1:] = utilities.T
+    np.exp(cumulative, out=cumulative)
+    for option in range(1, slate_size + 1):
+        np.add(cumulative[option - 1], cumulative[option], out=cumulative[option])
+    draw = rng.random(num_users) * cumulative[-1]
+    return (cumulative < draw).sum(axis=0) - 1
