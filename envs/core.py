@@ -101,13 +101,35 @@ def sample_distinct_candidates(
         while len(set(candidates.tolist()[0])) < cols:
             candidates = rng.integers(0, num_items, size=shape)
         return candidates
-    ordered = np.sort(candidates, axis=1)
-    repeats = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+    repeats = _rows_with_repeats(candidates)
     while len(repeats):
         candidates[repeats] = rng.integers(0, num_items, size=(len(repeats), cols))
-        ordered = np.sort(candidates[repeats], axis=1)
-        repeats = repeats[(ordered[:, 1:] == ordered[:, :-1]).any(axis=1)]
+        repeats = repeats[_rows_with_repeats(candidates[repeats])]
     return candidates
+
+
+PAIRWISE_MAX_COLUMNS = 6
+"""``_rows_with_repeats`` compares column pairs up to this many columns (15 pairs), else sorts rows"""
+
+
+def _rows_with_repeats(values: np.ndarray) -> np.ndarray:
+    """Sorted indices of the rows of ``values`` (n, k) that contain some entry twice."""
+    k = values.shape[1]
+    if k < 2:
+        return np.zeros(0, dtype=np.int64)
+    if k <= PAIRWISE_MAX_COLUMNS:  # few columns (slates): compare every pair, no sort
+        repeated = values[:, 1] == values[:, 0]
+        for j in range(2, k):
+            for i in range(j):
+                repeated |= values[:, j] == values[:, i]
+        return np.flatnonzero(repeated)
+    ordered = np.sort(values, axis=1).ravel()
+    # equal neighbours in the flattened sorted rows (a contiguous compare, far cheaper than a
+    # per-row ``.any(axis=1)``), without the pairs that straddle two rows (flat position % k == k - 1)
+    pairs = np.flatnonzero(ordered[1:] == ordered[:-1])
+    repeated = np.zeros(len(values), dtype=bool)
+    repeated[pairs[pairs % k != k - 1] // k] = True
+    return np.flatnonzero(repeated)
 
 
 class BatchedSimulator:
@@ -152,8 +174,9 @@ class BatchedSimulator:
         self._has_position_bias = bool(np.any(self._position_bias))
         self.rng = BlockRandom(np.random.default_rng())
         self._state: Any = None
-        self._users = np.arange(num_users)
-        self._row_index = self._users[:, None]
+        # flat index of row b's first entry in a (B, C) candidate / (B, K) slate array
+        self._candidate_row_start = np.arange(num_users)[:, None] * self.num_candidates
+        self._slate_row_start = np.arange(num_users) * self.slate_size
         self._slate_shape = (num_users, self.slate_size)
         # row p: the responses to a slate clicked at position p; the last row (no click) all skips
         self._responses_by_position = np.full((self.slate_size + 1, self.slate_size), RESPONSE_SKIP)
@@ -250,10 +273,10 @@ class BatchedSimulator:
     def step(self, slates: np.ndarray) -> StepResult:
         slates, duplicate_rows = self.validate_slates(slates)
         rng = self.rng
-        if self.num_users == 1:  # one user: a flat take, cheaper than fancy indexing
+        if self.num_users == 1:  # one user: a flat take
             slate_item_ids = self.candidate_item_ids.take(slates)
-        else:
-            slate_item_ids = self.candidate_item_ids[self._row_index, slates]
+        else:  # a flat take, cheaper than 2-d fancy indexing
+            slate_item_ids = self.candidate_item_ids.take(self._candidate_row_start + slates)
         utilities = self.user_model.item_utilities(self._state, slate_item_ids)
         if self._has_position_bias:
             utilities = utilities + self._position_bias
@@ -261,7 +284,7 @@ class BatchedSimulator:
             # penalty mode: a repeated entry is shown once; later copies cannot be chosen
             utilities = np.where(_first_occurrence_mask(slates), utilities, -np.inf)
         position = _sample_mnl(utilities, self.user_model.no_click_utility(self._state), rng)
-        clicked_item = _clicked_items(slate_item_ids, position)
+        clicked_item = _clicked_items(slate_item_ids, position, self._slate_row_start)
         transition = self.user_model.transition(self._state, slate_item_ids, clicked_item, rng)
         reward = transition.reward
         if duplicate_rows is not None:
@@ -311,19 +334,20 @@ class BatchedSimulator:
             self.history_responses = responses[:, k - h :]
             self.history_consumption = consumed[:, k - h :]
             return
-        self.history_item_ids = np.concatenate([self.history_item_ids[:, k:], slate_item_ids], axis=1)
-        self.history_responses = np.concatenate([self.history_responses[:, k:], responses], axis=1)
-        self.history_consumption = np.concatenate([self.history_consumption[:, k:], consumed], axis=1)
+        self.history_item_ids = _shift_in(self.history_item_ids, slate_item_ids)
+        self.history_responses = _shift_in(self.history_responses, responses)
+        self.history_consumption = _shift_in(self.history_consumption, consumed)
 
     def _reset_users(self, mask: np.ndarray) -> None:
         """Replace the users in ``mask`` (copy-on-write: arrays already handed out stay intact)."""
         self.user_model.reset_users(self._state, mask, self.rng)
+        users = np.flatnonzero(mask)  # indices: cheaper than three boolean-mask writes
         self.history_item_ids = self.history_item_ids.copy()
         self.history_responses = self.history_responses.copy()
         self.history_consumption = self.history_consumption.copy()
-        self.history_item_ids[mask] = self.catalog.num_items
-        self.history_responses[mask] = RESPONSE_PAD
-        self.history_consumption[mask] = 0.0
+        self.history_item_ids[users] = self.catalog.num_items
+        self.history_responses[users] = RESPONSE_PAD
+        self.history_consumption[users] = 0.0
         self.episode_return = np.where(mask, 0.0, self.episode_return)
         self.episode_length = np.where(mask, 0, self.episode_length)
 
@@ -358,11 +382,38 @@ class BatchedSimulator:
         return self._position_bias.copy()
 
 
-def _clicked_items(slate_item_ids: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """(B,) item id each user clicked, -1 where the position is -1 (no click)."""
+SHIFT_MIN_USERS = 256
+"""``_shift_in`` shifts the flat buffer from this many users on (measured break-even: ~200)"""
+
+
+def _shift_in(history: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """A new (B, h) array: ``history`` (B, h) without its first k columns, then ``new`` (B, k).
+
+    For many users, the same as ``np.concatenate([history[:, k:], new], axis=1)`` as one
+    contiguous copy of the buffer shifted left by k entries (each row's last k entries then
+    hold the next row's first k) plus one write of the k new columns, instead of a strided
+    copy row by row; for few users the one ``concatenate`` call is cheaper.
+    """
+    h, k = history.shape[1], new.shape[1]
+    if len(history) < SHIFT_MIN_USERS:
+        return np.concatenate([history[:, k:], new], axis=1)
+    shifted = np.empty(history.shape, dtype=history.dtype)
+    shifted.reshape(-1)[:-k] = history.reshape(-1)[k:]
+    shifted[:, h - k :] = new
+    return shifted
+
+
+def _clicked_items(slate_item_ids: np.ndarray, position: np.ndarray, row_start: np.ndarray | None = None) -> np.ndarray:
+    """(B,) item id each user clicked, -1 where the position is -1 (no click).
+
+    ``row_start`` (B,): flat index of each row's first entry (``arange(B) * K``; made if None).
+    """
     if len(position) == 1:  # one user: Python is cheaper than numpy calls
         return np.array([slate_item_ids.item(position.item()) if position.item() >= 0 else -1])
-    clicked_item = slate_item_ids[np.arange(len(position)), position]  # position -1 reads the last entry ...
+    if row_start is None:
+        row_start = np.arange(len(position)) * slate_item_ids.shape[1]
+    # a flat take; position -1 reads the previous row's last entry (row 0: the last one) ...
+    clicked_item = slate_item_ids.take(row_start + position)
     clicked_item[position < 0] = -1  # ... and is overwritten here
     return clicked_item
 
@@ -372,7 +423,9 @@ def _entries_in_range(slates: np.ndarray, num_candidates: int) -> bool:
     if len(slates) == 1:  # one user: Python on the K entries is cheaper than numpy calls
         entries = slates[0].tolist()
         return min(entries) >= 0 and max(entries) < num_candidates
-    return bool(slates.min() >= 0 and slates.max() < num_candidates)
+    if slates.dtype.kind == "i":  # one pass: negative entries viewed as unsigned are huge
+        slates = slates.view(np.dtype(f"u{slates.dtype.itemsize}"))
+    return bool(slates.max() < num_candidates)
 
 
 def _duplicate_rows(slates: np.ndarray) -> np.ndarray | None:
@@ -380,9 +433,12 @@ def _duplicate_rows(slates: np.ndarray) -> np.ndarray | None:
     if len(slates) == 1:  # one user: a set is cheaper than numpy calls
         entries = slates[0].tolist()
         return np.ones(1, dtype=bool) if len(set(entries)) < len(entries) else None
-    ordered = np.sort(slates, axis=1)
-    duplicate_rows = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
-    return duplicate_rows if duplicate_rows.any() else None
+    repeats = _rows_with_repeats(slates)
+    if not len(repeats):
+        return None
+    duplicate_rows = np.zeros(len(slates), dtype=bool)
+    duplicate_rows[repeats] = True
+    return duplicate_rows
 
 
 def _first_occurrence_mask(slates: np.ndarray) -> np.ndarray:
@@ -402,7 +458,15 @@ def _sample_mnl(utilities: np.ndarray, no_click_utility: np.ndarray, rng: np.ran
         cumulative = list(itertools.accumulate(weights))
         draw = rng.random() * cumulative[-1]
         return np.array([bisect.bisect_left(cumulative, draw) - 1])  # entries < draw, as below
-    weights = np.exp(np.concatenate([no_click_utility[:, None], utilities], axis=1))
-    cumulative = np.cumsum(weights, axis=1)
-    draw = rng.random(len(cumulative)) * cumulative[:, -1]
-    return (cumulative < draw[:, None]).sum(axis=1) - 1
+    # options along axis 0: the running sum and the count then run over contiguous rows of B
+    # users (the same additions in the same order as a per-user cumsum, in K + 1 calls;
+    # ``np.cumsum(axis=0)`` on a (K + 1, B) array is several times slower than this loop)
+    num_users, slate_size = utilities.shape
+    cumulative = np.empty((slate_size + 1, num_users))
+    cumulative[0] = no_click_utility
+    cumulative[1:] = utilities.T
+    np.exp(cumulative, out=cumulative)
+    for option in range(1, slate_size + 1):
+        np.add(cumulative[option - 1], cumulative[option], out=cumulative[option])
+    draw = rng.random(num_users) * cumulative[-1]
+    return (cumulative < draw).sum(axis=0) - 1

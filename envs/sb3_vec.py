@@ -14,7 +14,7 @@ import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
 from envs.core import BatchedSimulator
-from envs.spaces import row, single_action_space, single_observation_space
+from envs.spaces import rows, single_action_space, single_observation_space
 
 
 class SB3VecEnv(VecEnv):
@@ -50,12 +50,12 @@ class SB3VecEnv(VecEnv):
         done = result.terminated | result.truncated
         info = result.info
         keys = ("session_ended", "returned", "churned", "day", "clicked_position", "consumption")
-        columns = {key: info[key].tolist() for key in keys}
-        infos: list[dict[str, Any]] = [
-            {key: columns[key][i] for key in keys} for i in range(self.num_envs)
-        ]
-        for i in np.flatnonzero(done):  # only the users whose episode ended
-            infos[i]["terminal_observation"] = row(result.final_observation, i)
+        columns = [info[key].tolist() for key in keys]
+        infos: list[dict[str, Any]] = [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
+        ended = np.flatnonzero(done)  # only the users whose episode ended
+        final_observations = rows(result.final_observation, ended) if len(ended) else []
+        for i, observation in zip(ended, final_observations, strict=True):
+            infos[i]["terminal_observation"] = observation
             infos[i]["TimeLimit.truncated"] = bool(result.truncated[i] and not result.terminated[i])
             infos[i]["episode"] = {"r": float(info["episode_return"][i]), "l": int(info["episode_length"][i])}
         return result.observation, result.reward.astype(np.float32), done, infos

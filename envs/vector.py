@@ -14,7 +14,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.core import BatchedSimulator
-from envs.spaces import SlateSpace, row, single_action_space, single_observation_space
+from envs.spaces import SlateSpace, rows, single_action_space, single_observation_space
 
 
 class BatchedVectorEnv(VectorEnv):
@@ -48,9 +48,11 @@ class BatchedVectorEnv(VectorEnv):
         if result.final_observation is not None:
             final_obs = np.full(self.num_envs, None, dtype=object)
             final_info = np.full(self.num_envs, None, dtype=object)
-            for i in np.flatnonzero(done):  # only the few users whose episode ended
-                final_obs[i] = row(result.final_observation, i)
-                final_info[i] = {key: value[i] for key, value in result.info.items()}
+            ended = np.flatnonzero(done)  # only the few users whose episode ended
+            for i, obs, user_info in zip(
+                ended.tolist(), rows(result.final_observation, ended), rows(result.info, ended), strict=True
+            ):
+                final_obs[i], final_info[i] = obs, user_info
             info.update(final_obs=final_obs, _final_obs=done.copy(), final_info=final_info, _final_info=done.copy())
         return result.observation, result.reward, result.terminated, result.truncated, info
 
