@@ -179,7 +179,7 @@ class SlateModel(nn.Module):
         """
         if self.item_id_embedding is None:
             raise ValueError("restrict_item_ids needs config.item_id_embeddings=True")
-        active = torch.as_tensor(np.asarray(active), dtype=torch.bool)
+        active = torch.as_tensor(active, dtype=torch.bool)  # numpy or torch (any device)
         if tuple(active.shape) != (self.num_items,):
             raise ValueError(f"active must have shape ({self.num_items},), got {tuple(active.shape)}")
         self.item_id_active[:-1] = active.to(self.item_id_active.device)
