@@ -100,7 +100,7 @@ def single_steps_per_s(min_seconds: float, seed: int) -> dict[str, float]:
         if terminated or truncated:
             env.reset()
 
-    step(0)  # warm-up (also passes gymnasium's one-time env checker)
+    step(0)  # warm-up
     steps, seconds = timed_loop(step, min_seconds, 500)
     env.close()
     return _rates(steps, seconds)
