@@ -7,8 +7,9 @@ buckets by the target item's training interactions):
 * ``popularity``: training-interaction counts;
 * ``sasrec``: SASRec (Kang & McAuley 2018), ID-only, cross-entropy over all items;
 * ``llm``: the LLM slate policy (state encoder over history tokens built from
-  all-MiniLM-L6-v2 item-text embeddings, GPT-2 pointer decoder) trained on next
-  items over the full catalog; its best weights are saved as a
+  all-MiniLM-L6-v2 item-text embeddings, GPT-2 pointer decoder, plus a learned
+  text-match term: the cosine between the last clicked movie's text and each
+  candidate's) trained on next items over the full catalog; its best weights are saved as a
   ``save_pretrained`` folder that ``LLMSlatePolicy(pretrained_path=...)`` loads for PPO.
 
 It also prints the genre calibration of the ``longrec/MovieLens-v0`` simulator
@@ -80,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-no-popularity", action="store_true", help="score items by their text embedding alone")
     p.add_argument("--llm-no-id-embeddings", action="store_true", help="score by item features alone (no learned item-id embeddings)")
     p.add_argument("--llm-no-release-year", action="store_true", help="leave the release-year features out of the item features")
+    p.add_argument("--llm-no-text-match", action="store_true",
+                   help="no text-match logit term (cosine between the last clicked movie's text and each candidate's)")
     p.add_argument("--llm-budget-min", type=float, default=15.0, help="wall-clock cap on LLM training")
     p.add_argument("--out", default="benchmarks/out/offline_movielens", help="where the LLM checkpoint and metrics go")
     p.add_argument("--skip-calibration", action="store_true", help="do not run the MovieLens-v0 genre calibration")
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         output_dir=args.out,
         popularity_feature=not args.llm_no_popularity,
         release_year_feature=not args.llm_no_release_year,
+        text_match=not args.llm_no_text_match,
         train=dataclasses.replace(
             base,
             model=model_config,

@@ -66,6 +66,17 @@ class SlatePolicyConfig:
     """multiplier of the pointer logits <W_q h, W_key x>: None = 1/sqrt(d_model) (scaled dot product, a
     soft start for PPO over a few candidates); next-item pretraining over a whole catalog uses 1.0, which
     lets the softmax over thousands of items get sharp within a few epochs"""
+    text_match_dims: int = 0
+    """m > 0 adds a learned "more like the last item" term to every pointer logit:
+    ``w * cos(x_last[:m], x_c[:m])``, the cosine between the first m feature columns (the text
+    embedding) of the user's most recent history item and of candidate c, with a learned weight w.
+    A d_model-wide state keeps little of a 384-d text embedding's fine detail (the same series, the
+    sequel), and the term scores an item by its text alone, so items never seen in training get it too.
+    0 = off."""
+    text_match_init: float = 0.0
+    """initial value of the text-match weights (parameters; 0: the model starts as the one without the
+    term, as next-item pretraining trains it, which then picks the weights on validation data:
+    ``agents.offline_protocol.calibrate_text_match``)"""
     value_hidden: int = 64
     """hidden width of the value head MLP"""
 
@@ -94,6 +105,10 @@ class SlatePolicyConfig:
             raise ValueError(f"pointer_scale must be positive or None, got {self.pointer_scale}")
         if not 0.0 <= self.item_id_dropout < 1.0:
             raise ValueError(f"item_id_dropout must lie in [0, 1), got {self.item_id_dropout}")
+        if self.text_match_dims < 0 or self.text_match_init < 0:
+            raise ValueError(
+                f"text_match_dims and text_match_init must be >= 0, got {self.text_match_dims}, {self.text_match_init}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 

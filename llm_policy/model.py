@@ -77,6 +77,8 @@ class EncodedState:
     """(B, H + 1) bool"""
     candidates: PreparedCandidates
     """projected candidates (per example, or the shared catalog)"""
+    last_clicked: torch.Tensor | None = None
+    """(B,) each user's most recent clicked history item (N if none): the text-match term's query"""
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -125,6 +127,14 @@ class SlateModel(nn.Module):
             active[-1] = False
             self.register_buffer("item_id_active", active, persistent=True)
             """which items use their id vector (see :meth:`restrict_item_ids`); row N = padding"""
+        if config.text_match_dims > self.item_dim:
+            raise ValueError(f"text_match_dims={config.text_match_dims} exceeds the item feature size {self.item_dim}")
+        self.text_match_weight = (
+            nn.Parameter(torch.full((2,), float(config.text_match_init))) if config.text_match_dims > 0 else None
+        )
+        """text-match weights w (see ``SlatePolicyConfig.text_match_dims``): [0] for candidates with a learned
+        id vector, [1] for those scored by their features alone (rare or unseen items, whose text is
+        most of what the model knows about them)"""
         self.obs_sizes: dict[str, int] | None = None
         """observation sizes ``N, H, C, D, K`` it was trained for (saved, lets a policy rebuild its spaces)"""
         self.encoder = StateEncoder(config, self.item_dim, self.context_dim, hf_config=encoder_hf_config)
@@ -150,6 +160,46 @@ class SlateModel(nn.Module):
                 active = active & (torch.rand(active.shape, device=active.device) >= self.config.item_id_dropout)
             x = x + self.item_id_embedding(ids) * active.unsqueeze(-1).to(x.dtype)
         return x
+
+    def text_match_keys(self, ids: torch.Tensor | None = None, item_table: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Unit-norm text features ``x[:m]`` of item ids (``None`` = the catalog), or None when the term is off.
+
+        The padding id N gives zeros (its features are zero), so a user without a clicked item gets no term.
+        """
+        m = self.config.text_match_dims
+        if m == 0:
+            return None
+        if ids is None:
+            ids = torch.arange(self.num_items, device=self.item_embeddings.device)
+        table = self.item_embeddings if item_table is None else item_table
+        return nn.functional.normalize(table[ids][..., :m], dim=-1)
+
+    def with_text_match(
+        self,
+        cands: PreparedCandidates,
+        last_items: torch.Tensor,
+        candidate_ids: torch.Tensor | None = None,
+        item_table: torch.Tensor | None = None,
+    ) -> PreparedCandidates:
+        """``cands`` with the text-match term of the last clicked items ``(B,)`` attached (unchanged when off).
+
+        ``candidate_ids`` ``(B, C)`` name the candidates; None = ``cands`` holds the whole catalog.
+        """
+        if self.text_match_weight is None:
+            return cands
+        cands.match_keys = self.text_match_keys(candidate_ids, item_table)
+        cands.match_query = self.text_match_keys(last_items, item_table)
+        ids = torch.arange(self.num_items, device=last_items.device) if candidate_ids is None else candidate_ids
+        has_id = self.item_id_active[ids] if self.item_id_embedding is not None else torch.zeros_like(ids, dtype=torch.bool)
+        cands.match_weight = torch.where(has_id, self.text_match_weight[0], self.text_match_weight[1])
+        return cands
+
+    def last_clicked(self, history_ids: torch.Tensor, history_responses: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` each row's most recent clicked history item (N = padding when there is none)."""
+        positions = torch.arange(history_ids.shape[1], device=history_ids.device)
+        clicked = (history_ids != self.num_items) & (history_responses == 2)
+        last = torch.where(clicked, positions, -1).max(dim=1).values
+        return torch.where(last >= 0, history_ids.gather(1, last.clamp_min(0).unsqueeze(1)).squeeze(1), self.num_items)
 
     def disable_dropout(self) -> SlateModel:
         """Switch off every training-time regulariser: dropout layers and ``item_id_dropout``.
@@ -250,6 +300,8 @@ class SlateModel(nn.Module):
         else:
             history_items, projected = self.item_repr(hist, item_table), False
             cands = dec.prepare_candidates(self.item_repr(cand, item_table), mask_arg)
+        last_clicked = self.last_clicked(hist, responses)
+        self.with_text_match(cands, last_clicked, None if full_catalog else cand, item_table)
         pooled, states, mask = self.encoder(
             history_items,
             valid,
@@ -259,7 +311,7 @@ class SlateModel(nn.Module):
             projected=projected,
             all_positions=all_positions,
         )
-        return EncodedState(pooled, states, mask, cands)
+        return EncodedState(pooled, states, mask, cands, last_clicked)
 
     # ------------------------------------------------------------------ heads
 

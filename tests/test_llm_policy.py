@@ -372,3 +372,32 @@ def test_item_id_dropout_drops_id_vectors_in_training_only():
     torch.testing.assert_close(model.eval().item_repr(None), features + model.item_id_embedding.weight[:n])
     with pytest.raises(ValueError, match="item_id_dropout"):
         SlatePolicyConfig(item_id_dropout=1.0)
+
+
+def test_text_match_adds_w_times_the_cosine_with_the_last_clicked_item(tmp_path):
+    torch.manual_seed(0)
+    n, m = 12, 5
+    features = torch.randn(n, 8)
+    config = SlatePolicyConfig(d_model=16, n_decoder_layers=1, text_match_dims=m, text_match_init=3.0)
+    with_match = SlateModel(config, features, 2).eval()
+    without = SlateModel(SlatePolicyConfig(d_model=16, n_decoder_layers=1), features, 2).eval()
+    without.load_state_dict({k: v for k, v in with_match.state_dict().items() if k != "text_match_weight"})
+    hist = torch.tensor([[n, 3, 7, 2], [n, n, 5, 9], [n, n, n, n]])
+    responses = torch.tensor([[0, 2, 2, 1], [0, 0, 2, 2], [0, 0, 0, 0]])  # user 0's last item was skipped
+    obs = {"history_item_ids": hist, "history_responses": responses, "history_consumption": (responses == 2).float(),
+           "candidate_item_ids": torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]), "context": torch.zeros(3, 2)}
+    with torch.no_grad():
+        gap = with_match.candidate_scores(with_match.encode(obs)) - without.candidate_scores(without.encode(obs))
+        catalog = with_match.candidate_scores(with_match.encode(obs, full_catalog=True))
+    unit = torch.nn.functional.normalize(features[:, :m], dim=1)
+    expected = 3.0 * torch.stack([unit[obs["candidate_item_ids"][0]] @ unit[7], unit[obs["candidate_item_ids"][1]] @ unit[9]])
+    torch.testing.assert_close(gap[:2], expected, atol=1e-5, rtol=1e-5)  # last *clicked* item: 7, then 9
+    torch.testing.assert_close(gap[2], torch.zeros(4), atol=1e-5, rtol=1e-5)  # no clicked item: no term
+    torch.testing.assert_close(catalog.gather(1, obs["candidate_item_ids"]), gap + without.candidate_scores(without.encode(obs)))
+    loaded = SlateModel.from_pretrained(with_match.save_pretrained(tmp_path / "m")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.candidate_scores(loaded.encode(obs)), with_match.candidate_scores(with_match.encode(obs)))
+    with pytest.raises(ValueError, match="text_match_dims=9 exceeds"):
+        SlateModel(SlatePolicyConfig(d_model=16, text_match_dims=9), features, 2)
+    with pytest.raises(ValueError, match="text_match_dims"):
+        SlatePolicyConfig(text_match_dims=-1)

@@ -11,6 +11,7 @@ from agents.offline_protocol import (
     LLMScorer,
     PopularityScorer,
     all_positions_loss,
+    calibrate_text_match,
     catalog_logits,
     evaluate_next_item,
     history_observation,
@@ -215,9 +216,10 @@ def test_release_year_features_by_hand() -> None:
     assert feats.dtype == np.float32
 
 
-def causal_llm_config(pooling: str = "mean", **kwargs) -> LLMNextItemConfig:
+def causal_llm_config(pooling: str = "mean", text_match_dims: int = 0, **kwargs) -> LLMNextItemConfig:
     base = tiny_llm_config()
-    model = SlatePolicyConfig(**{**base.model.to_dict(), "causal_encoder": True, "item_id_embeddings": True, "pooling": pooling})
+    model = SlatePolicyConfig(**{**base.model.to_dict(), "causal_encoder": True, "item_id_embeddings": True, "pooling": pooling,
+                                 "text_match_dims": text_match_dims})
     return tiny_llm_config(model=model, objective="all_positions", **kwargs)
 
 
@@ -229,13 +231,13 @@ def test_llm_training_windows_by_hand() -> None:
     )
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last"])
-def test_all_positions_loss_is_the_mean_of_single_prefix_losses(pooling: str) -> None:
+@pytest.mark.parametrize(("pooling", "text_match_dims"), [("mean", 0), ("last", 0), ("last", 5)])
+def test_all_positions_loss_is_the_mean_of_single_prefix_losses(pooling: str, text_match_dims: int) -> None:
     # One causal encoder pass over a window scores every prefix exactly as the single-target model
     # does on that prefix alone (same positions, later slots padding).
     torch.manual_seed(0)
     n, h = 30, 8
-    config = causal_llm_config(history_length=h, pooling=pooling)
+    config = causal_llm_config(history_length=h, pooling=pooling, text_match_dims=text_match_dims)
     model = SlateModel(config.model, torch.randn(n, 8), context_dim=config.context_dim).eval()
     torch.nn.init.normal_(model.item_id_embedding.weight, std=0.5)
     windows = torch.randint(0, n, (3, h + 1))
@@ -300,3 +302,30 @@ def test_all_positions_objective_errors() -> None:
         tiny_llm_config(objective="everything")
     with pytest.raises(ValueError, match="causal_encoder"):
         SlatePolicyConfig(causal_encoder=True, pooling="context")
+
+
+def test_calibrate_text_match_picks_the_weight_with_the_best_validation_ndcg() -> None:
+    # Items 2i and 2i + 1 have the same text; each validation target is the text twin of the last
+    # history item, so a large text-match weight ranks it first and weight 0 (an untrained model) does not.
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n = 40
+    features = torch.from_numpy(np.repeat(rng.normal(size=(n // 2, 8)), 2, axis=0)).float()
+    sequences = []
+    for _ in range(30):
+        a, b, c = rng.choice(n // 2, size=3, replace=False) * 2
+        sequences.append(np.array([b, b + 1, a, a + 1, c]))  # valid: history [b, b+1, a] -> a + 1
+    split = leave_one_out_split(sequences, num_items=n)
+    model_config = SlatePolicyConfig(**{**tiny_llm_config().model.to_dict(), "text_match_dims": 8})
+    model = SlateModel(model_config, features, context_dim=4).eval()
+    scores = calibrate_text_match(model, split, history_length=6, context_dim=4, grid=(0.0, 50.0))
+    assert set(scores) == {(0.0, 0.0), (0.0, 50.0), (50.0, 0.0), (50.0, 50.0)}
+    # no id vectors: every item is scored by its features, so only the second weight matters
+    assert scores[(0.0, 50.0)] == scores[(50.0, 50.0)] > 0.9 > 0.5 > scores[(50.0, 0.0)] == scores[(0.0, 0.0)]
+    assert model.text_match_weight.tolist() == [0.0, 50.0]
+    with pytest.raises(ValueError, match="grid"):
+        calibrate_text_match(model, split, 6, 4, grid=(-1.0,))
+    with pytest.raises(ValueError, match="text_match_dims"):
+        calibrate_text_match(SlateModel(tiny_llm_config().model, features, 4), split, 6, 4, grid=(1.0,))
+    with pytest.raises(ValueError, match="text_match_grid"):
+        tiny_llm_config(text_match_grid=(1.0, -2.0))
