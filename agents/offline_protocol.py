@@ -345,6 +345,9 @@ class LLMNextItemConfig:
     """AdamW weight decay."""
     grad_clip: float = 1.0
     """Max global gradient norm (0 = none)."""
+    lr_decay_patience: int | None = 3
+    """Halve the learning rate after this many evaluations without a better validation NDCG@10
+    (``torch.optim.lr_scheduler.ReduceLROnPlateau``); None = a constant learning rate."""
     recent_positions: int | None = 50
     """Train only on each user's last ``recent_positions`` training targets (None: all), as SASRec
     reads each user's last ``max_len`` items: the evaluation targets are the users' most recent items."""
@@ -390,6 +393,8 @@ class LLMNextItemConfig:
                 f"context_dim, patience and id_min_count must be >= 0, got {self.context_dim}, {self.patience}, "
                 f"{self.id_min_count}"
             )
+        if self.lr_decay_patience is not None and self.lr_decay_patience < 0:
+            raise ValueError(f"LLMNextItemConfig.lr_decay_patience must be >= 0 or None, got {self.lr_decay_patience}")
         if any(weight < 0 for weight in self.text_match_grid):
             raise ValueError(f"text_match_grid weights must be >= 0, got {self.text_match_grid}")
         if self.objective not in ("next_item", "all_positions"):
@@ -636,6 +641,11 @@ def train_llm_next_item(
     rng = np.random.default_rng(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = None
+    if config.lr_decay_patience is not None:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=config.lr_decay_patience, threshold=0.0
+        )
     stopper = BestOnValidation(model, config.patience, config.time_budget_s, start)
     epoch = 0
     history: list[dict[str, float]] = []
@@ -664,11 +674,14 @@ def train_llm_next_item(
             targets_seen += count
         scorer = LLMScorer(model, config.history_length, config.context_dim)
         valid = evaluate_next_item(scorer, split, stage="valid").metrics()
-        record = {"epoch": float(epoch), "train_loss": total / steps_per_epoch, **{f"valid_{k}": v for k, v in valid.items()}}
+        record = {"epoch": float(epoch), "train_loss": total / steps_per_epoch, "lr": optimizer.param_groups[0]["lr"],
+                  **{f"valid_{k}": v for k, v in valid.items()}}
         history.append(record)
         if progress is not None:
             progress("llm " + " ".join(f"{k}={v:.4g}" for k, v in record.items()) + f" t={time.perf_counter() - start:.0f}s")
         stopper.record(valid["ndcg@10"], epoch)
+        if scheduler is not None:
+            scheduler.step(valid["ndcg@10"])
         if stopper.should_stop:
             break
     stopper.restore_best()

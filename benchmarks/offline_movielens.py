@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-id-min-count", type=int, default=None,
                    help="items with fewer training interactions get no id vector (default: LLMNextItemConfig's)")
     p.add_argument("--llm-id-dropout", type=float, default=None, help="default: the model config's")
+    p.add_argument("--llm-lr-decay-patience", type=int, default=None,
+                   help="halve the learning rate after this many evaluations without a better valid NDCG@10 "
+                        "(default: LLMNextItemConfig's; 0 = after every one)")
     p.add_argument("--llm-patience", type=int, default=None,
                    help="evaluations without a better valid NDCG@10 (default: LLMNextItemConfig's)")
     p.add_argument("--llm-no-popularity", action="store_true", help="score items by their text embedding alone")
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             time_budget_s=60.0 * args.llm_budget_min,
             **given(
                 batch_size=args.llm_batch_size, steps_per_epoch=args.llm_steps_per_epoch, learning_rate=args.llm_lr,
-                weight_decay=args.llm_weight_decay, patience=args.llm_patience, id_min_count=args.llm_id_min_count,
+                weight_decay=args.llm_weight_decay, patience=args.llm_patience, lr_decay_patience=args.llm_lr_decay_patience, id_min_count=args.llm_id_min_count,
             ),
         ),
     )

@@ -329,3 +329,17 @@ def test_calibrate_text_match_picks_the_weight_with_the_best_validation_ndcg() -
         calibrate_text_match(SlateModel(tiny_llm_config().model, features, 4), split, 6, 4, grid=(1.0,))
     with pytest.raises(ValueError, match="text_match_grid"):
         tiny_llm_config(text_match_grid=(1.0, -2.0))
+
+
+def test_llm_learning_rate_halves_on_a_validation_plateau() -> None:
+    split = leave_one_out_split(cyclic_sequences(np.arange(12), num_users=30), num_items=12)
+    features = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    _, log = train_llm_next_item(split, features, tiny_llm_config(max_epochs=8, patience=8, lr_decay_patience=0))
+    rates = [record["lr"] for record in log["history"]]
+    assert rates[0] == 1e-2 and min(rates) < 1e-2
+    assert all(np.log2(1e-2 / r) == round(np.log2(1e-2 / r)) for r in rates)  # halvings only
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    _, constant = train_llm_next_item(split, features, tiny_llm_config(max_epochs=3, lr_decay_patience=None))
+    assert {record["lr"] for record in constant["history"]} == {1e-2}
+    with pytest.raises(ValueError, match="lr_decay_patience"):
+        tiny_llm_config(lr_decay_patience=-1)
