@@ -691,7 +691,7 @@ def train_llm_next_item(
         if progress is not None:
             w_id, w_features = model.text_match_weight.tolist()
             progress(f"llm text-match weights: {w_id:g} (items with an id vector), {w_features:g} (features only); "
-                     f"valid NDCG@10 {max(text_match.values()):.4f} (both 0: {text_match[(0.0, 0.0)] if (0.0, 0.0) in text_match else float('nan'):.4f})")
+                     f"valid NDCG@10 {max(text_match.values()):.4f} (both 0: {text_match.get((0.0, 0.0), float('nan')):.4f})")
     log = {
         "epochs": epoch,
         "best_epoch": stopper.best_epoch,

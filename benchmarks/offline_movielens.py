@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             time_budget_s=60.0 * args.llm_budget_min,
             **given(
                 batch_size=args.llm_batch_size, steps_per_epoch=args.llm_steps_per_epoch, learning_rate=args.llm_lr,
-                weight_decay=args.llm_weight_decay, patience=args.llm_patience, lr_decay_patience=args.llm_lr_decay_patience, id_min_count=args.llm_id_min_count,
+                weight_decay=args.llm_weight_decay, patience=args.llm_patience,
+                lr_decay_patience=args.llm_lr_decay_patience, id_min_count=args.llm_id_min_count,
             ),
         ),
     )

@@ -26,7 +26,7 @@ def register_preset(env_id: str, factory: CoreFactory) -> None:
         # order_enforce=False: SingleUserEnv itself refuses step() before reset() (a ValueError
         # from the core), so gymnasium's OrderEnforcing wrapper would only add a call per step;
         # disable_env_checker=True: every id passes gymnasium's full check_env in the test suite,
-        # so the PassiveEnvChecker (first reset/step checked, then a forwarding call per step) neither
+        # so the PassiveEnvChecker (first reset/step checked, then a forwarding call per step) is not needed either
         gym.register(
             id=env_id,
             entry_point="envs.registration:make_single_user_env",

@@ -78,7 +78,8 @@ class EncodedState:
     candidates: PreparedCandidates
     """projected candidates (per example, or the shared catalog)"""
     last_clicked: torch.Tensor | None = None
-    """(B,) each user's most recent clicked history item (N if none): the text-match term's query"""
+    """(B,) each user's most recent clicked history item (N if none): the text-match term's query
+    (None when the model has no text-match term)"""
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -183,12 +184,17 @@ class SlateModel(nn.Module):
     ) -> PreparedCandidates:
         """``cands`` with the text-match term of the last clicked items ``(B,)`` attached (unchanged when off).
 
-        ``candidate_ids`` ``(B, C)`` name the candidates; None = ``cands`` holds the whole catalog.
+        ``candidate_ids`` ``(B, C)`` name the candidates; None = ``cands`` holds the whole catalog. The
+        cosines are computed once here (every slate position reuses them) and are fixed features: no
+        gradient, as the m-wide product would cost several times the d-wide pointer product in
+        backward; only the weights learn.
         """
         if self.text_match_weight is None:
             return cands
-        cands.match_keys = self.text_match_keys(candidate_ids, item_table)
-        cands.match_query = self.text_match_keys(last_items, item_table)
+        keys = self.text_match_keys(candidate_ids, item_table)
+        query = self.text_match_keys(last_items, item_table)
+        with torch.no_grad():
+            cands.match_cosine = query @ keys.T if candidate_ids is None else torch.einsum("bm,bcm->bc", query, keys)
         ids = torch.arange(self.num_items, device=last_items.device) if candidate_ids is None else candidate_ids
         has_id = self.item_id_active[ids] if self.item_id_embedding is not None else torch.zeros_like(ids, dtype=torch.bool)
         cands.match_weight = torch.where(has_id, self.text_match_weight[0], self.text_match_weight[1])
@@ -300,8 +306,10 @@ class SlateModel(nn.Module):
         else:
             history_items, projected = self.item_repr(hist, item_table), False
             cands = dec.prepare_candidates(self.item_repr(cand, item_table), mask_arg)
-        last_clicked = self.last_clicked(hist, responses)
-        self.with_text_match(cands, last_clicked, None if full_catalog else cand, item_table)
+        last_clicked = None
+        if self.text_match_weight is not None:
+            last_clicked = self.last_clicked(hist, responses)
+            self.with_text_match(cands, last_clicked, None if full_catalog else cand, item_table)
         pooled, states, mask = self.encoder(
             history_items,
             valid,

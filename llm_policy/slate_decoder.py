@@ -68,10 +68,8 @@ class PreparedCandidates:
     """(B, C, d) or (C, d)"""
     mask: torch.Tensor | None
     """(B, C) or (C,) bool, True = may be chosen; None = all"""
-    match_keys: torch.Tensor | None = None
-    """(B, C, m) or (C, m) unit-norm text features of the candidates (the text-match term; None = off)"""
-    match_query: torch.Tensor | None = None
-    """(B, m): unit-norm text features of each user's last clicked item"""
+    match_cosine: torch.Tensor | None = None
+    """(B, C) text-match cosines between each user's last clicked item and the candidates (None = no term)"""
     match_weight: torch.Tensor | None = None
     """(B, C) or (C,) weight w of each candidate's text-match term"""
 
@@ -152,21 +150,12 @@ class SlateDecoder(nn.Module):
 
     def _scores(self, hidden: torch.Tensor, cands: PreparedCandidates) -> torch.Tensor:
         """Pointer logits ``(B, L, C)`` of decoder states ``(B, L, d)``, plus the text-match term if any:
-        ``w_c * <match_query_b, match_keys_c>``, the same at every slate position.
-
-        The cosines are fixed features (no gradient: the m-wide product would cost several times the
-        d-wide pointer product in backward); only w learns.
-        """
+        ``w_c * match_cosine[b, c]``, the same at every slate position."""
         q = self.query_proj(hidden) * self.scale
         logits = q @ cands.keys.T if cands.shared else torch.einsum("bld,bcd->blc", q, cands.keys)
-        if cands.match_query is None:
+        if cands.match_cosine is None:
             return logits
-        with torch.no_grad():
-            if cands.shared:
-                cosine = cands.match_query @ cands.match_keys.T
-            else:
-                cosine = torch.einsum("bm,bcm->bc", cands.match_query, cands.match_keys)
-        return logits + (cands.match_weight * cosine).unsqueeze(1).to(logits.dtype)
+        return logits + (cands.match_weight * cands.match_cosine).unsqueeze(1).to(logits.dtype)
 
     def _allowed_base(self, cands: PreparedCandidates, batch: int, device: torch.device) -> torch.Tensor:
         c = cands.num_candidates
