@@ -72,6 +72,7 @@ class SlatePolicyConfig:
     embedding) of the user's most recent history item and of candidate c, with a learned weight w.
     A d_model-wide state keeps little of a 384-d text embedding's fine detail (the same series, the
     sequel), and the term scores an item by its text alone, so items never seen in training get it too.
+    Candidates without an id vector get their own weight and a logit offset (``SlateModel.with_text_match``).
     0 = off."""
     text_match_init: float = 0.0
     """initial value of the text-match weights (parameters; 0: the model starts as the one without the

@@ -136,6 +136,11 @@ class SlateModel(nn.Module):
         """text-match weights w (see ``SlatePolicyConfig.text_match_dims``): [0] for candidates with a learned
         id vector, [1] for those scored by their features alone (rare or unseen items, whose text is
         most of what the model knows about them)"""
+        self.text_match_offset = nn.Parameter(torch.zeros(1)) if config.text_match_dims > 0 else None
+        """with the text-match term: a logit offset added to the candidates scored by their features alone.
+        Their logits come from a different part of the model than those of items with an id vector; a
+        large weight [1] with a negative offset lifts only the rare items whose text matches well (set
+        on validation data with the weights: ``agents.offline_protocol.calibrate_text_match``)"""
         self.obs_sizes: dict[str, int] | None = None
         """observation sizes ``N, H, C, D, K`` it was trained for (saved, lets a policy rebuild its spaces)"""
         self.encoder = StateEncoder(config, self.item_dim, self.context_dim, hf_config=encoder_hf_config)
@@ -184,20 +189,24 @@ class SlateModel(nn.Module):
     ) -> PreparedCandidates:
         """``cands`` with the text-match term of the last clicked items ``(B,)`` attached (unchanged when off).
 
-        ``candidate_ids`` ``(B, C)`` name the candidates; None = ``cands`` holds the whole catalog. The
-        cosines are computed once here (every slate position reuses them) and are fixed features: no
-        gradient, as the m-wide product would cost several times the d-wide pointer product in
-        backward; only the weights learn.
+        The term of candidate c is ``w_c * cos(last item, c) + b_c``: ``w_c`` and ``b_c`` are
+        ``text_match_weight[0]`` and 0 for candidates with an id vector, ``text_match_weight[1]`` and
+        ``text_match_offset`` for those scored by their features alone. ``candidate_ids`` ``(B, C)`` name
+        the candidates; None = ``cands`` holds the whole catalog. The term is computed once here (every
+        slate position reuses it); the cosines are fixed features: no gradient, as the m-wide product
+        would cost several times the d-wide pointer product in backward; only the weights and the offset learn.
         """
         if self.text_match_weight is None:
             return cands
         keys = self.text_match_keys(candidate_ids, item_table)
         query = self.text_match_keys(last_items, item_table)
         with torch.no_grad():
-            cands.match_cosine = query @ keys.T if candidate_ids is None else torch.einsum("bm,bcm->bc", query, keys)
+            cosine = query @ keys.T if candidate_ids is None else torch.einsum("bm,bcm->bc", query, keys)
         ids = torch.arange(self.num_items, device=last_items.device) if candidate_ids is None else candidate_ids
         has_id = self.item_id_active[ids] if self.item_id_embedding is not None else torch.zeros_like(ids, dtype=torch.bool)
-        cands.match_weight = torch.where(has_id, self.text_match_weight[0], self.text_match_weight[1])
+        weight = torch.where(has_id, self.text_match_weight[0], self.text_match_weight[1])
+        offset = torch.where(has_id, torch.zeros_like(self.text_match_offset), self.text_match_offset)
+        cands.match_logits = weight * cosine + offset
         return cands
 
     def last_clicked(self, history_ids: torch.Tensor, history_responses: torch.Tensor) -> torch.Tensor:

@@ -68,10 +68,9 @@ class PreparedCandidates:
     """(B, C, d) or (C, d)"""
     mask: torch.Tensor | None
     """(B, C) or (C,) bool, True = may be chosen; None = all"""
-    match_cosine: torch.Tensor | None = None
-    """(B, C) text-match cosines between each user's last clicked item and the candidates (None = no term)"""
-    match_weight: torch.Tensor | None = None
-    """(B, C) or (C,) weight w of each candidate's text-match term"""
+    match_logits: torch.Tensor | None = None
+    """(B, C) text-match term added to every slate position's logits (``SlateModel.with_text_match``;
+    None = no term)"""
 
     @property
     def shared(self) -> bool:
@@ -150,12 +149,12 @@ class SlateDecoder(nn.Module):
 
     def _scores(self, hidden: torch.Tensor, cands: PreparedCandidates) -> torch.Tensor:
         """Pointer logits ``(B, L, C)`` of decoder states ``(B, L, d)``, plus the text-match term if any:
-        ``w_c * match_cosine[b, c]``, the same at every slate position."""
+        ``match_logits[b, c]``, the same at every slate position."""
         q = self.query_proj(hidden) * self.scale
         logits = q @ cands.keys.T if cands.shared else torch.einsum("bld,bcd->blc", q, cands.keys)
-        if cands.match_cosine is None:
+        if cands.match_logits is None:
             return logits
-        return logits + (cands.match_weight * cands.match_cosine).unsqueeze(1).to(logits.dtype)
+        return logits + cands.match_logits.unsqueeze(1).to(logits.dtype)
 
     def _allowed_base(self, cands: PreparedCandidates, batch: int, device: torch.device) -> torch.Tensor:
         c = cands.num_candidates

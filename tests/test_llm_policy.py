@@ -381,7 +381,7 @@ def test_text_match_adds_w_times_the_cosine_with_the_last_clicked_item(tmp_path)
     config = SlatePolicyConfig(d_model=16, n_decoder_layers=1, text_match_dims=m, text_match_init=3.0)
     with_match = SlateModel(config, features, 2).eval()
     without = SlateModel(SlatePolicyConfig(d_model=16, n_decoder_layers=1), features, 2).eval()
-    without.load_state_dict({k: v for k, v in with_match.state_dict().items() if k != "text_match_weight"})
+    without.load_state_dict({k: v for k, v in with_match.state_dict().items() if not k.startswith("text_match")})
     hist = torch.tensor([[n, 3, 7, 2], [n, n, 5, 9], [n, n, n, n]])
     responses = torch.tensor([[0, 2, 2, 1], [0, 0, 2, 2], [0, 0, 0, 0]])  # user 0's last item was skipped
     obs = {"history_item_ids": hist, "history_responses": responses, "history_consumption": (responses == 2).float(),

@@ -17,6 +17,7 @@ from agents.offline_protocol import (
     history_observation,
     leave_one_out_split,
     llm_training_windows,
+    target_ranks,
     train_llm_next_item,
 )
 from agents.sasrec import SASRec, SASRecConfig, SASRecScorer, _left_pad, _training_windows, train_sasrec
@@ -318,17 +319,66 @@ def test_calibrate_text_match_picks_the_weight_with_the_best_validation_ndcg() -
     split = leave_one_out_split(sequences, num_items=n)
     model_config = SlatePolicyConfig(**{**tiny_llm_config().model.to_dict(), "text_match_dims": 8})
     model = SlateModel(model_config, features, context_dim=4).eval()
-    scores = calibrate_text_match(model, split, history_length=6, context_dim=4, grid=(0.0, 50.0))
-    assert set(scores) == {(0.0, 0.0), (0.0, 50.0), (50.0, 0.0), (50.0, 50.0)}
+    calibration = calibrate_text_match(model, split, history_length=6, context_dim=4, grid=(0.0, 50.0))
+    scores = {setting[:2]: row["ndcg@10"] for setting, row in calibration.validation.items()}
+    assert set(calibration.validation) == {(0.0, 0.0, 0.0), (0.0, 50.0, 0.0), (50.0, 0.0, 0.0), (50.0, 50.0, 0.0)}
     # no id vectors: every item is scored by its features, so only the second weight matters
     assert scores[(0.0, 50.0)] == scores[(50.0, 50.0)] > 0.9 > 0.5 > scores[(50.0, 0.0)] == scores[(0.0, 0.0)]
-    assert model.text_match_weight.tolist() == [0.0, 50.0]
+    assert calibration.chosen == (0.0, 50.0, 0.0)
+    assert model.text_match_weight.tolist() == [0.0, 50.0] and model.text_match_offset.item() == 0.0
     with pytest.raises(ValueError, match="grid"):
         calibrate_text_match(model, split, 6, 4, grid=(-1.0,))
     with pytest.raises(ValueError, match="text_match_dims"):
         calibrate_text_match(SlateModel(tiny_llm_config().model, features, 4), split, 6, 4, grid=(1.0,))
+    with pytest.raises(ValueError, match="cold_tolerance"):
+        calibrate_text_match(model, split, 6, 4, grid=(1.0,), cold_tolerance=-0.1)
     with pytest.raises(ValueError, match="text_match_grid"):
         tiny_llm_config(text_match_grid=(1.0, -2.0))
+    with pytest.raises(ValueError, match="text_match_cold_tolerance"):
+        tiny_llm_config(text_match_cold_tolerance=-1.0)
+
+
+def test_calibrate_text_match_offset_lifts_close_text_matches_of_rare_items_only() -> None:
+    # Warm users (history ..., a -> target t, both with id vectors) have a rare distractor f closer in
+    # text to a (cosine 0.8) than t is (0.5); cold users (..., c -> c') need the rare exact twin c'.
+    # Weights alone (stage 1) must give up one group: with w_features = 50 f beats t, with 0 c' gets
+    # no lift; and the warm users are the majority, so stage 1 keeps w_features = 0. A large weight with
+    # offset -45 lifts c' (50 - 45 = 5) but not f (40 - 45 < 0, below t's 25): stage 2 serves both.
+    stories, dims = 4, 16
+    basis = np.eye(dims)
+    features, active, sequences = [], [], []
+    for j in range(stories):  # items 3j (a), 3j + 1 (t), 3j + 2 (f)
+        u, v, w = basis[3 * j], basis[3 * j + 1], basis[3 * j + 2]
+        features += [u, 0.5 * u + np.sqrt(0.75) * v, 0.8 * u + 0.6 * w]
+        active += [True, True, False]
+    for j in range(stories):  # items 12 + 2j (c, with an id vector) and 13 + 2j (c', rare)
+        features += [basis[12 + j]] * 2
+        active += [True, False]
+    warm_a, cold_c = [3 * j for j in range(stories)], [12 + 2 * j for j in range(stories)]
+    for j in range(stories):
+        others = [x for x in warm_a if x != 3 * j][:2]
+        sequences += [np.array([*others, 3 * j, 3 * j + 1, others[0]])] * 3  # valid: [x, y, a] -> t
+        others = [x for x in cold_c if x != 12 + 2 * j][:2]
+        sequences += [np.array([*others, 12 + 2 * j, 13 + 2 * j, others[0]])]  # valid: [x, y, c] -> c'
+    n = len(features)
+    split = leave_one_out_split(sequences, num_items=n)
+    torch.manual_seed(0)
+    model_config = SlatePolicyConfig(**{**tiny_llm_config().model.to_dict(), "text_match_dims": dims, "item_id_embeddings": True})
+    model = SlateModel(model_config, torch.tensor(np.array(features), dtype=torch.float32), context_dim=4).eval()
+    model.restrict_item_ids(np.array(active))
+
+    weights_only = calibrate_text_match(model, split, 6, 4, grid=(0.0, 50.0))
+    assert weights_only.chosen == (50.0, 0.0, 0.0)
+    assert weights_only.validation[(50.0, 0.0, 0.0)]["cold_ndcg@10"] < 0.9
+
+    calibration = calibrate_text_match(model, split, 6, 4, grid=(0.0, 50.0), offset_grid=(0.0, -45.0))
+    assert calibration.chosen == (50.0, 50.0, -45.0)
+    assert calibration.validation[(50.0, 50.0, -45.0)] == {"ndcg@10": 1.0, "cold_ndcg@10": 1.0}
+    assert calibration.validation[(50.0, 50.0, 0.0)]["ndcg@10"] < weights_only.validation[(50.0, 0.0, 0.0)]["ndcg@10"]
+    assert model.text_match_weight.tolist() == [50.0, 50.0] and model.text_match_offset.item() == -45.0
+    with torch.no_grad():  # the model now scores as the calibration did: every validation target first
+        scores = LLMScorer(model, 6, 4).score(split.histories("valid"))
+    np.testing.assert_array_equal(target_ranks(scores, split.targets("valid"), split.histories("valid")), 1)
 
 
 def test_llm_learning_rate_halves_on_a_validation_plateau() -> None:
