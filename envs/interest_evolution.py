@@ -276,6 +276,7 @@ def sample_interest_evolution_catalog(config: InterestEvolutionConfig, rng: np.r
 
 
 _MIN_CLICK_MASS = 1e-300
+_FALSE = np.False_
 
 # -- user model -----------------------------------------------------------------------
 
@@ -393,8 +394,8 @@ class InterestEvolutionUserModel:
     ) -> Transition:
         config = self.config
         num_users = len(clicked_item)
-        if num_users == 1:
-            return self._transition_one_user(state, clicked_item.item(), rng)
+        if num_users == 1:  # the same draws as the core's one-user step (scalar uniforms)
+            return self.transition_one_user(state, slate_item_ids, clicked_item.item(), rng).as_batch()
         clicked = clicked_item >= 0
         item = np.maximum(clicked_item, 0)
         # flat index of (user, clicked cluster) into the (B, clusters) interest matrix
@@ -430,13 +431,13 @@ class InterestEvolutionUserModel:
             truncated=np.zeros(num_users, dtype=bool),
         )
 
-    def _transition_one_user(
-        self, state: InterestEvolutionState, clicked_item: int, rng: np.random.Generator
+    def transition_one_user(
+        self, state: InterestEvolutionState, slate_item_ids: np.ndarray, clicked_item: int, rng: np.random.Generator
     ) -> Transition:
-        """``transition`` for B = 1 on Python floats: the same arithmetic and draws, bit for bit.
+        """Row 0 of ``transition`` at B = 1 as numpy scalars, on Python floats: the same arithmetic and draws.
 
         Numpy's per-call overhead dominates at B = 1 (~30 calls on size-1 arrays);
-        ``test_one_user_fast_path_matches_the_batched_path`` checks the equality.
+        ``test_one_user_fast_path_matches_the_batched_path`` checks the equality bit for bit.
         """
         config = self.config
         time_left = state.time_left.item()
@@ -462,14 +463,10 @@ class InterestEvolutionUserModel:
         state.steps[0] = state.steps.item() + 1
         state.clicks[0] = state.clicks.item() + (clicked_item >= 0)
         state.minutes_watched[0] = state.minutes_watched.item() + watch_time
-        session_ended = np.array([time_left <= 0.0])
-        return Transition(  # positional: cheaper than keywords
-            np.array([watch_time]),  # reward
-            np.array([watch_time / length]),  # consumption
-            session_ended,
-            np.zeros(1, dtype=bool),  # returned
-            session_ended.copy(),  # terminated
-            np.zeros(1, dtype=bool),  # truncated
+        session_ended = np.bool_(time_left <= 0.0)
+        # positional: cheaper than keywords (reward, consumption, session_ended, returned, terminated, truncated)
+        return Transition(
+            np.float64(watch_time), np.float64(watch_time / length), session_ended, _FALSE, session_ended, _FALSE
         )
 
     def _row_offsets(self, num_users: int) -> np.ndarray:
