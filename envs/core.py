@@ -15,6 +15,7 @@ fifth of its time on).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,18 +41,12 @@ class Transition:
     truncated: np.ndarray
 
     def row(self, i: int) -> Transition:
-        """User ``i``'s transition, each field a numpy scalar (the array's dtype)."""
-        return Transition(
-            self.reward[i], self.consumption[i], self.session_ended[i],
-            self.returned[i], self.terminated[i], self.truncated[i],
-        )
+        """User ``i``'s transition, each field a numpy scalar (of the array's dtype)."""
+        return Transition(*(getattr(self, field.name)[i] for field in dataclasses.fields(self)))
 
     def as_batch(self) -> Transition:
-        """A one-user transition of numpy scalars as (1,) arrays of the same dtypes."""
-        return Transition(
-            np.array([self.reward]), np.array([self.consumption]), np.array([self.session_ended]),
-            np.array([self.returned]), np.array([self.terminated]), np.array([self.truncated]),
-        )
+        """A one-user transition of numpy scalars as (1,) arrays of the same dtypes (inverse of ``row(0)``)."""
+        return Transition(*(np.array([getattr(self, field.name)]) for field in dataclasses.fields(self)))
 
 
 DUPLICATE_MODES = ("error", "penalty")
@@ -205,8 +200,7 @@ class BatchedSimulator:
         self._candidate_shape = (num_users, self.num_candidates)
         self._one = np.ones(1, dtype=np.int64)
         self._one_user_mask = np.ones(1, dtype=bool)
-        if hasattr(user_model, "transition_one_user"):
-            self._transition_one_user = user_model.transition_one_user
+        self._transition_one_user = getattr(user_model, "transition_one_user", self._transition_row_zero)
 
     # -- randomness --------------------------------------------------------
     @property
@@ -414,7 +408,7 @@ class BatchedSimulator:
             utilities = np.where(_first_occurrence_mask(slates), utilities, -np.inf)
         return slate_item_ids, utilities
 
-    def _transition_one_user(
+    def _transition_row_zero(
         self, state: Any, slate_item_ids: np.ndarray, clicked_item: int, rng: np.random.Generator
     ) -> Transition:
         """Row 0 of ``user_model.transition`` at B = 1 (for models without ``transition_one_user``)."""
