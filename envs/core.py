@@ -195,8 +195,8 @@ class BatchedSimulator:
         self._responses_by_position = np.full((self.slate_size + 1, self.slate_size), RESPONSE_SKIP)
         np.fill_diagonal(self._responses_by_position, RESPONSE_CLICK)
         # one user: an unclicked slate's responses and consumption, to append (copied, never handed out)
-        self._skipped_slate = self._responses_by_position[-1:]
-        self._unconsumed_slate = np.zeros((1, self.slate_size), dtype=np.float32)
+        self._skipped_slate = self._responses_by_position[-1]
+        self._unconsumed_slate = np.zeros(self.slate_size, dtype=np.float32)
         self._candidate_shape = (num_users, self.num_candidates)
         self._one = np.ones(1, dtype=np.int64)
         self._one_user_mask = np.ones(1, dtype=bool)
@@ -434,16 +434,16 @@ class BatchedSimulator:
     def _push_history_one_user(self, slate_item_ids: np.ndarray, position: int, consumption: float) -> None:
         """``_push_history`` for B = 1, with the clicked ``position`` (-1: none) and its consumption as numbers.
 
-        Each history becomes the last h entries of (old history, this slate's entries): a view
-        of one ``concatenate`` (no slicing of the old history, no (1, K) response and consumption
-        rows to build: an all-skip, zero-consumption block is appended and the one click is then
-        marked in the new arrays). A position whose entry falls off a history shorter than the
-        slate leaves no mark.
+        Each history becomes the last h entries of (old history row, this slate's entries): a
+        (1, h) view of one 1-d ``concatenate`` (cheaper than one with ``axis=1`` or a shift into a
+        new array), and no (1, K) response and consumption rows are built: an all-skip,
+        zero-consumption block is appended and the one click then marked in the new arrays. A
+        position whose entry falls off a history shorter than the slate leaves no mark.
         """
         k = self.slate_size
-        item_ids = np.concatenate((self.history_item_ids, slate_item_ids), axis=1)[:, k:]
-        responses = np.concatenate((self.history_responses, self._skipped_slate), axis=1)[:, k:]
-        consumed = np.concatenate((self.history_consumption, self._unconsumed_slate), axis=1)[:, k:]
+        item_ids = np.concatenate((self.history_item_ids[0], slate_item_ids[0]))[None, k:]
+        responses = np.concatenate((self.history_responses[0], self._skipped_slate))[None, k:]
+        consumed = np.concatenate((self.history_consumption[0], self._unconsumed_slate))[None, k:]
         column = self.history_length - k + position
         if position >= 0 and column >= 0:  # float32 rounding of the consumption, as ``astype`` does
             responses[0, column] = RESPONSE_CLICK
