@@ -29,7 +29,7 @@ from envs.config import SessionConfig
 RESPONSE_PAD, RESPONSE_SKIP, RESPONSE_CLICK = 0, 1, 2
 
 
-@dataclass
+@dataclass(slots=True)  # slots: cheaper to create (one per step)
 class Transition:
     """What one step did to each user (all arrays of shape (B,))."""
 
@@ -200,6 +200,9 @@ class BatchedSimulator:
         self._candidate_shape = (num_users, self.num_candidates)
         self._one = np.ones(1, dtype=np.int64)
         self._one_user_mask = np.ones(1, dtype=bool)
+        # int64 scalars of the positions 0..K-1 and -1 (no click), indexed by position: a one-user
+        # step's info without a costly ``np.int64(...)`` per step (numpy scalars are immutable)
+        self._position_scalars = tuple(np.int64(p) for p in range(self.slate_size)) + (np.int64(-1),)
         self._transition_one_user = getattr(user_model, "transition_one_user", self._transition_row_zero)
 
     # -- randomness --------------------------------------------------------
@@ -368,11 +371,11 @@ class BatchedSimulator:
             "returned": transition.returned,
             "churned": transition.terminated,
             "day": self.user_model.sessions(self._state)[0],
-            "clicked_position": np.int64(position),
-            "clicked_item_id": np.int64(clicked_item),
+            "clicked_position": self._position_scalars[position],
+            "clicked_item_id": slate_item_ids[0, position] if position >= 0 else self._position_scalars[-1],
             "consumption": transition.consumption,
             "reward": reward,
-            "duplicate_slate": np.bool_(duplicate),
+            "duplicate_slate": np.True_ if duplicate else np.False_,
             "episode_return": episode_return,
             "episode_length": episode_length,
         }

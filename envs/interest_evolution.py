@@ -276,7 +276,6 @@ def sample_interest_evolution_catalog(config: InterestEvolutionConfig, rng: np.r
 
 
 _MIN_CLICK_MASS = 1e-300
-_FALSE = np.False_
 
 # -- user model -----------------------------------------------------------------------
 
@@ -432,7 +431,11 @@ class InterestEvolutionUserModel:
         )
 
     def transition_one_user(
-        self, state: InterestEvolutionState, slate_item_ids: np.ndarray, clicked_item: int, rng: np.random.Generator
+        self,
+        state: InterestEvolutionState,
+        slate_item_ids: np.ndarray,
+        clicked_item: int,
+        rng: np.random.Generator,
     ) -> Transition:
         """Row 0 of ``transition`` at B = 1 as numpy scalars, on Python floats: the same arithmetic and draws.
 
@@ -463,10 +466,14 @@ class InterestEvolutionUserModel:
         state.steps[0] = state.steps.item() + 1
         state.clicks[0] = state.clicks.item() + (clicked_item >= 0)
         state.minutes_watched[0] = state.minutes_watched.item() + watch_time
-        session_ended = np.bool_(time_left <= 0.0)
-        # positional: cheaper than keywords (reward, consumption, session_ended, returned, terminated, truncated)
-        return Transition(
-            np.float64(watch_time), np.float64(watch_time / length), session_ended, _FALSE, session_ended, _FALSE
+        session_ended = np.True_ if time_left <= 0.0 else np.False_  # cheaper than np.bool_(...)
+        return Transition(  # positional: cheaper than keywords
+            np.float64(watch_time),  # reward
+            np.float64(watch_time / length),  # consumption
+            session_ended,
+            np.False_,  # returned
+            session_ended,  # terminated
+            np.False_,  # truncated
         )
 
     def _row_offsets(self, num_users: int) -> np.ndarray:
