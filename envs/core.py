@@ -15,6 +15,7 @@ fifth of its time on).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from envs.config import SessionConfig
 RESPONSE_PAD, RESPONSE_SKIP, RESPONSE_CLICK = 0, 1, 2
 
 
-@dataclass
+@dataclass(slots=True)  # slots: cheaper to create (one per step)
 class Transition:
     """What one step did to each user (all arrays of shape (B,))."""
 
@@ -38,6 +39,14 @@ class Transition:
     returned: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
+
+    def row(self, i: int) -> Transition:
+        """User ``i``'s transition, each field a numpy scalar (of the array's dtype)."""
+        return Transition(*(getattr(self, field.name)[i] for field in dataclasses.fields(self)))
+
+    def as_batch(self) -> Transition:
+        """A one-user transition of numpy scalars as (1,) arrays of the same dtypes (inverse of ``row(0)``)."""
+        return Transition(*(np.array([getattr(self, field.name)]) for field in dataclasses.fields(self)))
 
 
 DUPLICATE_MODES = ("error", "penalty")
@@ -68,6 +77,10 @@ class UserModel(Protocol):
     ) -> Transition: ...
 
     def context(self, state: Any) -> np.ndarray: ...
+
+    # Optional: ``transition_one_user(state, slate_item_ids, clicked_item: int, rng) -> Transition``
+    # of numpy scalars: row 0 of ``transition`` at B = 1, computed on Python numbers. The core's
+    # one-user step (``BatchedSimulator.step_one_user``) uses it when the model has it.
 
     def hidden_state(self, state: Any) -> dict[str, np.ndarray]: ...
 
@@ -181,8 +194,16 @@ class BatchedSimulator:
         # row p: the responses to a slate clicked at position p; the last row (no click) all skips
         self._responses_by_position = np.full((self.slate_size + 1, self.slate_size), RESPONSE_SKIP)
         np.fill_diagonal(self._responses_by_position, RESPONSE_CLICK)
+        # one user: an unclicked slate's responses and consumption, to append (copied, never handed out)
+        self._skipped_slate = self._responses_by_position[-1]
+        self._unconsumed_slate = np.zeros(self.slate_size, dtype=np.float32)
         self._candidate_shape = (num_users, self.num_candidates)
         self._one = np.ones(1, dtype=np.int64)
+        self._one_user_mask = np.ones(1, dtype=bool)
+        # int64 scalars of the positions 0..K-1 and -1 (no click), indexed by position: a one-user
+        # step's info without a costly ``np.int64(...)`` per step (numpy scalars are immutable)
+        self._position_scalars = tuple(np.int64(p) for p in range(self.slate_size)) + (np.int64(-1),)
+        self._transition_one_user = getattr(user_model, "transition_one_user", self._transition_row_zero)
 
     # -- randomness --------------------------------------------------------
     @property
@@ -232,6 +253,16 @@ class BatchedSimulator:
             "context": self.user_model.context(self._state),
         }
 
+    def user_observation(self) -> dict[str, np.ndarray]:
+        """Row 0 of ``observation()``: the observation of a one-user core's user."""
+        return {
+            "history_item_ids": self.history_item_ids[0],
+            "history_responses": self.history_responses[0],
+            "history_consumption": self.history_consumption[0],
+            "candidate_item_ids": self.candidate_item_ids[0],
+            "context": self.user_model.context(self._state)[0],
+        }
+
     # -- validation --------------------------------------------------------
     def validate_slates(self, slates: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Check shape/range/duplicates; return (int slates, rows with duplicates or None)."""
@@ -272,20 +303,8 @@ class BatchedSimulator:
     # -- the step ------------------------------------------------------------
     def step(self, slates: np.ndarray) -> StepResult:
         slates, duplicate_rows = self.validate_slates(slates)
-        rng = self.rng
-        if self.num_users == 1:  # one user: a flat take
-            slate_item_ids = self.candidate_item_ids.take(slates)
-        else:  # a flat take, cheaper than 2-d fancy indexing
-            slate_item_ids = self.candidate_item_ids.take(self._candidate_row_start + slates)
-        utilities = self.user_model.item_utilities(self._state, slate_item_ids)
-        if self._has_position_bias:
-            utilities = utilities + self._position_bias
-        if duplicate_rows is not None:
-            # penalty mode: a repeated entry is shown once; later copies cannot be chosen
-            utilities = np.where(_first_occurrence_mask(slates), utilities, -np.inf)
-        position = _sample_mnl(utilities, self.user_model.no_click_utility(self._state), rng)
-        clicked_item = _clicked_items(slate_item_ids, position, self._slate_row_start)
-        transition = self.user_model.transition(self._state, slate_item_ids, clicked_item, rng)
+        slate_item_ids, position, clicked_item = self._choose(slates, duplicate_rows)
+        transition = self.user_model.transition(self._state, slate_item_ids, clicked_item, self.rng)
         reward = transition.reward
         if duplicate_rows is not None:
             reward = reward - self.duplicate_penalty * duplicate_rows
@@ -314,21 +333,98 @@ class BatchedSimulator:
         if done.item() if self.num_users == 1 else np.count_nonzero(done):
             final_observation = self.observation()
             self._reset_users(done)
-        self.candidate_item_ids = sample_distinct_candidates(rng, self.catalog.num_items, self._candidate_shape)
+        self.candidate_item_ids = sample_distinct_candidates(self.rng, self.catalog.num_items, self._candidate_shape)
         return StepResult(
             self.observation(), reward, transition.terminated, transition.truncated, info, final_observation
         )
 
+    def step_one_user(
+        self, slate: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any], dict[str, np.ndarray] | None]:
+        """``step`` of a one-user core with row-level results (the single-user view's step).
+
+        Takes one slate (K,) and returns (observation, reward, terminated, truncated, info,
+        final_observation) of the one user: row 0 of what ``step`` returns (Python reward and
+        flags, numpy scalars in ``info``), with the same draws and arithmetic, but without the
+        (1,)-shaped info arrays and ``StepResult`` that the view would only index again.
+        ``test_one_user_step_matches_step`` checks that the two agree bit for bit.
+        """
+        if self.num_users != 1:
+            raise ValueError(f"step_one_user() needs a core with num_users=1, got {self.num_users}")
+        slates, duplicate_rows = self.validate_slates(np.asarray(slate).reshape(1, -1))
+        slate_item_ids, utilities = self._slate_utilities(slates, duplicate_rows)
+        no_click_utility = self.user_model.no_click_utility(self._state).item()
+        position = _sample_mnl_one_user(utilities.tolist()[0], no_click_utility, self.rng)
+        clicked_item = slate_item_ids.item(position) if position >= 0 else -1
+        transition = self._transition_one_user(self._state, slate_item_ids, clicked_item, self.rng)
+        reward = transition.reward
+        duplicate = duplicate_rows is not None
+        if duplicate:
+            reward = reward - self.duplicate_penalty * duplicate_rows[0]
+
+        self._push_history_one_user(slate_item_ids, position, transition.consumption)
+        # numpy scalars: the same float64 / int64 arithmetic as the arrays' in ``step``
+        episode_return, episode_length = self.episode_return[0] + reward, self.episode_length[0] + 1
+        self.episode_return, self.episode_length = np.array([episode_return]), np.array([episode_length])
+        info = {
+            "session_ended": transition.session_ended,
+            "returned": transition.returned,
+            "churned": transition.terminated,
+            "day": self.user_model.sessions(self._state)[0],
+            "clicked_position": self._position_scalars[position],
+            "clicked_item_id": slate_item_ids[0, position] if position >= 0 else self._position_scalars[-1],
+            "consumption": transition.consumption,
+            "reward": reward,
+            "duplicate_slate": np.True_ if duplicate else np.False_,
+            "episode_return": episode_return,
+            "episode_length": episode_length,
+        }
+        terminated, truncated = bool(transition.terminated), bool(transition.truncated)
+        final_observation = None
+        if terminated or truncated:
+            final_observation = self.user_observation()
+            self._reset_users(self._one_user_mask)
+        self.candidate_item_ids = sample_distinct_candidates(self.rng, self.catalog.num_items, self._candidate_shape)
+        return self.user_observation(), float(reward), terminated, truncated, info, final_observation
+
+    def _choose(
+        self, slates: np.ndarray, duplicate_rows: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The users' choices from valid ``slates`` (B, K): (slate item ids (B, K), position, clicked item (B,))."""
+        slate_item_ids, utilities = self._slate_utilities(slates, duplicate_rows)
+        position = _sample_mnl(utilities, self.user_model.no_click_utility(self._state), self.rng)
+        return slate_item_ids, position, _clicked_items(slate_item_ids, position, self._slate_row_start)
+
+    def _slate_utilities(
+        self, slates: np.ndarray, duplicate_rows: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(slate item ids (B, K), MNL utilities (B, K)) of valid ``slates`` (B, K)."""
+        if self.num_users == 1:  # one user: a flat take
+            slate_item_ids = self.candidate_item_ids.take(slates)
+        else:  # a flat take, cheaper than 2-d fancy indexing
+            slate_item_ids = self.candidate_item_ids.take(self._candidate_row_start + slates)
+        utilities = self.user_model.item_utilities(self._state, slate_item_ids)
+        if self._has_position_bias:
+            utilities = utilities + self._position_bias
+        if duplicate_rows is not None:
+            # penalty mode: a repeated entry is shown once; later copies cannot be chosen
+            utilities = np.where(_first_occurrence_mask(slates), utilities, -np.inf)
+        return slate_item_ids, utilities
+
+    def _transition_row_zero(
+        self, state: Any, slate_item_ids: np.ndarray, clicked_item: int, rng: np.random.Generator
+    ) -> Transition:
+        """Row 0 of ``user_model.transition`` at B = 1 (for models without ``transition_one_user``)."""
+        return self.user_model.transition(state, slate_item_ids, np.array([clicked_item]), rng).row(0)
+
     def _push_history(self, slate_item_ids: np.ndarray, position: np.ndarray, consumption: np.ndarray) -> None:
         """Append this step's slate to the history (new arrays: handed-out ones stay intact)."""
         k, h = self.slate_size, self.history_length
+        if len(position) == 1:
+            self._push_history_one_user(slate_item_ids, position.item(), consumption.item())
+            return
         responses = self._responses_by_position.take(position, axis=0)  # position -1: the all-skip row
-        if len(position) == 1:  # one user: set the one consumed entry in Python, cheaper than numpy calls
-            consumed = np.zeros((1, k), dtype=np.float32)
-            if position.item() >= 0:
-                consumed[0, position.item()] = consumption.item()
-        else:
-            consumed = (responses == RESPONSE_CLICK) * consumption.astype(np.float32)[:, None]
+        consumed = (responses == RESPONSE_CLICK) * consumption.astype(np.float32)[:, None]
         if k >= h:
             self.history_item_ids = slate_item_ids[:, k - h :].copy()
             self.history_responses = responses[:, k - h :]
@@ -337,6 +433,25 @@ class BatchedSimulator:
         self.history_item_ids = _shift_in(self.history_item_ids, slate_item_ids)
         self.history_responses = _shift_in(self.history_responses, responses)
         self.history_consumption = _shift_in(self.history_consumption, consumed)
+
+    def _push_history_one_user(self, slate_item_ids: np.ndarray, position: int, consumption: float) -> None:
+        """``_push_history`` for B = 1, with the clicked ``position`` (-1: none) and its consumption as numbers.
+
+        Each history becomes the last h entries of (old history row, this slate's entries): a
+        (1, h) view of one 1-d ``concatenate`` (cheaper than one with ``axis=1`` or a shift into a
+        new array), and no (1, K) response and consumption rows are built: an all-skip,
+        zero-consumption block is appended and the one click then marked in the new arrays. A
+        position whose entry falls off a history shorter than the slate leaves no mark.
+        """
+        k = self.slate_size
+        item_ids = np.concatenate((self.history_item_ids[0], slate_item_ids[0]))[None, k:]
+        responses = np.concatenate((self.history_responses[0], self._skipped_slate))[None, k:]
+        consumed = np.concatenate((self.history_consumption[0], self._unconsumed_slate))[None, k:]
+        column = self.history_length - k + position
+        if position >= 0 and column >= 0:  # float32 rounding of the consumption, as ``astype`` does
+            responses[0, column] = RESPONSE_CLICK
+            consumed[0, column] = consumption
+        self.history_item_ids, self.history_responses, self.history_consumption = item_ids, responses, consumed
 
     def _reset_users(self, mask: np.ndarray) -> None:
         """Replace the users in ``mask`` (copy-on-write: arrays already handed out stay intact)."""
@@ -453,11 +568,8 @@ def _sample_mnl(utilities: np.ndarray, no_click_utility: np.ndarray, rng: np.ran
 
     Utilities are small (|u| < ~50), so ``exp`` needs no max-shift.
     """
-    if len(utilities) == 1:  # one user: the same exp, running sum and draw in plain Python
-        weights = np.exp([no_click_utility.item(), *utilities.tolist()[0]]).tolist()
-        cumulative = list(itertools.accumulate(weights))
-        draw = rng.random() * cumulative[-1]
-        return np.array([bisect.bisect_left(cumulative, draw) - 1])  # entries < draw, as below
+    if len(utilities) == 1:
+        return np.array([_sample_mnl_one_user(utilities.tolist()[0], no_click_utility.item(), rng)])
     # options along axis 0: the running sum and the count then run over contiguous rows of B
     # users (the same additions in the same order as a per-user cumsum, in K + 1 calls;
     # ``np.cumsum(axis=0)`` on a (K + 1, B) array is several times slower than this loop)
@@ -470,3 +582,11 @@ def _sample_mnl(utilities: np.ndarray, no_click_utility: np.ndarray, rng: np.ran
         np.add(cumulative[option - 1], cumulative[option], out=cumulative[option])
     draw = rng.random(num_users) * cumulative[-1]
     return (cumulative < draw).sum(axis=0) - 1
+
+
+def _sample_mnl_one_user(utilities: list[float], no_click_utility: float, rng: np.random.Generator) -> int:
+    """``_sample_mnl`` for one user on Python numbers: the same exp, running sum and draw (one uniform)."""
+    weights = np.exp([no_click_utility, *utilities]).tolist()
+    cumulative = list(itertools.accumulate(weights))
+    draw = rng.random() * cumulative[-1]
+    return bisect.bisect_left(cumulative, draw) - 1  # the options with a running sum < draw, as batched

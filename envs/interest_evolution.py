@@ -393,8 +393,8 @@ class InterestEvolutionUserModel:
     ) -> Transition:
         config = self.config
         num_users = len(clicked_item)
-        if num_users == 1:
-            return self._transition_one_user(state, clicked_item.item(), rng)
+        if num_users == 1:  # the same draws as the core's one-user step (scalar uniforms)
+            return self.transition_one_user(state, slate_item_ids, clicked_item.item(), rng).as_batch()
         clicked = clicked_item >= 0
         item = np.maximum(clicked_item, 0)
         # flat index of (user, clicked cluster) into the (B, clusters) interest matrix
@@ -430,13 +430,17 @@ class InterestEvolutionUserModel:
             truncated=np.zeros(num_users, dtype=bool),
         )
 
-    def _transition_one_user(
-        self, state: InterestEvolutionState, clicked_item: int, rng: np.random.Generator
+    def transition_one_user(
+        self,
+        state: InterestEvolutionState,
+        slate_item_ids: np.ndarray,
+        clicked_item: int,
+        rng: np.random.Generator,
     ) -> Transition:
-        """``transition`` for B = 1 on Python floats: the same arithmetic and draws, bit for bit.
+        """Row 0 of ``transition`` at B = 1 as numpy scalars, on Python floats: the same arithmetic and draws.
 
         Numpy's per-call overhead dominates at B = 1 (~30 calls on size-1 arrays);
-        ``test_one_user_fast_path_matches_the_batched_path`` checks the equality.
+        ``test_one_user_fast_path_matches_the_batched_path`` checks the equality bit for bit.
         """
         config = self.config
         time_left = state.time_left.item()
@@ -462,14 +466,14 @@ class InterestEvolutionUserModel:
         state.steps[0] = state.steps.item() + 1
         state.clicks[0] = state.clicks.item() + (clicked_item >= 0)
         state.minutes_watched[0] = state.minutes_watched.item() + watch_time
-        session_ended = np.array([time_left <= 0.0])
+        session_ended = np.True_ if time_left <= 0.0 else np.False_  # cheaper than np.bool_(...)
         return Transition(  # positional: cheaper than keywords
-            np.array([watch_time]),  # reward
-            np.array([watch_time / length]),  # consumption
+            np.float64(watch_time),  # reward
+            np.float64(watch_time / length),  # consumption
             session_ended,
-            np.zeros(1, dtype=bool),  # returned
-            session_ended.copy(),  # terminated
-            np.zeros(1, dtype=bool),  # truncated
+            np.False_,  # returned
+            session_ended,  # terminated
+            np.False_,  # truncated
         )
 
     def _row_offsets(self, num_users: int) -> np.ndarray:

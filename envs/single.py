@@ -38,29 +38,25 @@ class SingleUserEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if seed is not None or not self.core.is_reset:
-            observation = self.core.reset(seed=seed)
+            observation = row(self.core.reset(seed=seed), 0)
         elif self._pending_observation is not None:
             # the core already replaced the finished user (same draws as a vector env's autoreset)
             observation = self._pending_observation
         else:
-            observation = self.core.reset_users(np.ones(1, dtype=bool))
+            observation = row(self.core.reset_users(np.ones(1, dtype=bool)), 0)
         self._pending_observation = None
         self._needs_user_reset = False
-        return row(observation, 0), {}
+        return observation, {}
 
     def step(self, action):
         if self._needs_user_reset:
             raise ValueError("step() called after the episode ended; call reset() first")
-        result = self.core.step(np.asarray(action).reshape(1, -1))
-        terminated, truncated = result.terminated.item(), result.truncated.item()
-        info = {key: value[0] for key, value in result.info.items()}
+        observation, reward, terminated, truncated, info, final_observation = self.core.step_one_user(action)
         if terminated or truncated:
             self._needs_user_reset = True
-            self._pending_observation = result.observation
-            observation = row(result.final_observation, 0)
-        else:
-            observation = row(result.observation, 0)
-        return observation, result.reward.item(), terminated, truncated, info
+            self._pending_observation = observation
+            observation = final_observation
+        return observation, reward, terminated, truncated, info
 
     def hidden_state(self) -> dict[str, np.ndarray]:
         """The user's hidden state (for oracles and analysis; never in observations)."""

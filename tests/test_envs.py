@@ -114,16 +114,60 @@ def test_one_user_fast_paths_match_row_zero_of_the_batched_path():
         fast_duplicates, batched_duplicates = _duplicate_rows(slate), _duplicate_rows(slate.repeat(2, 0))
         assert (fast_duplicates is None) == (batched_duplicates is None)
 
-    one, two = (envs.make_core("longrec/InterestEvolution-v0", num_users=n, slate_size=3) for n in (1, 2))
-    one.reset(seed=0)
-    two.reset(seed=0)
-    for position, consumption in [(-1, 0.0), (0, 0.3), (2, 1.0 / 3.0)]:
-        slate_item_ids = rng.integers(0, 100, size=(1, 3))
-        one._push_history(slate_item_ids, np.array([position]), np.array([consumption]))
-        two._push_history(slate_item_ids.repeat(2, 0), np.array([position] * 2), np.array([consumption] * 2))
-        for key in ("history_item_ids", "history_responses", "history_consumption"):
-            np.testing.assert_array_equal(getattr(one, key), getattr(two, key)[:1])
-            assert getattr(one, key).dtype == getattr(two, key).dtype
+    for history_length in (20, 3, 2):  # longer than, as long as and shorter than the slate
+        one, two = (
+            envs.make_core("longrec/InterestEvolution-v0", num_users=n, slate_size=3, history_length=history_length)
+            for n in (1, 2)
+        )
+        one.reset(seed=0)
+        two.reset(seed=0)
+        for position, consumption in [(-1, 0.0), (0, 0.3), (2, 1.0 / 3.0), (1, 0.7)]:
+            slate_item_ids = rng.integers(0, 100, size=(1, 3))
+            one._push_history(slate_item_ids, np.array([position]), np.array([consumption]))
+            two._push_history(slate_item_ids.repeat(2, 0), np.array([position] * 2), np.array([consumption] * 2))
+            for key in ("history_item_ids", "history_responses", "history_consumption"):
+                np.testing.assert_array_equal(getattr(one, key), getattr(two, key)[:1])
+                assert getattr(one, key).dtype == getattr(two, key).dtype
+
+
+@pytest.mark.parametrize(
+    ("env_id", "options"),
+    [(env_id, {}) for env_id in ALL_IDS]
+    + [
+        ("longrec/InterestEvolution-v0", {"duplicate_mode": "penalty", "time_budget": 20.0, "history_length": 1}),
+        ("longrec/Video-v0", {"duplicate_mode": "penalty"}),
+    ],
+)
+def test_one_user_step_matches_step(env_id, options):
+    """``step_one_user`` (the single-user view's step) equals row 0 of ``step`` bit for bit, types included."""
+    fast, batched = (envs.make_core(env_id, num_users=1, **options) for _ in range(2))
+    fast.reset(seed=7)
+    batched.reset(seed=7)
+    rng = np.random.default_rng(1)
+    episodes_ended = 0
+    for step in range(600):
+        slate = rng.permutation(fast.num_candidates)[: fast.slate_size]
+        if options.get("duplicate_mode") == "penalty" and step % 3 == 0:
+            slate[-1] = slate[0]
+        observation, reward, terminated, truncated, info, final_observation = fast.step_one_user(slate)
+        result = batched.step(slate[None])
+        assert type(reward) is float and reward == result.reward.item()
+        assert (terminated, truncated) == (result.terminated.item(), result.truncated.item())
+        assert info.keys() == result.info.keys()
+        for key, value in result.info.items():
+            assert type(info[key]) is type(value[0]) and info[key] == value[0], key
+        observations = [(observation, result.observation)]
+        if terminated or truncated:
+            episodes_ended += 1
+            observations.append((final_observation, result.final_observation))
+        else:
+            assert final_observation is None and result.final_observation is None
+        for row, batch in observations:
+            assert row.keys() == batch.keys()
+            for key, value in batch.items():
+                assert row[key].dtype == value.dtype
+                np.testing.assert_array_equal(row[key], value[0])
+    assert episodes_ended >= 1
 
 
 def test_observation_never_contains_hidden_state():
