@@ -380,6 +380,8 @@ def test_text_match_adds_w_times_the_cosine_with_the_last_clicked_item(tmp_path)
     features = torch.randn(n, 8)
     config = SlatePolicyConfig(d_model=16, n_decoder_layers=1, text_match_dims=m, text_match_init=3.0)
     with_match = SlateModel(config, features, 2).eval()
+    with torch.no_grad():  # no id vectors here: every candidate is scored by its features and gets the offset
+        with_match.text_match_offset.fill_(0.5)
     without = SlateModel(SlatePolicyConfig(d_model=16, n_decoder_layers=1), features, 2).eval()
     without.load_state_dict({k: v for k, v in with_match.state_dict().items() if not k.startswith("text_match")})
     hist = torch.tensor([[n, 3, 7, 2], [n, n, 5, 9], [n, n, n, n]])
@@ -391,8 +393,8 @@ def test_text_match_adds_w_times_the_cosine_with_the_last_clicked_item(tmp_path)
         catalog = with_match.candidate_scores(with_match.encode(obs, full_catalog=True))
     unit = torch.nn.functional.normalize(features[:, :m], dim=1)
     expected = 3.0 * torch.stack([unit[obs["candidate_item_ids"][0]] @ unit[7], unit[obs["candidate_item_ids"][1]] @ unit[9]])
-    torch.testing.assert_close(gap[:2], expected, atol=1e-5, rtol=1e-5)  # last *clicked* item: 7, then 9
-    torch.testing.assert_close(gap[2], torch.zeros(4), atol=1e-5, rtol=1e-5)  # no clicked item: no term
+    torch.testing.assert_close(gap[:2], expected + 0.5, atol=1e-5, rtol=1e-5)  # last *clicked* item: 7, then 9
+    torch.testing.assert_close(gap[2], torch.full((4,), 0.5), atol=1e-5, rtol=1e-5)  # no clicked item: no cosine
     torch.testing.assert_close(catalog.gather(1, obs["candidate_item_ids"]), gap + without.candidate_scores(without.encode(obs)))
     loaded = SlateModel.from_pretrained(with_match.save_pretrained(tmp_path / "m")).eval()
     with torch.no_grad():
