@@ -779,6 +779,8 @@ def calibrate_text_match(
     cold = ~has_id[targets]
     scorer = LLMScorer(model, history_length, context_dim)
 
+    # Each stage re-scores the validation users (two passes per batch) instead of keeping their
+    # (users x items) base and cosine arrays between the stages, which outgrow memory on large releases.
     def validation_ndcg(settings: list[TextMatchSetting]) -> dict[TextMatchSetting, dict[str, float]]:
         ranks: dict[TextMatchSetting, list[np.ndarray]] = {setting: [] for setting in settings}
         for start in range(0, len(histories), 128):
