@@ -23,7 +23,6 @@ that names the file and what is wrong.
 from __future__ import annotations
 
 import copy
-import os
 import random
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.atomic_file import atomic_open
 from envs.block_random import BlockRandom
 from envs.core import BatchedSimulator
 
@@ -122,17 +122,8 @@ def restore_core_state(core: BatchedSimulator, state: dict[str, Any]) -> dict[st
 def atomic_torch_save(payload: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, "wb") as handle:
+        torch.save(payload, handle)
     return path
 
 

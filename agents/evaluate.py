@@ -22,7 +22,6 @@ al. 2019; KuaiSim, Zhao et al. 2023): whole user lives, many users, CIs.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from agents.baselines import Agent, make_baseline
+from agents.stats import mean_ci95, t_ci95
 from envs.core import BatchedSimulator
 from envs.registration import make_core
 
@@ -70,28 +70,6 @@ class Evaluation:
 
     row: dict[str, Any]
     records: list[LivesRecord] = field(default_factory=list)
-
-
-def mean_ci95(values: np.ndarray) -> tuple[float, float]:
-    """Mean and normal-approximation 95% CI half-width over the finite entries (nan if none)."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return math.nan, math.nan
-    if len(values) == 1:
-        return float(values[0]), 0.0
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / math.sqrt(len(values)))
-
-
-def seed_ci95(seed_means: Sequence[float]) -> float:
-    """Student-t 95% CI half-width of the mean of per-seed means (0 for one seed)."""
-    means = np.asarray(seed_means, dtype=np.float64)
-    means = means[np.isfinite(means)]
-    if len(means) < 2:
-        return 0.0
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, len(means) - 1) * means.std(ddof=1) / math.sqrt(len(means)))
 
 
 def coverage_ci95(seen: np.ndarray, rng: np.random.Generator, resamples: int = 100) -> tuple[float, float]:
@@ -261,14 +239,14 @@ def evaluate_agent(
         mean, half = mean_ci95(np.concatenate([r.values[metric] for r in records]))
         row[metric], row[f"{metric}_ci95"] = mean, half
         if len(seeds) > 1:
-            row[f"{metric}_seed_ci95"] = seed_ci95([np.nanmean(r.values[metric]) for r in records])
+            row[f"{metric}_seed_ci95"] = t_ci95([np.nanmean(r.values[metric]) for r in records])[1]
     coverages, halves = zip(
         *(coverage_ci95(r.seen, np.random.default_rng([r.seed, 7])) for r in records), strict=True
     )
     row["coverage"] = float(np.mean(coverages))
     row["coverage_ci95"] = float(np.mean(halves))
     if len(seeds) > 1:
-        row["coverage_seed_ci95"] = seed_ci95(coverages)
+        row["coverage_seed_ci95"] = t_ci95(coverages)[1]
     row["final_satisfaction_exact"] = all(r.final_satisfaction_exact for r in records)
     return Evaluation(row, records)
 

@@ -631,7 +631,7 @@ def train_llm_next_item(
     position trained in one causal encoder pass (:func:`all_positions_loss`). Early stopping on the
     protocol's validation NDCG@10; the best weights are returned.
     """
-    from llm_policy.text_encoder import resolve_device
+    from llm_policy.device import resolve_device
 
     start = time.perf_counter()
     device = resolve_device(config.device)

@@ -62,9 +62,9 @@ from agents.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from agents.device import resolve_device
 from agents.kl import KLConfig, kl_estimate, make_kl_controller
 from envs.core import BatchedSimulator
+from llm_policy.device import resolve_device
 
 POLICY_KINDS = ("llm", "mlp")
 LLM_SIZES: dict[str, dict[str, Any]] = {

@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import envs  # noqa: E402
 from llm_policy.config import SlatePolicyConfig  # noqa: E402
+from llm_policy.device import resolve_device  # noqa: E402
 from llm_policy.model import SlateModel  # noqa: E402
-from llm_policy.text_encoder import ItemTextEncoder, resolve_device  # noqa: E402
+from llm_policy.text_encoder import ItemTextEncoder  # noqa: E402
 from llm_policy.tiny import make_tiny_bert  # noqa: E402
 
 

@@ -19,16 +19,11 @@ import json
 import numpy as np
 
 import envs
+from agents.stats import mean_ci95
 from envs.logging_policy import BEHAVIOURS, simulate_lives
 from envs.text import text_quality_auc
 
 POLICIES = ("random", "myopic", "quality_aware")
-
-
-def mean_ci95(values: np.ndarray) -> tuple[float, float]:
-    """Mean and the half-width of its normal-approximation 95% confidence interval."""
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
 
 
 def main() -> None:

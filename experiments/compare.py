@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.stats import t_ci95, t_quantile
 from experiments.config import flatten
 from experiments.run import read_json, read_metrics
 
@@ -158,23 +159,6 @@ def load_records(paths: Iterable[str | Path], by: str = "agent",
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def t_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and Student-t 95% half-width (NaN for fewer than 2 values)."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan
-    if len(x) < 2:
-        return float(x[0]), math.nan
-    return float(x.mean()), float(t_quantile(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
-def t_quantile(df: int, q: float = 0.975) -> float:
-    """Student-t quantile (scipy.special, much lighter to import than scipy.stats)."""
-    from scipy.special import stdtrit
-
-    return float(stdtrit(df, q))
 
 
 def _strip(name: str) -> str:

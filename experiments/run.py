@@ -24,8 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -34,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from envs.atomic_file import atomic_write_text
 from experiments.config import ExperimentConfig, load_config, save_config
 from experiments.wandb_logging import WandbLogger
 
@@ -65,19 +64,6 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from envs.atomic_file import atomic_write_bytes
 from llm_policy.config import SlatePolicyConfig
 from llm_policy.slate_decoder import PreparedCandidates, SlateDecoder, SlateOutput
 from llm_policy.state_encoder import StateEncoder
@@ -81,17 +81,6 @@ class EncodedState:
     """(B,) each user's most recent clicked history item (N if none): the text-match term's query
     (None when the model has no text-match term)"""
 
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class SlateModel(nn.Module):
@@ -385,8 +374,8 @@ class SlateModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write_bytes(directory / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
-        _atomic_write_bytes(directory / CONFIG_FILE, json.dumps(self.export_config(), indent=2).encode())
+        atomic_write_bytes(directory / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+        atomic_write_bytes(directory / CONFIG_FILE, json.dumps(self.export_config(), indent=2).encode())
         return directory
 
     @classmethod

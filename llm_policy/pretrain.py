@@ -40,10 +40,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from envs.atomic_file import atomic_write_bytes
 from llm_policy import metrics as M
 from llm_policy.config import SlatePolicyConfig
-from llm_policy.model import OBS_KEYS, SlateModel, _atomic_write_bytes
-from llm_policy.text_encoder import resolve_device
+from llm_policy.device import resolve_device
+from llm_policy.model import OBS_KEYS, SlateModel
 
 __all__ = ["PretrainConfig", "PretrainResult", "LogTensors", "pretrain", "evaluate", "split_users"]
 
@@ -437,5 +438,5 @@ def pretrain(
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(out / "metrics.json", json.dumps(result_metrics, indent=2).encode())
+        atomic_write_bytes(out / "metrics.json", json.dumps(result_metrics, indent=2).encode())
     return PretrainResult(model=model, metrics=result_metrics, best_dir=best_dir)

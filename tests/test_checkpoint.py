@@ -9,8 +9,8 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
-from agents.device import resolve_device
 from agents.ppo import PPOConfig, train_ppo
+from llm_policy.device import resolve_device
 
 TINY = PPOConfig(
     env_id="longrec/News-v0",

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agents.stats import t_ci95
 from experiments import cli
-from experiments.compare import CompareError, aggregate, band, compare, load_records, t_ci95
+from experiments.compare import CompareError, aggregate, band, compare, load_records
 from experiments.config import load_config
 from experiments.run import Run
 
