@@ -5,7 +5,11 @@ autoregressive probability ``pi(a | s) = prod_k pi(a_k | s, a_<k)`` (seq2slate,
 Bello et al. 2018), so
 
 * :meth:`SlateDistribution.log_prob` is one teacher-forced decoder pass,
-  summing the K per-position log-probs;
+  summing the K per-position log-probs; it always scores the slates it is given.
+  Where a slate is sampled and its log-prob needed at once
+  (:meth:`LLMSlatePolicy.forward <llm_policy.sb3_policy.LLMSlatePolicy.forward>`,
+  :meth:`SlateDistribution.log_prob_from_params`), the log-prob comes from the
+  sampling pass itself, with no second decoder pass;
 * :meth:`SlateDistribution.sample` / :meth:`SlateDistribution.mode` decode
   position by position (sampling / greedy), never repeating a candidate;
 * :meth:`SlateDistribution.entropy` is the sum of the per-position entropies
@@ -75,9 +79,6 @@ class SlateDistribution(Distribution):
         """``(B,)`` log-probability of the given slates ``(B, K)`` (one teacher-forced pass)."""
         model, state = self._require()
         actions = actions.reshape(-1, self.slate_size)
-        last = self.last
-        if last is not None and last.slate.shape == actions.shape and torch.equal(last.slate, actions.long()):
-            return last.log_prob
         self.last = model.score_slate(state, actions.round().long() if actions.is_floating_point() else actions)
         return self.last.log_prob
 
@@ -116,5 +117,7 @@ class SlateDistribution(Distribution):
         state: EncodedState,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        actions = self.actions_from_params(model, state, generator=generator)
-        return actions, self.log_prob(actions)
+        """Sampled slates and their log-probabilities, both from the one sampling pass (no re-scoring)."""
+        self.actions_from_params(model, state, generator=generator)
+        assert self.last is not None
+        return self.last.slate, self.last.log_prob

@@ -53,6 +53,9 @@ from llm_policy.model import OBS_KEYS, EncodedState, SlateModel
 
 __all__ = ["LLMSlatePolicy", "check_slate_spaces", "slate_spaces"]
 
+# ``ActorCriticPolicy`` arguments that shape its MLP head, which this policy replaces by the slate model.
+MLP_HEAD_ARGS = frozenset({"net_arch", "activation_fn", "ortho_init"})
+
 
 def slate_spaces(N: int, H: int, C: int, D: int, K: int) -> tuple[spaces.Dict, spaces.MultiDiscrete]:  # noqa: N803
     """The contract's observation and action spaces for the given sizes (see ``docs/architecture.md``)."""
@@ -105,8 +108,12 @@ class LLMSlatePolicy(ActorCriticPolicy):
         seed: seeds a private ``torch.Generator`` for slate sampling; ``None`` uses torch's global
             generator (seeded by SB3's ``seed=``).
         use_kv_cache: decode with the key/value cache.
-        **kwargs: ``optimizer_class``, ``optimizer_kwargs`` and other ``ActorCriticPolicy`` arguments
-            (``net_arch``/``activation_fn``/``ortho_init`` are accepted and unused).
+        **kwargs: ``optimizer_class``, ``optimizer_kwargs`` and other ``ActorCriticPolicy`` arguments.
+            The MLP-head arguments ``net_arch``, ``activation_fn`` and ``ortho_init`` are refused (the
+            network is set by ``model_config``), and so is ``use_sde=True``.
+
+    Raises:
+        ValueError: for a refused argument, spaces that are not longrec's, or sizes that disagree.
     """
 
     def __init__(
@@ -122,6 +129,13 @@ class LLMSlatePolicy(ActorCriticPolicy):
         **kwargs: Any,
     ) -> None:
         self.sizes = check_slate_spaces(observation_space, action_space)
+        refused = sorted(MLP_HEAD_ARGS & kwargs.keys())
+        if refused:
+            raise ValueError(
+                f"LLMSlatePolicy has no MLP head: {refused} would be ignored; set the network with model_config"
+            )
+        if kwargs.get("use_sde"):
+            raise ValueError("LLMSlatePolicy samples slates from its decoder: use_sde=True is not supported")
         if pretrained_path is None and item_embeddings is None:
             raise ValueError("LLMSlatePolicy needs item_embeddings (N, d) or pretrained_path=<save_pretrained folder>")
         if isinstance(model_config, Mapping):
@@ -132,8 +146,7 @@ class LLMSlatePolicy(ActorCriticPolicy):
         self.seed = seed
         self.use_kv_cache = use_kv_cache
         self._generators: dict[str, torch.Generator] = {}
-        kwargs.setdefault("ortho_init", False)
-        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+        super().__init__(observation_space, action_space, lr_schedule, ortho_init=False, **kwargs)
 
     # ------------------------------------------------------------------ construction
 
@@ -160,6 +173,8 @@ class LLMSlatePolicy(ActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
+        for key in MLP_HEAD_ARGS:
+            data.pop(key, None)
         data.update(
             item_embeddings=None if self.pretrained_path is not None else self.model.item_embeddings[:-1].cpu(),
             model_config=asdict(self.model_config),

@@ -1,10 +1,12 @@
 """Slate decoder invariants, SB3 LLMSlatePolicy on longrec/Video-v0, save/load round trips."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 
+import envs
 from llm_policy.config import SlatePolicyConfig
 from llm_policy.model import SlateModel
 from llm_policy.sb3_policy import LLMSlatePolicy
@@ -171,7 +173,6 @@ def test_pretrained_encoder_mode_reuses_hf_layers(tmp_path):
 
 @pytest.fixture(scope="module")
 def video_ppo():
-    envs = pytest.importorskip("envs")
     from stable_baselines3 import PPO
 
     torch.set_num_threads(1)
@@ -225,8 +226,6 @@ def test_sb3_save_load_round_trip(video_ppo, tmp_path):
 
 
 def test_ppo_on_plain_gymnasium_env():
-    gym = pytest.importorskip("gymnasium")
-    envs = pytest.importorskip("envs")
     from stable_baselines3 import PPO
 
     env = gym.make("longrec/Video-v0")
@@ -238,6 +237,64 @@ def test_ppo_on_plain_gymnasium_env():
     action, _ = model.predict(obs)
     assert action.shape == env.action_space.shape and len(set(action.tolist())) == len(action)
     assert env.action_space.contains(action)
+
+
+def _ppo_rollout(policy_seed):
+    """One SB3 rollout (4 envs x 8 steps) of a fresh tiny PPO: the policy and its rollout buffer."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    venv = envs.make_sb3_vec("longrec/Video-v0", num_envs=4)
+    venv.seed(0)
+    emb = torch.randn(envs.get_core(venv).catalog.num_items, E, generator=torch.Generator().manual_seed(0))
+    model = PPO(LLMSlatePolicy, venv, n_steps=8, batch_size=16, seed=0, device="cpu",
+                policy_kwargs=dict(item_embeddings=emb, model_config=TINY, seed=policy_seed))
+    _, callback = model._setup_learn(32)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+    buffer = model.rollout_buffer
+    obs = obs_as_tensor({k: v.reshape(-1, *v.shape[2:]) for k, v in buffer.observations.items()}, "cpu")
+    actions = torch.as_tensor(buffer.actions.reshape(-1, buffer.actions.shape[-1]))
+    return model.policy, buffer, obs, actions
+
+
+@pytest.mark.parametrize("policy_seed", [None, 3])
+def test_ppo_rollout_log_probs_score_the_sampled_slates_and_repeat_exactly(policy_seed, one_torch_thread):
+    policy, buffer, obs, actions = _ppo_rollout(policy_seed)
+    _, again, _, _ = _ppo_rollout(policy_seed)
+    for name in ("actions", "log_probs", "values"):
+        np.testing.assert_array_equal(getattr(buffer, name), getattr(again, name), err_msg=name)
+    with torch.no_grad():
+        values, log_prob, _ = policy.evaluate_actions(obs, actions)  # the rollout buffer stores float actions
+        rescored = policy.get_distribution(obs).log_prob(actions)
+    np.testing.assert_allclose(log_prob.numpy(), buffer.log_probs.reshape(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(rescored, log_prob)
+    np.testing.assert_allclose(values.numpy().reshape(-1), buffer.values.reshape(-1), atol=1e-6, rtol=1e-6)
+
+
+def test_distribution_log_prob_always_scores_the_given_slates():
+    from llm_policy.distribution import SlateDistribution
+
+    emb = torch.randn(N, E, generator=torch.Generator().manual_seed(2))
+    model = SlateModel(TINY, emb, D).eval()
+    dist = SlateDistribution(K)
+    with torch.no_grad():
+        state = model.encode(fake_obs(8))
+        slates, sampled = dist.log_prob_from_params(model, state, torch.Generator().manual_seed(0))
+        reference = model.generate(state, K, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(slates, reference.slate) and torch.equal(sampled, reference.log_prob)
+        other = slates.roll(1, dims=1)  # same items, another order: another probability
+        torch.testing.assert_close(dist.log_prob(other), model.score_slate(state, other).log_prob, atol=0, rtol=0)
+        torch.testing.assert_close(dist.log_prob(slates), model.score_slate(state, slates).log_prob, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("argument", [{"net_arch": [64]}, {"ortho_init": True}, {"activation_fn": torch.nn.ReLU}])
+def test_policy_refuses_mlp_head_arguments(argument):
+    with pytest.raises(ValueError, match="no MLP head"):
+        LLMSlatePolicy(obs_space(), spaces.MultiDiscrete([C] * K), lambda _: 1e-3,
+                       item_embeddings=torch.zeros(N, E), **argument)
+    with pytest.raises(ValueError, match="use_sde"):
+        LLMSlatePolicy(obs_space(), spaces.MultiDiscrete([C] * K), lambda _: 1e-3,
+                       item_embeddings=torch.zeros(N, E), use_sde=True)
 
 
 def test_pretrained_encoder_with_lora_trains_adapters_and_round_trips(tmp_path):
