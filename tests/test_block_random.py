@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import envs
 from envs.block_random import BLOCK_SIZE, BlockRandom
@@ -73,7 +72,6 @@ def test_state_round_trip_continues_mid_block():
 
 
 def test_core_checkpoint_resumes_one_user_identically():
-    pytest.importorskip("torch")
     from agents.checkpoint import capture_core_state, restore_core_state
 
     core = envs.make_core("longrec/InterestEvolution-v0", num_users=1)
