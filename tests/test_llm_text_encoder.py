@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_policy.text_encoder import ItemTextEncoder, default_model_path, mean_pool
+from llm_policy.text_encoder import ItemTextEncoder, default_model_path, mean_pool, resolve_text_encoder
 from llm_policy.tiny import make_tiny_bert
 
 TEXTS = [
@@ -130,3 +130,22 @@ def test_default_minilm_matches_sentence_transformers(tmp_path):
     assert emb.shape == (3, 384)
     ref = st.SentenceTransformer(str(default_model_path()), device="cpu").encode(TEXTS[:3])
     np.testing.assert_allclose(emb.numpy(), ref, atol=1e-4)
+
+
+def test_resolve_text_encoder_names(tmp_path):
+    asked = []
+
+    def texts():
+        asked.append(1)
+        return TEXTS
+
+    assert resolve_text_encoder("minilm", tmp_path, texts) is None
+    assert resolve_text_encoder(None, tmp_path, texts) is None
+    assert resolve_text_encoder("some/folder", tmp_path, texts) == "some/folder"
+    assert not asked  # the texts are read only to build a tiny encoder
+    folder = resolve_text_encoder("tiny", tmp_path, texts, seed=0)
+    assert folder == str(tmp_path / "tiny_text_encoder") and len(asked) == 1
+    assert resolve_text_encoder("tiny", tmp_path, texts, seed=0) == folder and len(asked) == 1  # written once
+    reference = make_tiny_bert(tmp_path / "reference", TEXTS, seed=0)
+    torch.testing.assert_close(ItemTextEncoder(folder, cache_dir=tmp_path).encode(TEXTS, use_cache=False),
+                               ItemTextEncoder(reference, cache_dir=tmp_path).encode(TEXTS, use_cache=False))
