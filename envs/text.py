@@ -225,91 +225,15 @@ class TextSpec:
         Raises ``ValueError`` naming the missing, unknown or malformed key and
         the valid alternatives.
         """
-        if not isinstance(d, Mapping):
-            raise ValueError(f"text spec must be a mapping, got {type(d).__name__}")
-        missing = [k for k in _REQUIRED_SPEC_KEYS if k not in d]
-        if missing:
-            raise ValueError(
-                f"text spec is missing required key(s) {missing}; valid keys: {list(_SPEC_KEYS)}"
-            )
-        unknown = sorted(set(d) - set(_SPEC_KEYS))
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown} in text spec; valid keys: {list(_SPEC_KEYS)}")
-
+        _check_spec_keys(d)
         item_noun = d["item_noun"]
         if not isinstance(item_noun, str) or not item_noun.strip():
             raise ValueError(f"text.item_noun must be a non-empty string, got {item_noun!r}")
         separator = d.get("separator", "\n")
         if not isinstance(separator, str):
             raise ValueError(f"text.separator must be a string, got {separator!r}")
-
-        # Topics: same slot names everywhere, optional label.
-        topics = d["topics"]
-        if not isinstance(topics, Mapping) or len(topics) < 2:
-            raise ValueError("text.topics must be a mapping of at least 2 topic names to slot lists")
-        topic_names: list[str] = []
-        topic_labels: list[str] = []
-        topic_vocab: list[tuple[tuple[str, ...], ...]] = []
-        topic_slot_names: tuple[str, ...] | None = None
-        for name, slots in topics.items():
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"text.topics keys must be non-empty strings, got {name!r}")
-            if not isinstance(slots, Mapping):
-                raise ValueError(f"text.topics.{name} must be a mapping of slot name -> list of strings")
-            label = slots.get("label", name.replace("_", " "))
-            if not isinstance(label, str) or not label:
-                raise ValueError(f"text.topics.{name}.label must be a non-empty string, got {label!r}")
-            slot_names = tuple(k for k in slots if k != "label")
-            if topic_slot_names is None:
-                if not slot_names:
-                    raise ValueError(f"text.topics.{name} defines no slots")
-                topic_slot_names = slot_names
-            elif set(slot_names) != set(topic_slot_names):
-                raise ValueError(
-                    f"text.topics.{name} has slots {sorted(slot_names)} but the first topic has "
-                    f"{sorted(topic_slot_names)}; every topic must define the same slots"
-                )
-            topic_names.append(name)
-            topic_labels.append(label)
-            topic_vocab.append(
-                tuple(
-                    _string_list(slots[s], f"text.topics.{name}.{s}", allow_empty=False)
-                    for s in topic_slot_names
-                )
-            )
-        assert topic_slot_names is not None
-
-        # Marker phrases: the three classes share slot names.
-        phrases_raw = d["phrases"]
-        if not isinstance(phrases_raw, Mapping):
-            raise ValueError("text.phrases must be a mapping with keys " + str(list(SIGNAL_CLASSES)))
-        bad_classes = sorted(set(phrases_raw) ^ set(SIGNAL_CLASSES))
-        if bad_classes:
-            raise ValueError(
-                f"text.phrases must have exactly the classes {list(SIGNAL_CLASSES)}; "
-                f"missing or unknown: {bad_classes}"
-            )
-        marker_slot_names: tuple[str, ...] | None = None
-        for cls in SIGNAL_CLASSES:
-            pools = phrases_raw[cls]
-            if not isinstance(pools, Mapping) or not pools:
-                raise ValueError(f"text.phrases.{cls} must be a non-empty mapping of slot name -> phrases")
-            if marker_slot_names is None:
-                marker_slot_names = tuple(pools)
-            elif set(pools) != set(marker_slot_names):
-                raise ValueError(
-                    f"text.phrases.{cls} has slots {sorted(pools)} but text.phrases.{SIGNAL_CLASSES[0]} has "
-                    f"{sorted(marker_slot_names)}; every class must define the same slots"
-                )
-        assert marker_slot_names is not None
-        phrases = tuple(
-            tuple(
-                _string_list(phrases_raw[cls][s], f"text.phrases.{cls}.{s}", allow_empty=True)
-                for s in marker_slot_names
-            )
-            for cls in SIGNAL_CLASSES
-        )
-
+        topic_names, topic_labels, topic_slot_names, topic_vocab = _parse_topics(d["topics"])
+        marker_slot_names, phrases = _parse_phrases(d["phrases"])
         fillers_raw = d.get("fillers") or {}
         if not isinstance(fillers_raw, Mapping):
             raise ValueError("text.fillers must be a mapping of slot name -> list of strings")
@@ -317,56 +241,28 @@ class TextSpec:
         fillers = tuple(
             _string_list(fillers_raw[s], f"text.fillers.{s}", allow_empty=True) for s in filler_slot_names
         )
-
-        # Slot names: identifiers, unique across kinds, not reserved.
-        seen: dict[str, str] = {}
-        for kind, names in (
-            ("topic", topic_slot_names),
-            ("filler", filler_slot_names),
-            ("marker", marker_slot_names),
-        ):
-            for slot in names:
-                if not isinstance(slot, str) or not slot.isidentifier():
-                    raise ValueError(f"{kind} slot name {slot!r} must be a Python identifier")
-                if slot in _RESERVED_PLACEHOLDERS:
-                    raise ValueError(
-                        f"{kind} slot name {slot!r} is reserved; reserved: {list(_RESERVED_PLACEHOLDERS)}"
-                    )
-                if slot in seen:
-                    raise ValueError(f"slot name {slot!r} is used as both a {seen[slot]} and a {kind} slot")
-                seen[slot] = kind
-
-        # Templates and phrases may only use known placeholders; phrases cannot nest markers.
-        all_slots = (*_RESERVED_PLACEHOLDERS, *topic_slot_names, *filler_slot_names, *marker_slot_names)
-        inner_slots = (*_RESERVED_PLACEHOLDERS, *topic_slot_names, *filler_slot_names)
+        _check_slot_names(topic_slot_names, filler_slot_names, marker_slot_names)
         title_templates = _string_list(d["title_templates"], "text.title_templates", allow_empty=False)
         description_templates = _string_list(
             d["description_templates"], "text.description_templates", allow_empty=False
         )
-        for where, templates in (
-            ("title_templates", title_templates),
-            ("description_templates", description_templates),
-        ):
-            for template in templates:
-                _check_placeholders(template, f"text.{where}", all_slots)
-        for ci, cls in enumerate(SIGNAL_CLASSES):
-            for si, slot in enumerate(marker_slot_names):
-                for phrase in phrases[ci][si]:
-                    _check_placeholders(phrase, f"text.phrases.{cls}.{slot}", inner_slots)
-        for ti, name in enumerate(topic_names):
-            for si, slot in enumerate(topic_slot_names):
-                for entry in topic_vocab[ti][si]:
-                    _check_placeholders(entry, f"text.topics.{name}.{slot}", ())
-        for si, slot in enumerate(filler_slot_names):
-            for entry in fillers[si]:
-                _check_placeholders(entry, f"text.fillers.{slot}", ())
-
+        _check_spec_placeholders(
+            title_templates=title_templates,
+            description_templates=description_templates,
+            topic_names=topic_names,
+            topic_slot_names=topic_slot_names,
+            topic_vocab=topic_vocab,
+            marker_slot_names=marker_slot_names,
+            phrases=phrases,
+            filler_slot_names=filler_slot_names,
+            fillers=fillers,
+        )
         return TextSpec(
             item_noun=item_noun.strip(),
-            topic_names=tuple(topic_names),
-            topic_labels=tuple(topic_labels),
+            topic_names=topic_names,
+            topic_labels=topic_labels,
             topic_slot_names=topic_slot_names,
-            topic_vocab=tuple(topic_vocab),
+            topic_vocab=topic_vocab,
             marker_slot_names=marker_slot_names,
             phrases=phrases,
             title_templates=title_templates,
@@ -399,6 +295,149 @@ class TextSpec:
             "signal": {k: getattr(self.signal, k) for k in SignalSpec.__dataclass_fields__},
             "separator": self.separator,
         }
+
+
+def _check_spec_keys(d: Any) -> None:
+    """``d`` is a mapping with every required ``text:`` key and no unknown one."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"text spec must be a mapping, got {type(d).__name__}")
+    missing = [k for k in _REQUIRED_SPEC_KEYS if k not in d]
+    if missing:
+        raise ValueError(
+            f"text spec is missing required key(s) {missing}; valid keys: {list(_SPEC_KEYS)}"
+        )
+    unknown = sorted(set(d) - set(_SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in text spec; valid keys: {list(_SPEC_KEYS)}")
+
+
+def _parse_topics(
+    topics: Any,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[tuple[tuple[str, ...], ...], ...]]:
+    """``text.topics`` -> names, labels, slot names and ``vocab[topic][slot]``; every topic has the same slots."""
+    if not isinstance(topics, Mapping) or len(topics) < 2:
+        raise ValueError("text.topics must be a mapping of at least 2 topic names to slot lists")
+    topic_names: list[str] = []
+    topic_labels: list[str] = []
+    topic_vocab: list[tuple[tuple[str, ...], ...]] = []
+    topic_slot_names: tuple[str, ...] | None = None
+    for name, slots in topics.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"text.topics keys must be non-empty strings, got {name!r}")
+        if not isinstance(slots, Mapping):
+            raise ValueError(f"text.topics.{name} must be a mapping of slot name -> list of strings")
+        label = slots.get("label", name.replace("_", " "))
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"text.topics.{name}.label must be a non-empty string, got {label!r}")
+        slot_names = tuple(k for k in slots if k != "label")
+        if topic_slot_names is None:
+            if not slot_names:
+                raise ValueError(f"text.topics.{name} defines no slots")
+            topic_slot_names = slot_names
+        elif set(slot_names) != set(topic_slot_names):
+            raise ValueError(
+                f"text.topics.{name} has slots {sorted(slot_names)} but the first topic has "
+                f"{sorted(topic_slot_names)}; every topic must define the same slots"
+            )
+        topic_names.append(name)
+        topic_labels.append(label)
+        topic_vocab.append(
+            tuple(
+                _string_list(slots[s], f"text.topics.{name}.{s}", allow_empty=False)
+                for s in topic_slot_names
+            )
+        )
+    assert topic_slot_names is not None
+    return tuple(topic_names), tuple(topic_labels), topic_slot_names, tuple(topic_vocab)
+
+
+def _parse_phrases(phrases_raw: Any) -> tuple[tuple[str, ...], tuple[tuple[tuple[str, ...], ...], ...]]:
+    """``text.phrases`` -> marker slot names and ``phrases[class][slot]``; the three classes share slot names."""
+    if not isinstance(phrases_raw, Mapping):
+        raise ValueError("text.phrases must be a mapping with keys " + str(list(SIGNAL_CLASSES)))
+    bad_classes = sorted(set(phrases_raw) ^ set(SIGNAL_CLASSES))
+    if bad_classes:
+        raise ValueError(
+            f"text.phrases must have exactly the classes {list(SIGNAL_CLASSES)}; "
+            f"missing or unknown: {bad_classes}"
+        )
+    marker_slot_names: tuple[str, ...] | None = None
+    for cls in SIGNAL_CLASSES:
+        pools = phrases_raw[cls]
+        if not isinstance(pools, Mapping) or not pools:
+            raise ValueError(f"text.phrases.{cls} must be a non-empty mapping of slot name -> phrases")
+        if marker_slot_names is None:
+            marker_slot_names = tuple(pools)
+        elif set(pools) != set(marker_slot_names):
+            raise ValueError(
+                f"text.phrases.{cls} has slots {sorted(pools)} but text.phrases.{SIGNAL_CLASSES[0]} has "
+                f"{sorted(marker_slot_names)}; every class must define the same slots"
+            )
+    assert marker_slot_names is not None
+    phrases = tuple(
+        tuple(
+            _string_list(phrases_raw[cls][s], f"text.phrases.{cls}.{s}", allow_empty=True)
+            for s in marker_slot_names
+        )
+        for cls in SIGNAL_CLASSES
+    )
+    return marker_slot_names, phrases
+
+
+def _check_slot_names(
+    topic_slot_names: Sequence[str], filler_slot_names: Sequence[str], marker_slot_names: Sequence[str]
+) -> None:
+    """Slot names are identifiers, unique across kinds, and not reserved."""
+    seen: dict[str, str] = {}
+    for kind, names in (
+        ("topic", topic_slot_names),
+        ("filler", filler_slot_names),
+        ("marker", marker_slot_names),
+    ):
+        for slot in names:
+            if not isinstance(slot, str) or not slot.isidentifier():
+                raise ValueError(f"{kind} slot name {slot!r} must be a Python identifier")
+            if slot in _RESERVED_PLACEHOLDERS:
+                raise ValueError(
+                    f"{kind} slot name {slot!r} is reserved; reserved: {list(_RESERVED_PLACEHOLDERS)}"
+                )
+            if slot in seen:
+                raise ValueError(f"slot name {slot!r} is used as both a {seen[slot]} and a {kind} slot")
+            seen[slot] = kind
+
+
+def _check_spec_placeholders(
+    *,
+    title_templates: Sequence[str],
+    description_templates: Sequence[str],
+    topic_names: Sequence[str],
+    topic_slot_names: Sequence[str],
+    topic_vocab: Sequence[Sequence[Sequence[str]]],
+    marker_slot_names: Sequence[str],
+    phrases: Sequence[Sequence[Sequence[str]]],
+    filler_slot_names: Sequence[str],
+    fillers: Sequence[Sequence[str]],
+) -> None:
+    """Templates and phrases use only known placeholders; phrases cannot nest markers; entries use none."""
+    all_slots = (*_RESERVED_PLACEHOLDERS, *topic_slot_names, *filler_slot_names, *marker_slot_names)
+    inner_slots = (*_RESERVED_PLACEHOLDERS, *topic_slot_names, *filler_slot_names)
+    for where, templates in (
+        ("title_templates", title_templates),
+        ("description_templates", description_templates),
+    ):
+        for template in templates:
+            _check_placeholders(template, f"text.{where}", all_slots)
+    for ci, cls in enumerate(SIGNAL_CLASSES):
+        for si, slot in enumerate(marker_slot_names):
+            for phrase in phrases[ci][si]:
+                _check_placeholders(phrase, f"text.phrases.{cls}.{slot}", inner_slots)
+    for ti, name in enumerate(topic_names):
+        for si, slot in enumerate(topic_slot_names):
+            for entry in topic_vocab[ti][si]:
+                _check_placeholders(entry, f"text.topics.{name}.{slot}", ())
+    for si, slot in enumerate(filler_slot_names):
+        for entry in fillers[si]:
+            _check_placeholders(entry, f"text.fillers.{slot}", ())
 
 
 def _string_list(value: Any, where: str, *, allow_empty: bool) -> tuple[str, ...]:
