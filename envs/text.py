@@ -668,23 +668,10 @@ def _class_probabilities(spec: TextSpec, quality: np.ndarray, appeal: np.ndarray
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-def generate_titles_and_descriptions(
-    spec: TextSpec,
-    topic: np.ndarray,
-    quality: np.ndarray,
-    appeal: np.ndarray,
-    rng: np.random.Generator,
-) -> tuple[list[str], list[str]]:
-    """Titles and descriptions of N items (see the module docstring for the model).
-
-    Args:
-        spec: the domain's text spec.
-        topic: ``(N,)`` int topic index per item, in ``[0, spec.num_topics)``.
-        quality: ``(N,)`` hidden quality (real, roughly standard normal).
-        appeal: ``(N,)`` clickbait-ness in ``[0, 1]``.
-        rng: the only source of randomness; the number of draws depends only on N
-            and the spec, so the same generator state gives the same texts.
-    """
+def _item_arrays(
+    spec: TextSpec, topic: np.ndarray, quality: np.ndarray, appeal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated ``(N,)`` topic indices (int), quality and appeal (float64) for text generation."""
     topic = np.asarray(topic)
     quality = np.asarray(quality, dtype=np.float64)
     appeal = np.asarray(appeal, dtype=np.float64)
@@ -705,6 +692,28 @@ def generate_titles_and_descriptions(
         raise ValueError("quality and appeal must be finite")
     if n and (appeal.min() < 0.0 or appeal.max() > 1.0):
         raise ValueError(f"appeal must lie in [0, 1], got range [{appeal.min()}, {appeal.max()}]")
+    return topic, quality, appeal
+
+
+def generate_titles_and_descriptions(
+    spec: TextSpec,
+    topic: np.ndarray,
+    quality: np.ndarray,
+    appeal: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[list[str], list[str]]:
+    """Titles and descriptions of N items (see the module docstring for the model).
+
+    Args:
+        spec: the domain's text spec.
+        topic: ``(N,)`` int topic index per item, in ``[0, spec.num_topics)``.
+        quality: ``(N,)`` hidden quality (real, roughly standard normal).
+        appeal: ``(N,)`` clickbait-ness in ``[0, 1]``.
+        rng: the only source of randomness; the number of draws depends only on N
+            and the spec, so the same generator state gives the same texts.
+    """
+    topic, quality, appeal = _item_arrays(spec, topic, quality, appeal)
+    n = topic.shape[0]
 
     # All random draws happen here, vectorised, in a fixed order.
     title_idx = rng.integers(len(spec.title_templates), size=n)
