@@ -139,7 +139,7 @@ def peak_memory_mib(num_users: int, num_items: int, num_steps: int, seed: int) -
     return peak / 2**20
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum timed seconds per measurement")
     parser.add_argument(
@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--memory-users", type=int, default=8192)
     parser.add_argument("--memory-items", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    has_recsim = peer.recsim_available()
-    if not has_recsim:
-        print("note: recsim is not importable (pip install recsim-no-tf six absl-py gym); ratios skipped")
+
+def best_rates(args: argparse.Namespace, has_recsim: bool) -> dict[str, dict[str, float]]:
+    """``{clock: {measurement: best rate over the rounds}}`` for RecSim, single-user and each batch size."""
     # Rounds interleave all measurements so that they share the machine's load; on a
     # shared machine the best round is the least disturbed estimate of each speed.
     best: dict[str, dict[str, float]] = {"wall": {}, "cpu": {}}
@@ -177,7 +177,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for key, rates in measured.items():
             for clock, value in rates.items():
                 best[clock][key] = max(best[clock].get(key, 0.0), value)
-
     for clock in ("wall", "cpu"):
         ratios = ""
         if has_recsim:
@@ -186,7 +185,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 f"B={max(args.batch_sizes)} {best[clock][f'B={max(args.batch_sizes)}'] / best[clock]['recsim']:.0f}x)"
             )
         print(f"best {clock:>4}: " + ", ".join(f"{k} {v:,.0f}" for k, v in best[clock].items()) + ratios)
-    chosen = best[args.clock]
+    return best
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    args = parse_args(argv)
+    has_recsim = peer.recsim_available()
+    if not has_recsim:
+        print("note: recsim is not importable (pip install recsim-no-tf six absl-py gym); ratios skipped")
+    chosen = best_rates(args, has_recsim)[args.clock]
     recsim = chosen.get("recsim")
     single = chosen["single"]
     by_b = {str(num_users): chosen[f"B={num_users}"] for num_users in args.batch_sizes}
