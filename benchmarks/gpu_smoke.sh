@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline MPLBACKEND=Agg
 
 "$PY" - <<'PY'
 import json, torch
-from agents.device import describe_device, resolve_device
+from llm_policy.device import describe_device, resolve_device
 device = resolve_device("auto")
 print(json.dumps({"cuda_available": torch.cuda.is_available(), "auto": describe_device(device)}))
 assert device.type == "cuda", "device='auto' did not select CUDA on this machine"
