@@ -14,6 +14,9 @@ pandas). Items are indexed ``0..N-1`` in the order of ``movies.csv``; users
 ``0..U-1`` in increasing ``userId``. Each user's interactions are sorted by
 timestamp with a *stable* sort, so ties keep the order of ``ratings.csv``.
 
+``release_year_features`` and ``popularity_feature`` turn the catalog into
+extra item feature columns (the LLM policy's item representation).
+
 The data folder is an argument; without one, ``$LONGREC_MOVIELENS`` is used
 when set, else the copy of ``ml-latest-small`` shipped in the project's
 ``data/`` folder. Nothing is downloaded.
@@ -35,8 +38,11 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "ENV_VAR",
     "MovieLensData",
+    "RELEASE_YEAR_EDGES",
     "item_text",
     "load_movielens",
+    "popularity_feature",
+    "release_year_features",
     "resolve_data_path",
     "split_title",
 ]
@@ -327,3 +333,32 @@ def _read_tags(folder: Path, index_of: dict[int, int], num_items: int, max_tags:
         tuple(t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_tags]) for counts in tag_counts
     )
 
+
+# --------------------------------------------------------------------------- item features
+
+
+RELEASE_YEAR_EDGES: tuple[int, ...] = (1950, 1970, 1980, 1990, 1995, 2000, 2005, 2010, 2014, 2016)
+"""Bin edges of ``release_year_features`` (finer where the catalog is dense)."""
+
+
+def release_year_features(years: np.ndarray, edges: Sequence[int] = RELEASE_YEAR_EDGES) -> np.ndarray:
+    """(N, len(edges) + 2) float32: one-hot release-year bin, then ``(year - 1995) / 20``.
+
+    The year is part of every MovieLens item text (the title's "(1995)"), but a sentence embedding
+    keeps it only faintly; as explicit features a pointer score can prefer the decades a user is
+    watching. Unknown years (``-1``) get all zeros.
+    """
+    years = np.asarray(years, dtype=np.int64)
+    known = years > 0
+    bins = np.digitize(np.where(known, years, edges[0]), np.asarray(edges))
+    out = np.zeros((years.size, len(edges) + 2), dtype=np.float32)
+    out[np.flatnonzero(known), bins[known]] = 1.0
+    out[:, -1] = np.where(known, (years - 1995) / 20.0, 0.0)
+    return out
+
+
+def popularity_feature(counts: np.ndarray) -> np.ndarray:
+    """(N, 1) float32 visible popularity ``log(1 + count) / log(1 + max count)`` (0 for a catalog never seen)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    top = np.log1p(counts.max()) if counts.size else 0.0
+    return (np.log1p(counts) / top if top > 0 else np.zeros_like(counts))[:, None].astype(np.float32)
