@@ -357,3 +357,41 @@ def _item_features(
     if config.release_year_feature:
         features.append(release_year_features(years))
     return np.concatenate(features, axis=1).astype(np.float32), train_config
+
+
+# TEMPORARY (drop this block when experiments/jobs.py calls ``pretrain_movielens(config, seed=..., device=...,
+# output_dir=..., progress=...)``): the keyword form jobs.py still uses, mapped onto the new signature.
+_pretrain_movielens = pretrain_movielens
+
+
+def pretrain_movielens(  # type: ignore[no-redef]
+    config: MovieLensPretrainConfig | None = None, **kwargs: Any
+) -> MovieLensPretrainResult | dict[str, Any]:
+    if config is not None or not {"data_path", "out_dir"} & set(kwargs):
+        return _pretrain_movielens(config or MovieLensPretrainConfig(), **kwargs)
+    from llm_policy.config import SlatePolicyConfig
+
+    out = Path(kwargs.get("out_dir") or Path("runs") / "movielens_pretrain")
+    text_encoder, text_model = kwargs.get("text_encoder", "minilm"), None
+    if text_encoder == "tiny":
+        from envs.movielens import load_movielens
+        from llm_policy.tiny import make_tiny_bert
+
+        folder = out / "tiny_text_encoder"
+        if not (folder / "config.json").exists():
+            make_tiny_bert(folder, load_movielens(kwargs.get("data_path")).texts, seed=kwargs.get("seed", 0))
+        text_model = str(folder)
+    elif text_encoder not in (None, "minilm"):
+        text_model = text_encoder
+    base = LLMNextItemConfig()
+    model = SlatePolicyConfig(**{**base.model.to_dict(), **(kwargs.get("policy_config") or {})})
+    train = dataclasses.replace(
+        base, model=model, max_epochs=kwargs.get("epochs", 200), batch_size=kwargs.get("batch_size", 32),
+        learning_rate=kwargs.get("learning_rate", 2e-3),
+    )
+    config = MovieLensPretrainConfig(
+        data_path=kwargs.get("data_path"), min_interactions=kwargs.get("min_interactions", 5), text_model=text_model, train=train
+    )
+    result = _pretrain_movielens(config, seed=kwargs.get("seed", 0), device=kwargs.get("device", "cpu"), output_dir=out,
+                                 progress=print if kwargs.get("progress", True) else None)
+    return {"policy_dir": result.best_dir, "metrics": result.flat_metrics()}
