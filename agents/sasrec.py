@@ -20,7 +20,8 @@ cross-entropy with one sampled negative is replaced by cross-entropy over
 **all** items (softmax over the catalog), as in A. Klenitskiy and A. Vasilev,
 "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?"
 (RecSys 2023), which makes SASRec a much stronger baseline. Early stopping
-on validation NDCG@10 of the offline protocol (``agents.offline_protocol``).
+on validation NDCG@10 of the offline protocol (``agents.offline_protocol``), with the
+early-stopping helper the LLM policy's trainers share (``llm_policy.early_stopping``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.offline_protocol import BestOnValidation, LeaveOneOutSplit, evaluate_next_item
+from agents.offline_protocol import LeaveOneOutSplit, evaluate_next_item
+from llm_policy.early_stopping import BestOnValidation
 
 __all__ = ["SASRec", "SASRecConfig", "SASRecScorer", "TrainLog", "train_sasrec"]
 
@@ -229,7 +231,7 @@ def train_sasrec(
     )
     windows = torch.from_numpy(_training_windows(split, config))
     scorer = SASRecScorer(model)
-    stopper = BestOnValidation(model, config.patience, config.time_budget_s, start)
+    stopper = BestOnValidation(model, config.patience, time_budget_s=config.time_budget_s, start=start)
     epoch = 0
     history: list[dict[str, float]] = []
     for epoch in range(1, config.max_epochs + 1):

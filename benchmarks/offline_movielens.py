@@ -28,6 +28,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,16 +36,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.offline_protocol import (  # noqa: E402
-    LLMNextItemConfig,
+    EvaluationResult,
+    LeaveOneOutSplit,
     MovieLensPretrainConfig,
     PopularityScorer,
     evaluate_next_item,
     format_table,
     leave_one_out_split,
-    run_llm_pretraining,
+    pretrain_movielens,
 )
 from agents.sasrec import SASRecConfig, SASRecScorer, train_sasrec  # noqa: E402
 from envs.movielens import load_movielens  # noqa: E402
+from llm_policy.next_item import LLMNextItemConfig  # noqa: E402
+
+Log = Callable[[str], None]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,7 +111,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         f"{split.num_users} users kept (>= 5 interactions); {int((counts == 0).sum())} items never in training"
     )
     results = {"popularity": evaluate_next_item(PopularityScorer.fit(split), split)}
+    results["sasrec"] = run_sasrec(args, split, log)
+    results["llm"] = run_llm(args, log)
+    if not args.skip_calibration:
+        log_genre_calibration(args, data.num_items, log)
 
+    log(f"\ntotal time {time.perf_counter() - start:.0f} s\n")
+    log(format_table(results))
+    summary = {name: res.metrics() for name, res in results.items()}
+    print(json.dumps(summary))
+    return summary
+
+
+def run_sasrec(args: argparse.Namespace, split: LeaveOneOutSplit, log: Log) -> EvaluationResult:
+    """Train SASRec with the ``--sasrec-*`` settings; its test evaluation."""
     t = time.perf_counter()
     sasrec_config = SASRecConfig(
         max_len=args.sasrec_max_len,
@@ -116,10 +134,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         time_budget_s=60.0 * args.sasrec_budget_min,
     )
     sasrec, sasrec_log = train_sasrec(split, sasrec_config, progress=log)
-    results["sasrec"] = evaluate_next_item(SASRecScorer(sasrec), split)
+    result = evaluate_next_item(SASRecScorer(sasrec), split)
     log(f"sasrec: {sasrec_log.epochs} epochs, best epoch {sasrec_log.best_epoch}, {time.perf_counter() - t:.0f} s")
+    return result
 
-    t = time.perf_counter()
+
+def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
+    """The ``--llm-*`` flags over ``LLMNextItemConfig``'s defaults (unset flags keep them)."""
     base = LLMNextItemConfig()
     objective = args.llm_objective
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731
@@ -131,9 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     )
     if args.llm_pointer_scale is not None:
         model_config = dataclasses.replace(model_config, pointer_scale=args.llm_pointer_scale or None)
-    llm_config = MovieLensPretrainConfig(
+    return MovieLensPretrainConfig(
         data_path=args.data,
-        output_dir=args.out,
         popularity_feature=not args.llm_no_popularity,
         release_year_feature=not args.llm_no_release_year,
         text_match=not args.llm_no_text_match,
@@ -143,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             objective=objective,
             history_length=args.llm_history,
             max_epochs=args.llm_epochs,
-            seed=args.seed,
             time_budget_s=60.0 * args.llm_budget_min,
             **given(
                 batch_size=args.llm_batch_size, steps_per_epoch=args.llm_steps_per_epoch, learning_rate=args.llm_lr,
@@ -152,36 +171,37 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             ),
         ),
     )
+
+
+def run_llm(args: argparse.Namespace, log: Log) -> EvaluationResult:
+    """Next-item pretraining of the LLM policy (``pretrain_movielens``, on ``--llm-threads``); its test evaluation."""
+    t = time.perf_counter()
     torch.set_num_threads(args.llm_threads)
-    llm = run_llm_pretraining(llm_config, progress=log)
+    llm = pretrain_movielens(llm_config(args), seed=args.seed, output_dir=args.out, progress=log)
     torch.set_num_threads(args.threads)
-    results["llm"] = llm["result"]
-    train_log = llm["train_log"]
+    train_log = llm.train_log
     log(
-        f"llm ({objective}): {train_log['epochs']} epochs ({train_log['examples_seen']} examples, "
+        f"llm ({args.llm_objective}): {train_log['epochs']} epochs ({train_log['examples_seen']} examples, "
         f"{train_log['targets_seen']} targets), best epoch "
         f"{train_log['best_epoch']}, {time.perf_counter() - t:.0f} s (incl. item-text encoding); "
-        f"checkpoint: {llm['best_dir']}"
+        f"checkpoint: {llm.best_dir}"
     )
+    return llm.test
 
-    if not args.skip_calibration:
-        from envs.movielens_preset import genre_calibration
 
-        candidates = min(20, data.num_items)
-        report = genre_calibration(
-            num_users=512, num_steps=200, seed=args.seed, data_path=args.data,
-            num_candidates=candidates, slate_size=min(5, candidates),
-        )
-        log(
-            f"longrec/MovieLens-v0 calibration: genre JSD (popularity policy vs real ratings, 512 users x 200 steps, "
-            f"{report['clicks']} clicks) = {report['jsd']:.4f}"
-        )
+def log_genre_calibration(args: argparse.Namespace, num_items: int, log: Log) -> None:
+    """Genre JSD of ``longrec/MovieLens-v0`` under the popularity policy vs the real ratings."""
+    from envs.movielens_preset import genre_calibration
 
-    log(f"\ntotal time {time.perf_counter() - start:.0f} s\n")
-    log(format_table(results))
-    summary = {name: res.metrics() for name, res in results.items()}
-    print(json.dumps(summary))
-    return summary
+    candidates = min(20, num_items)
+    report = genre_calibration(
+        num_users=512, num_steps=200, seed=args.seed, data_path=args.data,
+        num_candidates=candidates, slate_size=min(5, candidates),
+    )
+    log(
+        f"longrec/MovieLens-v0 calibration: genre JSD (popularity policy vs real ratings, 512 users x 200 steps, "
+        f"{report['clicks']} clicks) = {report['jsd']:.4f}"
+    )
 
 
 if __name__ == "__main__":

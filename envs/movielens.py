@@ -14,6 +14,9 @@ pandas). Items are indexed ``0..N-1`` in the order of ``movies.csv``; users
 ``0..U-1`` in increasing ``userId``. Each user's interactions are sorted by
 timestamp with a *stable* sort, so ties keep the order of ``ratings.csv``.
 
+``release_year_features`` and ``popularity_feature`` turn the catalog into
+extra item feature columns (the LLM policy's item representation).
+
 The data folder is an argument; without one, ``$LONGREC_MOVIELENS`` is used
 when set, else the copy of ``ml-latest-small`` shipped in the project's
 ``data/`` folder. Nothing is downloaded.
@@ -35,8 +38,11 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "ENV_VAR",
     "MovieLensData",
+    "RELEASE_YEAR_EDGES",
     "item_text",
     "load_movielens",
+    "popularity_feature",
+    "release_year_features",
     "resolve_data_path",
     "split_title",
 ]
@@ -213,29 +219,84 @@ def load_movielens(path: str | os.PathLike[str] | None = None, *, max_tags: int 
     if max_tags < 0:
         raise ValueError(f"max_tags must be >= 0, got {max_tags}")
     folder = resolve_data_path(path)
+    movies = _read_movies(folder)
+    ratings = _read_ratings(folder, movies.index_of)
+    # lexsort is stable: equal (user, timestamp) keep the order of ratings.csv.
+    order = np.lexsort((ratings.time, ratings.user))
+    user_ids, user_index = np.unique(ratings.user[order], return_inverse=True)
+    user_offsets = np.zeros(user_ids.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user_index, minlength=user_ids.shape[0]), out=user_offsets[1:])
+    num_items = len(movies.movie_ids)
+    tags = _read_tags(folder, movies.index_of, num_items, max_tags)
 
-    movie_ids: list[int] = []
-    titles: list[str] = []
-    years: list[int] = []
-    genres: list[tuple[str, ...]] = []
-    index_of: dict[int, int] = {}
+    genre_names = tuple(sorted({g for gs in movies.genres for g in gs}))
+    column = {g: j for j, g in enumerate(genre_names)}
+    genre_matrix = np.zeros((num_items, len(genre_names)), dtype=np.float32)
+    for i, gs in enumerate(movies.genres):
+        genre_matrix[i, [column[g] for g in gs]] = 1.0
+
+    texts = tuple(item_text(movies.titles[i], movies.years[i], movies.genres[i], tags[i]) for i in range(num_items))
+    return MovieLensData(
+        path=folder,
+        movie_ids=np.asarray(movies.movie_ids, dtype=np.int64),
+        titles=tuple(movies.titles),
+        years=np.asarray(movies.years, dtype=np.int64),
+        genres=tuple(movies.genres),
+        genre_names=genre_names,
+        genre_matrix=genre_matrix,
+        tags=tags,
+        texts=texts,
+        user_ids=user_ids.astype(np.int64),
+        user_offsets=user_offsets,
+        item=ratings.item[order],
+        rating=ratings.rating[order],
+        timestamp=ratings.time[order],
+    )
+
+
+@dataclass(frozen=True)
+class _Movies:
+    """movies.csv in file order (item i = row i)."""
+
+    movie_ids: list[int]
+    titles: list[str]
+    years: list[int]
+    genres: list[tuple[str, ...]]
+    index_of: dict[int, int]
+    """movieId -> item index"""
+
+
+def _read_movies(folder: Path) -> _Movies:
+    movies = _Movies(movie_ids=[], titles=[], years=[], genres=[], index_of={})
     for line, row in enumerate(_rows(folder, "movies.csv"), start=2):
         movie_id = int(_parse(row["movieId"], int, "movies.csv", line, "movieId"))
-        if movie_id in index_of:
+        if movie_id in movies.index_of:
             raise ValueError(f"movies.csv line {line}: movieId {movie_id} appears twice")
-        index_of[movie_id] = len(movie_ids)
-        movie_ids.append(movie_id)
+        movies.index_of[movie_id] = len(movies.movie_ids)
+        movies.movie_ids.append(movie_id)
         title, year = split_title(row["title"] or "")
-        titles.append(title)
-        years.append(year)
+        movies.titles.append(title)
+        movies.years.append(year)
         genre_field = (row["genres"] or "").strip()
-        genres.append(
+        movies.genres.append(
             tuple(g for g in genre_field.split("|") if g) if genre_field and genre_field != NO_GENRE else ()
         )
-    num_items = len(movie_ids)
-    if num_items == 0:
+    if not movies.movie_ids:
         raise ValueError(f"{folder / 'movies.csv'} holds no movies")
+    return movies
 
+
+@dataclass(frozen=True)
+class _Ratings:
+    """ratings.csv in file order: item index, user id, rating and timestamp per row."""
+
+    item: np.ndarray
+    user: np.ndarray
+    rating: np.ndarray
+    time: np.ndarray
+
+
+def _read_ratings(folder: Path, index_of: dict[int, int]) -> _Ratings:
     raw_user: list[int] = []
     raw_item: list[int] = []
     raw_rating: list[float] = []
@@ -251,15 +312,16 @@ def load_movielens(path: str | os.PathLike[str] | None = None, *, max_tags: int 
         raw_time.append(int(_parse(row["timestamp"], int, "ratings.csv", line, "timestamp")))
     if not raw_user:
         raise ValueError(f"{folder / 'ratings.csv'} holds no ratings")
+    return _Ratings(
+        item=np.asarray(raw_item, dtype=np.int64),
+        user=np.asarray(raw_user, dtype=np.int64),
+        rating=np.asarray(raw_rating, dtype=np.float32),
+        time=np.asarray(raw_time, dtype=np.int64),
+    )
 
-    users = np.asarray(raw_user, dtype=np.int64)
-    times = np.asarray(raw_time, dtype=np.int64)
-    # lexsort is stable: equal (user, timestamp) keep the order of ratings.csv.
-    order = np.lexsort((times, users))
-    user_ids, user_index = np.unique(users[order], return_inverse=True)
-    user_offsets = np.zeros(user_ids.shape[0] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(user_index, minlength=user_ids.shape[0]), out=user_offsets[1:])
 
+def _read_tags(folder: Path, index_of: dict[int, int], num_items: int, max_tags: int) -> tuple[tuple[str, ...], ...]:
+    """The ``max_tags`` most frequent tags of each item (ties alphabetically); none without tags.csv."""
     tag_counts: list[Counter[str]] = [Counter() for _ in range(num_items)]
     if (folder / "tags.csv").is_file():
         for line, row in enumerate(_rows(folder, "tags.csv"), start=2):
@@ -267,30 +329,36 @@ def load_movielens(path: str | os.PathLike[str] | None = None, *, max_tags: int 
             tag = " ".join((row["tag"] or "").split()).lower().strip('"')
             if tag and movie_id in index_of:
                 tag_counts[index_of[movie_id]][tag] += 1
-    tags = tuple(
+    return tuple(
         tuple(t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_tags]) for counts in tag_counts
     )
 
-    genre_names = tuple(sorted({g for gs in genres for g in gs}))
-    column = {g: j for j, g in enumerate(genre_names)}
-    genre_matrix = np.zeros((num_items, len(genre_names)), dtype=np.float32)
-    for i, gs in enumerate(genres):
-        genre_matrix[i, [column[g] for g in gs]] = 1.0
 
-    texts = tuple(item_text(titles[i], years[i], genres[i], tags[i]) for i in range(num_items))
-    return MovieLensData(
-        path=folder,
-        movie_ids=np.asarray(movie_ids, dtype=np.int64),
-        titles=tuple(titles),
-        years=np.asarray(years, dtype=np.int64),
-        genres=tuple(genres),
-        genre_names=genre_names,
-        genre_matrix=genre_matrix,
-        tags=tags,
-        texts=texts,
-        user_ids=user_ids.astype(np.int64),
-        user_offsets=user_offsets,
-        item=np.asarray(raw_item, dtype=np.int64)[order],
-        rating=np.asarray(raw_rating, dtype=np.float32)[order],
-        timestamp=times[order],
-    )
+# --------------------------------------------------------------------------- item features
+
+
+RELEASE_YEAR_EDGES: tuple[int, ...] = (1950, 1970, 1980, 1990, 1995, 2000, 2005, 2010, 2014, 2016)
+"""Bin edges of ``release_year_features`` (finer where the catalog is dense)."""
+
+
+def release_year_features(years: np.ndarray, edges: Sequence[int] = RELEASE_YEAR_EDGES) -> np.ndarray:
+    """(N, len(edges) + 2) float32: one-hot release-year bin, then ``(year - 1995) / 20``.
+
+    The year is part of every MovieLens item text (the title's "(1995)"), but a sentence embedding
+    keeps it only faintly; as explicit features a pointer score can prefer the decades a user is
+    watching. Unknown years (``-1``) get all zeros.
+    """
+    years = np.asarray(years, dtype=np.int64)
+    known = years > 0
+    bins = np.digitize(np.where(known, years, edges[0]), np.asarray(edges))
+    out = np.zeros((years.size, len(edges) + 2), dtype=np.float32)
+    out[np.flatnonzero(known), bins[known]] = 1.0
+    out[:, -1] = np.where(known, (years - 1995) / 20.0, 0.0)
+    return out
+
+
+def popularity_feature(counts: np.ndarray) -> np.ndarray:
+    """(N, 1) float32 visible popularity ``log(1 + count) / log(1 + max count)`` (0 for a catalog never seen)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    top = np.log1p(counts.max()) if counts.size else 0.0
+    return (np.log1p(counts) / top if top > 0 else np.zeros_like(counts))[:, None].astype(np.float32)

@@ -6,7 +6,9 @@ the user's history tokens; a GPT-2 style *slate decoder* with cross-attention
 writes the slate position by position with pointer scores over the candidates
 (seq2slate / Pointer Networks). ``LLMSlatePolicy`` wraps it as a
 Stable-Baselines3 actor-critic policy; ``pretrain`` trains it with
-cross-entropy on logged data; ``metrics`` holds the offline ranking metrics.
+cross-entropy on logged data, ``next_item`` with full-catalog cross-entropy on
+user sequences; ``early_stopping`` keeps their best validation epoch;
+``metrics`` holds the offline ranking metrics.
 
 Names are imported lazily, so ``import llm_policy.metrics`` stays light.
 """
@@ -28,6 +30,10 @@ _EXPORTS = {
     "LLMSlatePolicy": "llm_policy.sb3_policy",
     "PretrainConfig": "llm_policy.pretrain",
     "pretrain": "llm_policy.pretrain",
+    "LLMNextItemConfig": "llm_policy.next_item",
+    "LLMScorer": "llm_policy.next_item",
+    "train_llm_next_item": "llm_policy.next_item",
+    "BestOnValidation": "llm_policy.early_stopping",
     "make_tiny_bert": "llm_policy.tiny",
 }
 

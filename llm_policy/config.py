@@ -54,7 +54,7 @@ class SlatePolicyConfig:
     """causal state encoder: token t attends only to tokens <= t (padding keys still masked), and the
     pooled state is the mean over valid tokens up to the last one (= "mean" pooling of a right-aligned
     history; "last" pooling then reads the last valid token). Lets next-item training run the encoder
-    once per sequence and train every position (``agents.offline_protocol``, objective
+    once per sequence and train every position (``llm_policy.next_item``, objective
     "all_positions"); needs pooling="mean" or "last"."""
     item_id_embeddings: bool = False
     """add a learned per-item id embedding to the text embedding (off: pure text model, generalises to new items)"""
@@ -77,7 +77,7 @@ class SlatePolicyConfig:
     text_match_init: float = 0.0
     """initial value of the text-match weights (parameters; 0: the model starts as the one without the
     term, as next-item pretraining trains it, which then picks the weights on validation data:
-    ``agents.offline_protocol.calibrate_text_match``)"""
+    ``llm_policy.next_item.calibrate_text_match``)"""
     value_hidden: int = 64
     """hidden width of the value head MLP"""
 

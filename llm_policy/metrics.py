@@ -20,19 +20,30 @@ Everything is vectorised torch (CPU or GPU); numpy arrays are accepted and
 converted. All per-row functions return a float tensor ``(B,)``; average them
 with ``.mean()`` (see :func:`ranking_metrics` for a ready dict).
 
+Full-catalog next-item ranking (leave-one-out protocols, the validation of
+``llm_policy.next_item``) excludes the items of each user's history:
+:func:`history_mask`, :func:`target_ranks` (numpy in and out) and
+:func:`full_catalog_ranks`, which scores histories in batches with any
+``score(histories) -> (B, N)`` function.
+
 Typical use::
 
     ranks = rank_of_target(scores, target, exclude_mask=already_seen)
-    hr10, ndcg10 = hit_rate_at_k(ranks, 10).mean(), ndcg_at_k(ranks, 10).mean()
+    ranking_metrics(ranks, k=10)  # {"hr@10": ..., "ndcg@10": ..., "mrr@10": ...}
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 __all__ = [
     "rank_of_target",
+    "history_mask",
+    "target_ranks",
+    "full_catalog_ranks",
     "hit_rate_at_k",
     "recall_at_k",
     "ndcg_at_k",
@@ -49,7 +60,6 @@ __all__ = [
     "multi_mrr",
     "multi_hit_rate_at_k",
     "ranking_metrics",
-    "metrics_from_ranks",
     "multi_target_metrics",
 ]
 
@@ -105,6 +115,61 @@ def rank_of_target(
     above = above.clone()
     above.scatter_(1, target[:, None], True)
     return above.sum(dim=1)
+
+
+def history_mask(histories: Sequence[np.ndarray], num_items: int) -> np.ndarray:
+    """(B, N) bool: True where item i occurs in history b (the items to exclude from the ranking)."""
+    mask = np.zeros((len(histories), num_items), dtype=bool)
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    if rows.size:
+        mask[rows, np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])] = True
+    return mask
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+    """(B,) int64 1-based pessimistic rank of each target among all N items, excluding history items.
+
+    ``rank[b] = 1 + #{i != target[b], i not in histories[b] : scores[b, i] >= scores[b, target[b]]}``
+    (:func:`rank_of_target` with the history as exclusion mask); ``scores`` is ``(B, N)``.
+    """
+    scores = np.asarray(scores)
+    targets = np.asarray(targets, dtype=np.int64)
+    if scores.ndim != 2 or scores.shape[0] != targets.shape[0] or len(histories) != targets.shape[0]:
+        raise ValueError(
+            f"scores must be (B, N) with B = len(targets) = len(histories); got scores {scores.shape}, "
+            f"targets {targets.shape}, {len(histories)} histories"
+        )
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores hold NaN or infinite values")
+    exclude = history_mask(histories, scores.shape[1])
+    return rank_of_target(scores, targets, exclude_mask=exclude).numpy().astype(np.int64)
+
+
+def full_catalog_ranks(
+    score: Callable[[Sequence[np.ndarray]], np.ndarray],
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    num_items: int,
+    *,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """(U,) int64 :func:`target_ranks` of every target, ``score`` called on ``batch_size`` histories at a time.
+
+    ``score(histories)`` returns ``(B, num_items)`` scores (higher = more likely next) for B histories
+    of item ids, oldest first.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    targets = np.asarray(targets, dtype=np.int64)
+    ranks = np.empty(len(histories), dtype=np.int64)
+    for start in range(0, len(histories), batch_size):
+        stop = min(start + batch_size, len(histories))
+        batch = histories[start:stop]
+        scores = np.asarray(score(batch))
+        if scores.shape != (stop - start, num_items):
+            raise ValueError(f"scorer returned shape {scores.shape}, expected {(stop - start, num_items)}")
+        ranks[start:stop] = target_ranks(scores, targets[start:stop], batch)
+    return ranks
 
 
 def hit_rate_at_k(ranks: ArrayLike, k: int) -> torch.Tensor:
@@ -235,36 +300,16 @@ def multi_mrr(scores: ArrayLike, relevant: ArrayLike, exclude_mask: ArrayLike | 
 # ----------------------------------------------------------------------------------------------
 
 
-def ranking_metrics(
-    scores: ArrayLike,
-    target: ArrayLike,
-    ks: tuple[int, ...] = (1, 5, 10),
-    exclude_mask: ArrayLike | None = None,
-) -> dict[str, float]:
-    """Mean single-target metrics as a flat dict, e.g. ``{"ndcg@10": ..., "hr@10": ..., "mrr": ...}``.
-
-    Keys: ``hr@K``, ``recall@K``, ``ndcg@K``, ``mrr@K``, ``precision@K``, ``f1@K``
-    for every K in ``ks``, plus ``mrr``, ``top1_accuracy`` and ``mean_rank``.
-    """
-    ranks = rank_of_target(scores, target, exclude_mask)
-    return metrics_from_ranks(ranks, ks)
-
-
-def metrics_from_ranks(ranks: ArrayLike, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Same dict as :func:`ranking_metrics`, from precomputed ranks (lets callers accumulate ranks over batches)."""
-    ranks = _as_tensor(ranks)
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"hr@{k}"] = float(hit_rate_at_k(ranks, k).mean())
-        out[f"recall@{k}"] = float(recall_at_k(ranks, k).mean())
-        out[f"ndcg@{k}"] = float(ndcg_at_k(ranks, k).mean())
-        out[f"mrr@{k}"] = float(mrr_at_k(ranks, k).mean())
-        out[f"precision@{k}"] = float(precision_at_k(ranks, k).mean())
-        out[f"f1@{k}"] = float(f1_at_k(ranks, k).mean())
-    out["mrr"] = float(mrr(ranks).mean())
-    out["top1_accuracy"] = float(top1_accuracy(ranks).mean())
-    out["mean_rank"] = float(ranks.float().mean())
-    return out
+def ranking_metrics(ranks: ArrayLike, k: int = 10) -> dict[str, float]:
+    """``{"hr@k", "ndcg@k", "mrr@k"}`` of single-target 1-based ranks, averaged over rows (NaN when empty)."""
+    ranks_t = torch.as_tensor(np.asarray(ranks, dtype=np.int64))
+    if ranks_t.numel() == 0:
+        return {f"hr@{k}": float("nan"), f"ndcg@{k}": float("nan"), f"mrr@{k}": float("nan")}
+    return {
+        f"hr@{k}": float(hit_rate_at_k(ranks_t, k).mean()),
+        f"ndcg@{k}": float(ndcg_at_k(ranks_t, k).mean()),
+        f"mrr@{k}": float(mrr_at_k(ranks_t, k).mean()),
+    }
 
 
 def multi_target_metrics(

@@ -129,7 +129,7 @@ class SlateModel(nn.Module):
         """with the text-match term: a logit offset added to the candidates scored by their features alone.
         Their logits come from a different part of the model than those of items with an id vector; a
         large weight [1] with a negative offset lifts only the rare items whose text matches well (set
-        on validation data with the weights: ``agents.offline_protocol.calibrate_text_match``)"""
+        on validation data with the weights: ``llm_policy.next_item.calibrate_text_match``)"""
         self.obs_sizes: dict[str, int] | None = None
         """observation sizes ``N, H, C, D, K`` it was trained for (saved, lets a policy rebuild its spaces)"""
         self.encoder = StateEncoder(config, self.item_dim, self.context_dim, hf_config=encoder_hf_config)
@@ -227,7 +227,7 @@ class SlateModel(nn.Module):
 
         The other items are represented by their features alone (text, ...), exactly as an item the
         model has never seen, and their id vectors get no gradient. Training restricts ids to items
-        with enough interactions to estimate one (:class:`agents.offline_protocol.LLMNextItemConfig`
+        with enough interactions to estimate one (:class:`llm_policy.next_item.LLMNextItemConfig`
         ``id_min_count``), so a rare item's score comes from what its text says, not from a vector
         that only ever received "not this one" gradients.
         """
@@ -347,12 +347,7 @@ class SlateModel(nn.Module):
 
     def candidate_scores(self, enc: EncodedState) -> torch.Tensor:
         """``(B, C)`` logits of slate position 0 (the next-item ranking scores), masked candidates at -inf-ish."""
-        dec = self.decoder
-        memory = dec.memory_proj(enc.states)
-        hidden = dec._run(dec.start(enc.pooled), memory, enc.mask).last_hidden_state
-        logits = dec._scores(hidden, enc.candidates).squeeze(1)  # squeeze, not [:, 0]: its backward allocates no (B, 1, C) zeros
-        allowed = dec._allowed_base(enc.candidates, logits.shape[0], logits.device)
-        return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+        return self.decoder.first_position_logits(enc.states, enc.mask, enc.pooled, enc.candidates)
 
     # ------------------------------------------------------------------ persistence
 

@@ -20,7 +20,9 @@ user state, at position k > 0 the embedding of the item chosen at k - 1
   step with a key/value cache;
 * :meth:`SlateDecoder.teacher_forced` scores a *given* slate in one pass
   (log-prob per position, entropy per position), which PPO and cross-entropy
-  pretraining use.
+  pretraining use;
+* :meth:`SlateDecoder.pointer_logits` gives the unmasked pointer logits of
+  decoder states (next-item scoring over the whole catalog).
 
 Candidates are given either per example ``(B, C, item_dim)`` or as one shared
 matrix ``(N, item_dim)`` (the full catalog).
@@ -147,9 +149,14 @@ class SlateDecoder(nn.Module):
             return cands.inputs[chosen]
         return cands.inputs.gather(1, chosen.unsqueeze(-1).expand(-1, -1, cands.inputs.shape[-1]))
 
-    def _scores(self, hidden: torch.Tensor, cands: PreparedCandidates) -> torch.Tensor:
-        """Pointer logits ``(B, L, C)`` of decoder states ``(B, L, d)``, plus the text-match term if any:
-        ``match_logits[b, c]``, the same at every slate position."""
+    def pointer_logits(self, hidden: torch.Tensor, cands: PreparedCandidates) -> torch.Tensor:
+        """Unmasked pointer logits ``(B, L, C)`` of decoder states ``(B, L, d)`` over the candidates.
+
+        ``logit[b, l, c] = pointer_scale * <W_q hidden[b, l], keys[c]>`` (``keys`` per example or shared),
+        plus the text-match term ``cands.match_logits[b, c]`` when present, the same at every slate
+        position. No candidate is masked: :meth:`teacher_forced` and :meth:`decode` mask the chosen and
+        disallowed ones; full-catalog next-item scoring uses the logits of position 0 as they are.
+        """
         q = self.query_proj(hidden) * self.scale
         logits = q @ cands.keys.T if cands.shared else torch.einsum("bld,bcd->blc", q, cands.keys)
         if cands.match_logits is None:
@@ -204,7 +211,7 @@ class SlateDecoder(nn.Module):
         memory = self.memory_proj(memory)
         embeds = torch.cat([self.start(pooled), self._chosen_inputs(cands, slate[:, :-1])], dim=1)
         hidden = self._run(embeds, memory, memory_mask).last_hidden_state
-        logits = self._scores(hidden, cands)  # (B, K, C)
+        logits = self.pointer_logits(hidden, cands)  # (B, K, C)
         # chosen_before[b, k, c] = candidate c appears in slate[b, :k]
         one_hot = torch.zeros(b, k, c, dtype=torch.bool, device=slate.device)
         one_hot.scatter_(2, slate.unsqueeze(-1), True)
@@ -214,6 +221,20 @@ class SlateDecoder(nn.Module):
         log_p = torch.log_softmax(logits, dim=-1)
         log_probs = log_p.gather(2, slate.unsqueeze(-1)).squeeze(-1)
         return SlateOutput(slate=slate, log_probs=log_probs, entropy=_entropy(log_p), logits=logits)
+
+    def first_position_logits(
+        self,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        pooled: torch.Tensor,
+        cands: PreparedCandidates,
+    ) -> torch.Tensor:
+        """``(B, C)`` logits of slate position 0 (the next-item ranking scores), disallowed candidates at the
+        dtype's minimum (``cands.mask``; nothing is chosen yet)."""
+        hidden = self._run(self.start(pooled), self.memory_proj(memory), memory_mask).last_hidden_state
+        logits = self.pointer_logits(hidden, cands).squeeze(1)  # squeeze, not [:, 0]: its backward allocates no (B, 1, C) zeros
+        allowed = self._allowed_base(cands, logits.shape[0], logits.device)
+        return _masked_logits(logits, allowed)
 
     def decode(
         self,
@@ -251,7 +272,7 @@ class SlateDecoder(nn.Module):
                 h = out.last_hidden_state[:, -1:]
             else:
                 h = self._run(prefix, memory, memory_mask).last_hidden_state[:, -1:]
-            logits = _masked_logits(self._scores(h, cands)[:, 0], allowed)
+            logits = _masked_logits(self.pointer_logits(h, cands)[:, 0], allowed)
             log_p = torch.log_softmax(logits, dim=-1)
             if forced_slate is not None:
                 a = forced_slate[:, len(chosen)].long()

@@ -43,14 +43,33 @@ def test_single_target_metrics_hand_computed():
 
 def test_ranking_metrics_dict():
     scores = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
-    out = M.ranking_metrics(scores, torch.tensor([0, 0]), ks=(1, 2))
-    # ranks = [1, 3]
-    assert out["hr@1"] == pytest.approx(0.5)
+    ranks = M.rank_of_target(scores, torch.tensor([0, 0]))  # [1, 3]
+    out = M.ranking_metrics(ranks, k=2)
+    assert set(out) == {"hr@2", "ndcg@2", "mrr@2"}
     assert out["hr@2"] == pytest.approx(0.5)
     assert out["ndcg@2"] == pytest.approx(0.5)
-    assert out["mrr"] == pytest.approx((1 + 1 / 3) / 2)
-    assert out["top1_accuracy"] == pytest.approx(0.5)
-    assert out["mean_rank"] == pytest.approx(2.0)
+    assert out["mrr@2"] == pytest.approx(0.5)
+    assert M.ranking_metrics(ranks.numpy(), k=3) == pytest.approx({"hr@3": 1.0, "ndcg@3": 0.75, "mrr@3": (1 + 1 / 3) / 2})
+    empty = M.ranking_metrics(np.array([], dtype=np.int64), k=10)
+    assert all(math.isnan(v) for v in empty.values())
+
+
+def test_full_catalog_ranks_batches_and_checks_the_scorer_shape():
+    scores = np.array([[0.1, 0.9, 0.5, 0.3], [0.4, 0.3, 0.2, 0.1], [0.9, 0.8, 0.7, 0.1]])
+    histories = [np.array([1]), np.array([], dtype=np.int64), np.array([0, 1])]
+    targets = np.array([2, 3, 3])
+    calls = []
+
+    def score(batch):
+        calls.append(len(batch))
+        start = sum(calls[:-1])
+        return scores[start : start + len(batch)]
+
+    ranks = M.full_catalog_ranks(score, histories, targets, num_items=4, batch_size=2)
+    assert ranks.tolist() == [1, 4, 2] and calls == [2, 1]  # history items leave the ranking
+    np.testing.assert_array_equal(ranks, M.target_ranks(scores, targets, histories))
+    with pytest.raises(ValueError, match="expected"):
+        M.full_catalog_ranks(lambda batch: scores[: len(batch), :3], histories, targets, num_items=4)
 
 
 def test_multi_target_hand_computed():

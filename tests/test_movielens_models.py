@@ -7,22 +7,26 @@ import pytest
 import torch
 
 from agents.offline_protocol import (
-    LLMNextItemConfig,
-    LLMScorer,
+    LeaveOneOutSplit,
     PopularityScorer,
-    all_positions_loss,
-    calibrate_text_match,
-    catalog_logits,
     evaluate_next_item,
-    history_observation,
     leave_one_out_split,
-    llm_training_windows,
-    target_ranks,
-    train_llm_next_item,
 )
 from agents.sasrec import SASRec, SASRecConfig, SASRecScorer, _left_pad, _training_windows, train_sasrec
 from llm_policy.config import SlatePolicyConfig
+from llm_policy.metrics import target_ranks
 from llm_policy.model import SlateModel
+from llm_policy.next_item import (
+    LLMNextItemConfig,
+    LLMScorer,
+    all_positions_loss,
+    calibrate_text_match,
+    catalog_logits,
+    history_observation,
+    llm_training_windows,
+    train_llm_next_item,
+    training_examples,
+)
 
 torch.set_num_threads(1)
 
@@ -81,6 +85,11 @@ def test_sasrec_config_errors() -> None:
         SASRec(5, SASRecConfig(max_len=4)).hidden_states(torch.ones(1, 5, dtype=torch.long))
 
 
+def train_on_split(split: LeaveOneOutSplit, item_embeddings, config: LLMNextItemConfig, **kwargs):
+    """``train_llm_next_item`` on a split's training sequences, validated on its validation users."""
+    return train_llm_next_item(split.train, split.histories("valid"), split.targets("valid"), item_embeddings, config, **kwargs)
+
+
 def tiny_llm_config(**kwargs) -> LLMNextItemConfig:
     model = SlatePolicyConfig(d_model=16, n_encoder_layers=1, n_encoder_heads=2, n_decoder_layers=1, n_decoder_heads=2, max_history=16)
     defaults = dict(model=model, history_length=6, batch_size=32, steps_per_epoch=20, max_epochs=3, patience=3, learning_rate=1e-2,
@@ -109,14 +118,14 @@ def test_llm_next_item_learns_from_text_and_ranks_an_unseen_item() -> None:
     split = leave_one_out_split(seqs, num_items=num_items)
     assert split.train_item_counts()[hole] == 0
     config = tiny_llm_config()
-    model, log = train_llm_next_item(split, texts, config)
+    model, log = train_on_split(split, texts, config)
     scorer = LLMScorer(model, config.history_length, config.context_dim)
     ndcg = evaluate_next_item(scorer, split).metrics()["ndcg@10"]
     assert ndcg > 0.9 > 0.5 > evaluate_next_item(PopularityScorer.fit(split), split).metrics()["ndcg@10"]
     assert log["best_valid_ndcg@10"] > 0.9 and log["examples_seen"] == log["epochs"] * 20 * 32
     scores = scorer.score([np.array([15, 16, 17, 18, 19])])[0]
     assert hole in np.argsort(-scores)[:5].tolist()  # the never-seen item ranks among the true successors
-    model2, _ = train_llm_next_item(split, texts, config)  # deterministic for a seed
+    model2, _ = train_on_split(split, texts, config)  # deterministic for a seed
     for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
@@ -164,44 +173,48 @@ def test_llm_config_errors() -> None:
         tiny_llm_config(batch_size=0)
 
 
-def test_pretrain_movielens_seam_on_fixture(tmp_path) -> None:
+def test_pretrain_movielens_on_fixture(tmp_path) -> None:
+    import dataclasses
+    import json
     from pathlib import Path
 
-    from agents.offline_protocol import pretrain_movielens
+    from agents.offline_protocol import MovieLensPretrainConfig, pretrain_movielens
+    from envs.movielens import load_movielens
+    from llm_policy.tiny import make_tiny_bert
 
     fixture = Path(__file__).parent / "fixtures" / "ml_tiny"
-    out = pretrain_movielens(
-        data_path=str(fixture),
-        policy_config={"d_model": 16, "n_encoder_heads": 2, "n_decoder_heads": 2, "n_decoder_layers": 1},
-        text_encoder="tiny",
-        epochs=2,
-        batch_size=4,
-        out_dir=str(tmp_path),
-        progress=False,
+    text_model = make_tiny_bert(tmp_path / "tiny_text_encoder", load_movielens(fixture).texts, seed=0)
+    base = LLMNextItemConfig()
+    model_config = dataclasses.replace(base.model, d_model=16, n_encoder_heads=2, n_decoder_heads=2, n_decoder_layers=1)
+    config = MovieLensPretrainConfig(
+        data_path=str(fixture), text_model=str(text_model),
+        train=dataclasses.replace(base, model=model_config, max_epochs=2, batch_size=4),
     )
-    model = SlateModel.from_pretrained(out["policy_dir"])
+    out = pretrain_movielens(config, output_dir=tmp_path)
+    model = SlateModel.from_pretrained(out.best_dir)
     assert model.num_items == 6 and model.item_dim == 32 + 1 + 12  # tiny BERT text + popularity + release year
-    assert 0.0 <= out["metrics"]["test/ndcg@10"] <= 1.0 and out["metrics"]["epochs"] >= 1
-    assert (tmp_path / "metrics.json").is_file()
+    metrics = out.flat_metrics()
+    assert 0.0 <= metrics["test/ndcg@10"] <= 1.0 and metrics["epochs"] >= 1
+    assert metrics["test_cold/0-4/users"] == out.test.by_bucket()["0-4"]["users"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test"] == out.test.metrics() and saved["train_log"]["best_epoch"] == metrics["best_epoch"]
 
 
 def test_training_examples_by_hand() -> None:
-    from agents.offline_protocol import training_examples
-
     split = leave_one_out_split([np.arange(12), np.array([5, 6, 5, 7, 8, 9])], num_items=20)  # train 0..9 and 5 6 5 7
-    users, positions = training_examples(split)
+    users, positions = training_examples(split.train)
     assert list(zip(users.tolist(), positions.tolist(), strict=True)) == [(0, t) for t in range(1, 10)] + [(1, 1), (1, 2), (1, 3)]
-    users, positions = training_examples(split, recent_positions=2)
+    users, positions = training_examples(split.train, recent_positions=2)
     assert list(zip(users.tolist(), positions.tolist(), strict=True)) == [(0, 8), (0, 9), (1, 2), (1, 3)]
-    users, positions = training_examples(split, next_items=2)
+    users, positions = training_examples(split.train, next_items=2)
     # user 1's window starting at t=1 is (6, 5), at t=2 (5, 7): both distinct; (5, 6, 5) never forms a 2-window repeat
     assert (users == 1).sum() == 2 and positions[users == 0].tolist() == list(range(1, 9))
     with pytest.raises(ValueError, match=">= 13 items"):
-        training_examples(split, next_items=12)
+        training_examples(split.train, next_items=12)
 
 
 def test_release_year_features_by_hand() -> None:
-    from agents.offline_protocol import release_year_features
+    from envs.movielens import release_year_features
 
     feats = release_year_features(np.array([-1, 1940, 1995, 2018]), edges=(1950, 1995, 2010))
     expected = np.array(
@@ -228,7 +241,7 @@ def test_llm_training_windows_by_hand() -> None:
     split = leave_one_out_split([np.arange(8), np.array([3, 4, 5, 6, 7]), np.array([1, 2, 3, 4, 5])], num_items=9)
     # training sequences: [0..5], [3, 4, 5], [1, 2, 3]
     np.testing.assert_array_equal(
-        llm_training_windows(split, history_length=3), [[2, 3, 4, 5], [9, 3, 4, 5], [9, 1, 2, 3]]
+        llm_training_windows(split.train, split.num_items, history_length=3), [[2, 3, 4, 5], [9, 3, 4, 5], [9, 1, 2, 3]]
     )
 
 
@@ -272,11 +285,11 @@ def test_llm_all_positions_objective_learns_a_cycle_and_is_deterministic() -> No
     texts = np.stack([f(k * angle) for k in (1, 2, 3) for f in (np.cos, np.sin)], axis=1).astype(np.float32)
     split = leave_one_out_split(cyclic_sequences(np.arange(num_items), num_users=60, length=10, seed=2), num_items=num_items)
     config = causal_llm_config(batch_size=16, steps_per_epoch=20, max_epochs=3)
-    model, log = train_llm_next_item(split, texts, config)
+    model, log = train_on_split(split, texts, config)
     ndcg = evaluate_next_item(LLMScorer(model, config.history_length, config.context_dim), split).metrics()["ndcg@10"]
     assert ndcg > 0.9 > 0.5 > evaluate_next_item(PopularityScorer.fit(split), split).metrics()["ndcg@10"]
     assert log["targets_seen"] > log["examples_seen"]  # several targets per window
-    model2, _ = train_llm_next_item(split, texts, config)
+    model2, _ = train_on_split(split, texts, config)
     for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
 
@@ -288,7 +301,7 @@ def test_rare_items_get_no_id_vector_after_training() -> None:
     split = leave_one_out_split(cyclic_sequences(np.arange(num_items), num_users=30, length=8, seed=3), num_items=num_items)
     counts = split.train_item_counts()
     assert (counts < 5).any() and (counts >= 5).any()
-    model, _ = train_llm_next_item(split, texts, causal_llm_config(max_epochs=1, id_min_count=5))
+    model, _ = train_on_split(split, texts, causal_llm_config(max_epochs=1, id_min_count=5))
     ids = model.item_id_embedding.weight.detach()[:num_items].abs().sum(dim=1).numpy()
     assert np.all(ids[counts < 5] == 0) and np.all(ids[counts >= 5] > 0)
     np.testing.assert_array_equal(model.item_id_active[:num_items].numpy(), counts >= 5)
@@ -319,7 +332,7 @@ def test_calibrate_text_match_picks_the_weight_with_the_best_validation_ndcg() -
     split = leave_one_out_split(sequences, num_items=n)
     model_config = SlatePolicyConfig(**{**tiny_llm_config().model.to_dict(), "text_match_dims": 8})
     model = SlateModel(model_config, features, context_dim=4).eval()
-    calibration = calibrate_text_match(model, split, history_length=6, context_dim=4, grid=(0.0, 50.0))
+    calibration = calibrate_text_match(model, split.histories("valid"), split.targets("valid"), history_length=6, context_dim=4, grid=(0.0, 50.0))
     scores = {setting[:2]: row["ndcg@10"] for setting, row in calibration.validation.items()}
     assert set(calibration.validation) == {(0.0, 0.0, 0.0), (0.0, 50.0, 0.0), (50.0, 0.0, 0.0), (50.0, 50.0, 0.0)}
     # no id vectors: every item is scored by its features, so only the second weight matters
@@ -327,11 +340,11 @@ def test_calibrate_text_match_picks_the_weight_with_the_best_validation_ndcg() -
     assert calibration.chosen == (0.0, 50.0, 0.0)
     assert model.text_match_weight.tolist() == [0.0, 50.0] and model.text_match_offset.item() == 0.0
     with pytest.raises(ValueError, match="grid"):
-        calibrate_text_match(model, split, 6, 4, grid=(-1.0,))
+        calibrate_text_match(model, split.histories("valid"), split.targets("valid"), 6, 4, grid=(-1.0,))
     with pytest.raises(ValueError, match="text_match_dims"):
-        calibrate_text_match(SlateModel(tiny_llm_config().model, features, 4), split, 6, 4, grid=(1.0,))
+        calibrate_text_match(SlateModel(tiny_llm_config().model, features, 4), split.histories("valid"), split.targets("valid"), 6, 4, grid=(1.0,))
     with pytest.raises(ValueError, match="cold_tolerance"):
-        calibrate_text_match(model, split, 6, 4, grid=(1.0,), cold_tolerance=-0.1)
+        calibrate_text_match(model, split.histories("valid"), split.targets("valid"), 6, 4, grid=(1.0,), cold_tolerance=-0.1)
     with pytest.raises(ValueError, match="text_match_grid"):
         tiny_llm_config(text_match_grid=(1.0, -2.0))
     with pytest.raises(ValueError, match="text_match_cold_tolerance"):
@@ -367,11 +380,11 @@ def test_calibrate_text_match_offset_lifts_close_text_matches_of_rare_items_only
     model = SlateModel(model_config, torch.tensor(np.array(features), dtype=torch.float32), context_dim=4).eval()
     model.restrict_item_ids(np.array(active))
 
-    weights_only = calibrate_text_match(model, split, 6, 4, grid=(0.0, 50.0))
+    weights_only = calibrate_text_match(model, split.histories("valid"), split.targets("valid"), 6, 4, grid=(0.0, 50.0))
     assert weights_only.chosen == (50.0, 0.0, 0.0)
     assert weights_only.validation[(50.0, 0.0, 0.0)]["cold_ndcg@10"] < 0.9
 
-    calibration = calibrate_text_match(model, split, 6, 4, grid=(0.0, 50.0), offset_grid=(0.0, -45.0))
+    calibration = calibrate_text_match(model, split.histories("valid"), split.targets("valid"), 6, 4, grid=(0.0, 50.0), offset_grid=(0.0, -45.0))
     assert calibration.chosen == (50.0, 50.0, -45.0)
     assert calibration.validation[(50.0, 50.0, -45.0)] == {"ndcg@10": 1.0, "cold_ndcg@10": 1.0}
     assert calibration.validation[(50.0, 50.0, 0.0)]["ndcg@10"] < weights_only.validation[(50.0, 0.0, 0.0)]["ndcg@10"]
@@ -384,12 +397,12 @@ def test_calibrate_text_match_offset_lifts_close_text_matches_of_rare_items_only
 def test_llm_learning_rate_halves_on_a_validation_plateau() -> None:
     split = leave_one_out_split(cyclic_sequences(np.arange(12), num_users=30), num_items=12)
     features = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
-    _, log = train_llm_next_item(split, features, tiny_llm_config(max_epochs=8, patience=8, lr_decay_patience=0))
+    _, log = train_on_split(split, features, tiny_llm_config(max_epochs=8, patience=8, lr_decay_patience=0))
     rates = [record["lr"] for record in log["history"]]
     assert rates[0] == 1e-2 and min(rates) < 1e-2
     assert all(np.log2(1e-2 / r) == round(np.log2(1e-2 / r)) for r in rates)  # halvings only
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
-    _, constant = train_llm_next_item(split, features, tiny_llm_config(max_epochs=3, lr_decay_patience=None))
+    _, constant = train_on_split(split, features, tiny_llm_config(max_epochs=3, lr_decay_patience=None))
     assert {record["lr"] for record in constant["history"]} == {1e-2}
     with pytest.raises(ValueError, match="lr_decay_patience"):
         tiny_llm_config(lr_decay_patience=-1)

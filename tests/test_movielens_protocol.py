@@ -13,12 +13,10 @@ from agents.offline_protocol import (
     bucket_labels,
     evaluate_next_item,
     format_table,
-    history_mask,
     leave_one_out_split,
-    ranking_metrics,
-    target_ranks,
 )
 from envs.movielens import load_movielens
+from llm_policy.metrics import history_mask, ranking_metrics, target_ranks
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ml_tiny"
 

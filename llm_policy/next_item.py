@@ -1,0 +1,579 @@
+"""Next-item training of the LLM slate policy: full-catalog cross-entropy on user sequences.
+
+The policy's state encoder reads a user's most recent items (their text embeddings, plus optional
+learned id vectors), and slate position 0 of its pointer decoder scores the *whole catalog* as
+candidates, so the policy is trained and ranked as a sequential recommender (SASRec, Kang and
+McAuley, ICDM 2018; full cross-entropy over all items as in Klenitskiy and Vasilev, RecSys 2023):
+
+* :func:`train_llm_next_item` trains on the training sequences, one window of the last ``H + 1``
+  items per user with every position a target (``objective="all_positions"``, causal encoder) or
+  one example per (user, position) (``"next_item"``), keeps the epoch with the best validation
+  NDCG@10 (:class:`llm_policy.early_stopping.BestOnValidation`) and then picks the text-match
+  weights on the validation users (:func:`calibrate_text_match`);
+* :class:`LLMScorer` scores the whole catalog for a batch of histories (a next-item scorer, as an
+  offline leave-one-out protocol ranks them).
+
+The validation users are given as histories and targets (``valid_histories``, ``valid_targets``);
+ranks exclude each user's history items (``llm_policy.metrics.target_ranks``). The trained
+``SlateModel`` is saved with ``save_pretrained`` and loads into ``LLMSlatePolicy`` for PPO.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from llm_policy.config import SlatePolicyConfig
+from llm_policy.device import resolve_device
+from llm_policy.early_stopping import BestOnValidation
+from llm_policy.metrics import full_catalog_ranks, ranking_metrics, target_ranks
+from llm_policy.model import SlateModel
+from llm_policy.slate_decoder import PreparedCandidates
+
+__all__ = [
+    "LLMNextItemConfig",
+    "LLMScorer",
+    "TextMatchCalibration",
+    "TextMatchSetting",
+    "all_positions_loss",
+    "calibrate_text_match",
+    "catalog_logits",
+    "history_observation",
+    "llm_training_windows",
+    "train_llm_next_item",
+    "training_examples",
+]
+
+
+def _default_llm_model_config() -> SlatePolicyConfig:
+    # Causal encoder + "last" pooling: SASRec's reading of a sequence, so every position of a window
+    # trains in one pass; pointer_scale 1: a softmax over ~10k items must get sharp quickly; id dropout:
+    # the text features must also score items alone, as they do for items without an id vector.
+    return SlatePolicyConfig(
+        d_model=64, n_encoder_layers=2, n_decoder_layers=1, max_history=128, dropout=0.2, item_id_embeddings=True,
+        causal_encoder=True, pooling="last", pointer_scale=1.0, item_id_dropout=0.5,
+    )
+
+
+@dataclass(frozen=True)
+class LLMNextItemConfig:
+    """Cross-entropy next-item training of the LLM slate policy over the full catalog.
+
+    The run's seed, device and progress output are arguments of :func:`train_llm_next_item`."""
+
+    model: SlatePolicyConfig = field(default_factory=_default_llm_model_config)
+    """Sizes of the state encoder / slate decoder (``llm_policy.SlatePolicyConfig``)."""
+    history_length: int = 50
+    """H: most recent items the state encoder reads (SASRec's benchmark window; a policy loaded on a
+    simulator reads that simulator's history length, any H <= ``model.max_history - 1``)."""
+    context_dim: int = 4
+    """Size of the (zero) context vector; 4 = the long-horizon presets', so the weights load into
+    ``LLMSlatePolicy`` on ``longrec/MovieLens-v0`` and the other presets."""
+    batch_size: int = 32
+    """Windows (``objective="all_positions"``) or (user, position) examples (``"next_item"``) per gradient step."""
+    steps_per_epoch: int | None = None
+    """Gradient steps between validation evaluations (None: one full pass over the training windows / examples)."""
+    max_epochs: int = 200
+    """Upper bound on epochs."""
+    patience: int = 15
+    """Stop after this many evaluations without a better validation NDCG@10."""
+    learning_rate: float = 2e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 = none)."""
+    lr_decay_patience: int | None = 3
+    """Halve the learning rate after this many evaluations without a better validation NDCG@10
+    (``torch.optim.lr_scheduler.ReduceLROnPlateau``); None = a constant learning rate."""
+    recent_positions: int | None = 50
+    """Train only on each user's last ``recent_positions`` training targets (None: all), as SASRec
+    reads each user's last ``max_len`` items: the evaluation targets are the users' most recent items."""
+    next_items: int = 1
+    """Targets per example: 1 trains slate position 0 on the next item; m > 1 teacher-forces the
+    decoder on the next m items (position k predicts item t + k given items t..t+k-1, as the slate
+    decoder writes a slate), m targets for one encoder pass. Evaluation always ranks with position 0."""
+    objective: Literal["next_item", "all_positions"] = "all_positions"
+    """"next_item": one target per (user, position) example, each example re-encodes its history;
+    "all_positions" (needs ``model.causal_encoder``): as SASRec, each user's last ``history_length + 1``
+    training items form one window, the causal encoder runs once over it and decoder position 0 is
+    trained at every history position t to predict item t + 1 (``all_positions_loss``); ``batch_size``
+    then counts windows (users) and ``recent_positions`` / ``next_items`` are not used."""
+    id_min_count: int = 5
+    """With ``model.item_id_embeddings``, only items with at least this many training interactions get
+    a learned id vector (the usual 5-core threshold); rarer items are scored by their features alone,
+    as an item never seen (``SlateModel.restrict_item_ids``). 0 = every item."""
+    text_match_grid: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
+    """With ``model.text_match_dims`` > 0: after training, the two text-match weights (items with / without
+    an id vector) are set to the pair of values of this grid with the best validation NDCG@10
+    (``calibrate_text_match``; empty: keep the trained weights). Two scalars picked on validation
+    data, like the epoch; fitted on the training sequences they come out too small, since the id
+    vectors already fit the training transitions."""
+    text_match_offset_grid: tuple[float, ...] = (0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -7.0, -10.0, -15.0, -20.0, -30.0)
+    """Then the features-only weight and logit offset (``SlateModel.text_match_offset``) are re-picked
+    from ``text_match_grid`` x this grid for the cold validation users (targets without an id vector),
+    without lowering overall validation NDCG@10 by more than ``text_match_cold_tolerance``
+    (``calibrate_text_match``, stage 2; empty: offset 0)."""
+    text_match_cold_tolerance: float = 0.0
+    """Overall validation NDCG@10 the cold-start stage of ``calibrate_text_match`` may give up."""
+    time_budget_s: float | None = None
+    """Optional wall-clock cap on training (makes the result machine-dependent)."""
+
+    def __post_init__(self) -> None:
+        for name in ("history_length", "batch_size", "steps_per_epoch", "max_epochs", "recent_positions"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"LLMNextItemConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.history_length + 1 > self.model.max_history + 1:
+            raise ValueError(
+                f"history_length={self.history_length} exceeds model.max_history={self.model.max_history}"
+            )
+        if not 1 <= self.next_items <= self.model.max_slate_size:
+            raise ValueError(f"next_items must lie in [1, model.max_slate_size={self.model.max_slate_size}], got {self.next_items}")
+        if self.context_dim < 0 or self.patience < 0 or self.id_min_count < 0:
+            raise ValueError(
+                f"context_dim, patience and id_min_count must be >= 0, got {self.context_dim}, {self.patience}, "
+                f"{self.id_min_count}"
+            )
+        if self.lr_decay_patience is not None and self.lr_decay_patience < 0:
+            raise ValueError(f"LLMNextItemConfig.lr_decay_patience must be >= 0 or None, got {self.lr_decay_patience}")
+        if any(weight < 0 for weight in self.text_match_grid):
+            raise ValueError(f"text_match_grid weights must be >= 0, got {self.text_match_grid}")
+        if self.text_match_cold_tolerance < 0:
+            raise ValueError(f"text_match_cold_tolerance must be >= 0, got {self.text_match_cold_tolerance}")
+        if self.objective not in ("next_item", "all_positions"):
+            raise ValueError(f"objective must be 'next_item' or 'all_positions', got {self.objective!r}")
+        if self.objective == "all_positions" and not self.model.causal_encoder:
+            raise ValueError("objective='all_positions' needs model.causal_encoder=True (a prefix's state must not see later items)")
+        if self.objective == "all_positions" and self.next_items != 1:
+            raise ValueError("objective='all_positions' trains slate position 0 only (next_items must be 1)")
+
+
+def history_observation(
+    histories: Sequence[np.ndarray], num_items: int, history_length: int, context_dim: int
+) -> dict[str, torch.Tensor]:
+    """Observation dict (the simulator contract) of item histories: last H items, all clicked, left-padded."""
+    b = len(histories)
+    ids = np.full((b, history_length), num_items, dtype=np.int64)
+    for row, hist in enumerate(histories):
+        tail = np.asarray(hist[-history_length:], dtype=np.int64)
+        if tail.size:
+            ids[row, history_length - tail.size :] = tail
+    clicked = ids != num_items
+    return {
+        "history_item_ids": torch.from_numpy(ids),
+        "history_responses": torch.from_numpy(clicked.astype(np.int64) * 2),
+        "history_consumption": torch.from_numpy(clicked.astype(np.float32)),
+        "candidate_item_ids": torch.zeros(b, 1, dtype=torch.long),
+        "context": torch.zeros(b, context_dim),
+    }
+
+
+def catalog_logits(model: SlateModel, obs: dict[str, torch.Tensor], keys: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, N)`` next-item logits: slate position 0 of the decoder, pointer-scored over the whole catalog.
+
+    Same numbers as ``model.encode(obs, full_catalog=True)`` + ``model.candidate_scores``, but only
+    the catalog's pointer keys are projected (the decoder's item *inputs* are not needed for
+    position 0), and ``keys`` can be reused across batches at evaluation time.
+    """
+    enc = model.encode(obs)
+    if keys is None:
+        keys = model.decoder.key_proj(model.item_repr(None))
+    enc.candidates = model.with_text_match(PreparedCandidates(keys=keys, inputs=keys, mask=None), enc.last_clicked)
+    return model.candidate_scores(enc)
+
+
+@dataclass
+class LLMScorer:
+    """A trained ``SlateModel`` scoring the whole catalog for item histories (a next-item scorer).
+
+    The catalog's pointer keys are computed once, at the first :meth:`score`, and reused: make a new
+    scorer after the weights change.
+    """
+
+    model: SlateModel
+    history_length: int
+    context_dim: int
+    _keys: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, N) next-item logits of B histories of item ids, oldest first (the model is put in eval mode)."""
+        self.model.eval()
+        if self._keys is None:
+            self._keys = self.model.decoder.key_proj(self.model.item_repr(None))
+        obs = history_observation(histories, self.model.num_items, self.history_length, self.context_dim)
+        device = self._keys.device
+        obs = {k: v.to(device) for k, v in obs.items()}
+        return catalog_logits(self.model, obs, self._keys).float().cpu().numpy()
+
+
+def training_examples(
+    train_sequences: Sequence[np.ndarray], *, next_items: int = 1, recent_positions: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(user, t) pairs of next-item training examples: history ``train_sequences[u][:t]``, targets
+    ``train_sequences[u][t:t+m]`` (each user's training items, oldest first).
+
+    ``t`` runs over ``1..len - m`` (only the last ``recent_positions`` of them when given); windows of
+    ``m > 1`` targets that repeat an item are dropped.
+    """
+    m = next_items
+    users = np.concatenate([np.full(max(len(s) - m, 0), u) for u, s in enumerate(train_sequences)]).astype(np.int64)
+    positions = np.concatenate([np.arange(1, max(len(s) - m + 1, 1)) for s in train_sequences]).astype(np.int64)
+    if recent_positions is not None:
+        last = np.concatenate([np.full(max(len(s) - m, 0), len(s) - m) for s in train_sequences])
+        keep = positions > last - recent_positions
+        users, positions = users[keep], positions[keep]
+    if m > 1 and users.size:
+        # teacher forcing masks items already in the slate, so a window must not repeat an item
+        distinct = np.array([len(set(train_sequences[u][t : t + m].tolist())) == m for u, t in zip(users, positions, strict=True)])
+        users, positions = users[distinct], positions[distinct]
+    if users.size == 0:
+        raise ValueError(f"no training sequence has >= {m + 1} items")
+    return users, positions
+
+
+def llm_training_windows(train_sequences: Sequence[np.ndarray], num_items: int, history_length: int) -> np.ndarray:
+    """``(U', H + 1)`` int64 windows: each training sequence's last ``H + 1`` items, left-padded with N.
+
+    Users with fewer than 2 training items are left out. Inputs are ``[:, :-1]``, targets ``[:, 1:]``
+    (SASRec's "tail" windows, with the catalog's padding id N).
+    """
+    width = history_length + 1
+    rows = [seq[-width:] for seq in train_sequences if len(seq) >= 2]
+    if not rows:
+        raise ValueError("no training sequence has >= 2 items")
+    out = np.full((len(rows), width), num_items, dtype=np.int64)
+    for row, seq in enumerate(rows):
+        out[row, width - len(seq) :] = seq
+    return out
+
+
+def all_positions_loss(
+    model: SlateModel, windows: torch.Tensor, context_dim: int, keys: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
+    """Mean full-catalog cross-entropy of every next item of a batch of windows, one encoder pass.
+
+    ``windows (B, H + 1)``: item ids, left-padded with N (:func:`llm_training_windows`). The causal
+    state encoder reads the inputs ``windows[:, :-1]`` (context token first) once; every history
+    token t with a valid next item becomes one slate-decoder query at position 0 whose start token is
+    the running-mean pooled state up to t and whose cross-attention sees the valid tokens <= t (the
+    context token included), so each query scores exactly as the single-target model would on the
+    prefix ending at t (same token positions). Returns ``(loss, number of targets)``.
+    """
+    if not model.config.causal_encoder:
+        raise ValueError("all_positions_loss needs a model with config.causal_encoder=True")
+    n = model.num_items
+    device = model.item_embeddings.device
+    windows = windows.to(device)
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    b, h = inputs.shape
+    clicked = inputs != n
+    obs = {
+        "history_item_ids": inputs,
+        "history_responses": clicked.long() * 2,
+        "history_consumption": clicked.float(),
+        "candidate_item_ids": torch.zeros(b, 1, dtype=torch.long, device=device),
+        "context": torch.zeros(b, context_dim, device=device),
+    }
+    enc = model.encode(obs, all_positions=True)  # pooled (B, H + 1, d): token 0 = context, token t = item t - 1
+    query = clicked & (targets != n)  # history token t = inputs[:, t - 1] predicts targets[:, t - 1]
+    rows, cols = query.nonzero(as_tuple=True)
+    dec = model.decoder
+    # The H queries of a window go through GPT-2 as one sequence whose tokens cannot see each other
+    # (self-attention mask = identity) and all sit at slate position 0, so each is exactly a
+    # one-position decoder pass; the window's memory is projected once for its H queries.
+    # Query t (history token t + 1) cross-attends to the valid tokens <= t + 1.
+    steps = torch.arange(h, device=device)
+    self_mask = torch.eye(h, dtype=torch.bool, device=device).expand(b, 1, h, h)
+    visible = enc.mask.unsqueeze(1) & (torch.arange(h + 1, device=device).unsqueeze(0) <= steps.unsqueeze(1) + 1)
+    hidden = dec.gpt(
+        inputs_embeds=dec.start(enc.pooled[:, 1:].reshape(b * h, -1)).reshape(b, h, -1),
+        attention_mask=self_mask,
+        position_ids=torch.zeros(b, h, dtype=torch.long, device=device),
+        encoder_hidden_states=dec.memory_proj(enc.states),
+        encoder_attention_mask=visible.unsqueeze(1),
+        use_cache=False,
+    ).last_hidden_state[rows, cols].unsqueeze(1)
+    if keys is None:
+        keys = dec.key_proj(model.item_repr(None))
+    cands = model.with_text_match(PreparedCandidates(keys=keys, inputs=keys, mask=None), inputs[rows, cols])
+    logits = dec.pointer_logits(hidden, cands).squeeze(1)
+    return torch.nn.functional.cross_entropy(logits, targets[rows, cols]), int(rows.numel())
+
+
+def _next_item_loss(
+    model: SlateModel,
+    train_sequences: Sequence[np.ndarray],
+    users: np.ndarray,
+    positions: np.ndarray,
+    config: LLMNextItemConfig,
+    device: Any,
+) -> torch.Tensor:
+    """Cross-entropy of (user, t) examples: history ``train[u][t-H:t]``, targets ``train[u][t:t+m]``."""
+    m, h = config.next_items, config.history_length
+    hists = [train_sequences[u][max(0, t - h) : t] for u, t in zip(users, positions, strict=True)]
+    targets = torch.as_tensor(np.stack([train_sequences[u][t : t + m] for u, t in zip(users, positions, strict=True)]))
+    obs = history_observation(hists, model.num_items, h, config.context_dim)
+    obs = {k: v.to(device) for k, v in obs.items()}
+    targets = targets.to(device)
+    if m == 1:
+        return torch.nn.functional.cross_entropy(catalog_logits(model, obs), targets[:, 0])
+    state = model.encode(obs, full_catalog=True)
+    return -model.score_slate(state, targets).log_probs.mean()
+
+
+def train_llm_next_item(
+    train_sequences: Sequence[np.ndarray],
+    valid_histories: Sequence[np.ndarray],
+    valid_targets: np.ndarray,
+    item_embeddings: torch.Tensor | np.ndarray,
+    config: LLMNextItemConfig = LLMNextItemConfig(),
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> tuple[SlateModel, dict[str, Any]]:
+    """Train the LLM policy's encoder + decoder to predict each next training item (full-catalog CE).
+
+    Args:
+        train_sequences: each user's training items, oldest first (item ids ``0..N-1``).
+        valid_histories, valid_targets: the validation users' model inputs and next items; their
+            NDCG@10 over the full catalog (history items excluded) picks the epoch and the
+            text-match weights.
+        item_embeddings: ``(N, d)`` item features (text embedding first).
+        config: model and training settings.
+        seed: seeds initialisation, example sampling and dropout.
+        device: ``"cpu"``, ``"cuda"``, ``"auto"``, ...
+        progress: called with one line per epoch.
+
+    ``objective="next_item"``: examples are all (user, position t >= 1) pairs of the training
+    sequences: the history is the last H items before t, the target the item at t.
+    ``objective="all_positions"``: one window of the last H + 1 training items per user, every
+    position trained in one causal encoder pass (:func:`all_positions_loss`). Returns the model with
+    the best validation NDCG@10 (text-match weights then calibrated) and a log dict.
+    """
+    start = time.perf_counter()
+    torch_device = resolve_device(device)
+    torch.manual_seed(seed)  # module initialisers and dropout draw from the global generator
+    model = SlateModel(config.model, item_embeddings, config.context_dim).to(torch_device)
+    _check_item_ids(model.num_items, train_sequences, valid_targets)
+    if model.item_id_embedding is not None:
+        model.restrict_item_ids(_item_counts(train_sequences, model.num_items) >= config.id_min_count)
+    batches = _Batches(train_sequences, model.num_items, config, np.random.default_rng(seed))
+    # The features-only text-match offset is not trained: cross-entropy would fit it to the rare
+    # items' likelihood, and calibrate_text_match sets it for the ranking afterwards anyway.
+    params = [p for p in model.parameters() if p.requires_grad and p is not model.text_match_offset]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = None
+    if config.lr_decay_patience is not None:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=config.lr_decay_patience, threshold=0.0
+        )
+    stopper = BestOnValidation(model, config.patience, time_budget_s=config.time_budget_s, start=start)
+    epoch, targets_seen = 0, 0
+    history: list[dict[str, float]] = []
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        total = 0.0
+        for _ in range(batches.steps_per_epoch):
+            loss, count = batches.next_loss(model, train_sequences, torch_device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            total += float(loss.detach())
+            targets_seen += count
+        scorer = LLMScorer(model, config.history_length, config.context_dim)
+        valid = ranking_metrics(full_catalog_ranks(scorer.score, valid_histories, valid_targets, model.num_items))
+        record = {"epoch": float(epoch), "train_loss": total / batches.steps_per_epoch,
+                  "lr": optimizer.param_groups[0]["lr"], **{f"valid_{k}": v for k, v in valid.items()}}
+        history.append(record)
+        if progress is not None:
+            progress("llm " + " ".join(f"{k}={v:.4g}" for k, v in record.items()) + f" t={time.perf_counter() - start:.0f}s")
+        stopper.record(valid["ndcg@10"], epoch)
+        if scheduler is not None:
+            scheduler.step(valid["ndcg@10"])
+        if stopper.should_stop:
+            break
+    stopper.restore_best()
+    valid_ndcg, text_match = _calibrate_after_training(model, valid_histories, valid_targets, config, stopper, progress)
+    log = {
+        "epochs": epoch,
+        "best_epoch": stopper.best_epoch,
+        "best_valid_ndcg@10": valid_ndcg,
+        "text_match_valid_ndcg@10": {",".join(f"{v:g}" for v in setting): row for setting, row in text_match.items()},
+        "seconds": time.perf_counter() - start,
+        "examples_seen": epoch * batches.steps_per_epoch * batches.batch_size,
+        "targets_seen": targets_seen,
+        "history": history,
+    }
+    return model, log
+
+
+def _item_counts(sequences: Sequence[np.ndarray], num_items: int) -> np.ndarray:
+    """(N,) int64 occurrences of each item in ``sequences``."""
+    if not sequences:
+        return np.zeros(num_items, dtype=np.int64)
+    return np.bincount(np.concatenate(sequences), minlength=num_items).astype(np.int64)
+
+
+def _check_item_ids(num_items: int, train_sequences: Sequence[np.ndarray], valid_targets: np.ndarray) -> None:
+    ids = np.concatenate([np.asarray(s, dtype=np.int64).ravel() for s in train_sequences] + [np.asarray(valid_targets).ravel()])
+    if ids.size and (ids.min() < 0 or ids.max() >= num_items):
+        raise ValueError(f"item ids must lie in [0, {num_items}) (the item_embeddings rows), got {ids.min()}..{ids.max()}")
+
+
+class _Batches:
+    """Training units (windows or (user, t) examples) drawn in shuffled batches, reshuffled when used up."""
+
+    def __init__(self, train_sequences: Sequence[np.ndarray], num_items: int, config: LLMNextItemConfig,
+                 rng: np.random.Generator) -> None:
+        self.config, self.rng = config, rng
+        self.all_positions = config.objective == "all_positions"
+        if self.all_positions:
+            self.windows = torch.from_numpy(llm_training_windows(train_sequences, num_items, config.history_length))
+            units = int(self.windows.shape[0])
+        else:
+            self.users, self.positions = training_examples(
+                train_sequences, next_items=config.next_items, recent_positions=config.recent_positions
+            )
+            units = int(self.users.size)
+        self.units = units
+        self.batch_size = min(config.batch_size, units)
+        self.order, self.cursor = rng.permutation(units), 0
+        self.steps_per_epoch = config.steps_per_epoch or -(-units // self.batch_size)
+
+    def next_loss(self, model: SlateModel, train_sequences: Sequence[np.ndarray], device: Any) -> tuple[torch.Tensor, int]:
+        """Loss of the next batch and its number of targets."""
+        if self.cursor + self.batch_size > self.order.size:
+            self.order, self.cursor = self.rng.permutation(self.units), 0
+        idx = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        if self.all_positions:
+            return all_positions_loss(model, self.windows[torch.from_numpy(idx)], self.config.context_dim)
+        loss = _next_item_loss(model, train_sequences, self.users[idx], self.positions[idx], self.config, device)
+        return loss, len(idx) * self.config.next_items
+
+
+def _calibrate_after_training(
+    model: SlateModel,
+    valid_histories: Sequence[np.ndarray],
+    valid_targets: np.ndarray,
+    config: LLMNextItemConfig,
+    stopper: BestOnValidation,
+    progress: Callable[[str], None] | None,
+) -> tuple[float, dict[TextMatchSetting, dict[str, float]]]:
+    """Run :func:`calibrate_text_match` when the model has the term; returns (validation NDCG@10, settings tried)."""
+    if model.text_match_weight is None or not config.text_match_grid:
+        return stopper.best_score, {}
+    calibration = calibrate_text_match(
+        model, valid_histories, valid_targets, config.history_length, config.context_dim, config.text_match_grid,
+        config.text_match_offset_grid, config.text_match_cold_tolerance,
+    )
+    chosen, text_match = calibration.chosen, calibration.validation
+    valid_ndcg = text_match[chosen]["ndcg@10"]
+    if progress is not None:
+        off = text_match.get((0.0, 0.0, 0.0), {}).get("ndcg@10", float("nan"))
+        progress(f"llm text-match weights: {chosen[0]:g} (items with an id vector), {chosen[1]:g} and offset "
+                 f"{chosen[2]:g} (features only); valid NDCG@10 {valid_ndcg:.4f} (cold users "
+                 f"{text_match[chosen]['cold_ndcg@10']:.4f}; term off: {off:.4f})")
+    return valid_ndcg, text_match
+
+
+TextMatchSetting = tuple[float, float, float]
+"""``(w_id, w_features, offset)``: the text-match weights and the features-only offset of a ``SlateModel``."""
+
+
+@dataclass(frozen=True)
+class TextMatchCalibration:
+    """What ``calibrate_text_match`` chose and every setting it tried."""
+
+    chosen: TextMatchSetting
+    validation: dict[TextMatchSetting, dict[str, float]]
+    """``{setting: {"ndcg@10": all validation users, "cold_ndcg@10": those whose target has no id vector}}``
+    (``cold_ndcg@10`` is NaN without such users)"""
+
+
+@torch.no_grad()
+def calibrate_text_match(
+    model: SlateModel,
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    history_length: int,
+    context_dim: int,
+    grid: Sequence[float],
+    offset_grid: Sequence[float] = (),
+    cold_tolerance: float = 0.0,
+) -> TextMatchCalibration:
+    """Set ``model``'s text-match weights and features-only offset on validation data, in two stages.
+
+    ``histories`` / ``targets``: the validation users' model inputs and next items, ranked over the
+    full catalog with their history items excluded.
+
+    1. The weights ``(w_id, w_features)`` (``SlateModel.text_match_weight``: candidates with a learned
+       id vector / scored by their features alone) are the pair of ``grid`` values with the best
+       validation NDCG@10, offset 0; ties go to the smaller weights.
+    2. With an ``offset_grid``: the rare-item setting ``(w_features, offset)`` from ``grid`` x
+       ``offset_grid`` (``w_id`` kept) with the best NDCG@10 of the *cold* validation users (whose target
+       has no id vector), among the settings whose overall validation NDCG@10 is at least stage 1's
+       minus ``cold_tolerance`` (stage 1's setting always qualifies); ties go to the better overall
+       NDCG@10. A large weight with a negative offset lifts just the rare items whose text matches the
+       last item's well. Overall NDCG@10 alone never picks such a setting on MovieLens: cold targets
+       are a minority, and the settings that serve them best cost the others more than they gain.
+
+    The logits are linear in the weights and the offset, so the model scores each validation batch
+    twice (weights 0 and 1, offset 0) and every setting is a weighted sum of the two.
+    """
+    if model.text_match_weight is None:
+        raise ValueError("calibrate_text_match needs a model with config.text_match_dims > 0")
+    grid, offset_grid = tuple(float(w) for w in grid), tuple(float(b) for b in offset_grid)
+    if not grid or min(grid) < 0:
+        raise ValueError(f"grid must hold weights >= 0, got {grid}")
+    if cold_tolerance < 0:
+        raise ValueError(f"cold_tolerance must be >= 0, got {cold_tolerance}")
+    targets = np.asarray(targets, dtype=np.int64)
+    has_id = (
+        model.item_id_active[:-1].cpu().numpy() if model.item_id_embedding is not None else np.zeros(model.num_items, bool)
+    )
+    cold = ~has_id[targets]
+    scorer = LLMScorer(model, history_length, context_dim)
+
+    # Each stage re-scores the validation users (two passes per batch) instead of keeping their
+    # (users x items) base and cosine arrays between the stages, which outgrow memory on large releases.
+    def validation_ndcg(settings: list[TextMatchSetting]) -> dict[TextMatchSetting, dict[str, float]]:
+        ranks: dict[TextMatchSetting, list[np.ndarray]] = {setting: [] for setting in settings}
+        for start in range(0, len(histories), 128):
+            batch = histories[start : start + 128]
+            model.text_match_weight.fill_(0.0)
+            model.text_match_offset.fill_(0.0)
+            base = scorer.score(batch)
+            model.text_match_weight.fill_(1.0)
+            cosine = scorer.score(batch) - base
+            for w_id, w_features, offset in settings:
+                shift = np.where(has_id, 0.0, offset).astype(np.float32)
+                scores = base + cosine * np.where(has_id, w_id, w_features).astype(np.float32) + shift
+                ranks[(w_id, w_features, offset)].append(target_ranks(scores, targets[start : start + 128], batch))
+        out = {}
+        for setting, parts in ranks.items():
+            r = np.concatenate(parts)
+            cold_ndcg = ranking_metrics(r[cold])["ndcg@10"] if cold.any() else float("nan")
+            out[setting] = {"ndcg@10": ranking_metrics(r)["ndcg@10"], "cold_ndcg@10": cold_ndcg}
+        return out
+
+    results = validation_ndcg([(a, b, 0.0) for a in grid for b in grid])
+    best = max(results, key=lambda setting: (results[setting]["ndcg@10"], -sum(setting)))
+    if offset_grid and cold.any():
+        floor = results[best]["ndcg@10"] - cold_tolerance
+        rare = validation_ndcg([(best[0], b, offset) for b in grid for offset in offset_grid])
+        results.update(rare)
+        qualified = [setting for setting, row in rare.items() if row["ndcg@10"] >= floor] + [best]
+        best = max(qualified, key=lambda s: (results[s]["cold_ndcg@10"], results[s]["ndcg@10"], s == best))
+    model.text_match_weight.copy_(torch.tensor(best[:2]))
+    model.text_match_offset.fill_(best[2])
+    return TextMatchCalibration(chosen=best, validation=results)
