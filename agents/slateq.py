@@ -471,8 +471,8 @@ class _TDLearner:
         return _td_step(self.network, self.target, self.optimizer, batch, self.bias, self.config, self.device)
 
 
-def _linear_epsilon(config: SlateQConfig, steps: int, total_steps: int) -> float:
-    progress = min(steps / max(config.epsilon_fraction * total_steps, 1.0), 1.0)
+def _linear_epsilon(config: SlateQConfig, steps: int, total_timesteps: int) -> float:
+    progress = min(steps / max(config.epsilon_fraction * total_timesteps, 1.0), 1.0)
     return config.epsilon_start + progress * (config.epsilon_end - config.epsilon_start)
 
 
