@@ -18,11 +18,11 @@ adapted toward a target KL by Ziegler et al.'s proportional controller:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+from agents.config import KL_ESTIMATORS, KLConfig
+
+__all__ = ["KL_ESTIMATORS", "KLConfig", "kl_estimate", "FixedKLController", "AdaptiveKLController", "make_kl_controller"]
 
 
 def kl_estimate(logp: torch.Tensor, logq: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
@@ -39,30 +39,6 @@ def kl_estimate(logp: torch.Tensor, logq: torch.Tensor, estimator: str = "k3") -
     if estimator == "k2":
         return 0.5 * log_ratio.square()
     return torch.expm1(log_ratio) - log_ratio
-
-
-@dataclass(frozen=True)
-class KLConfig:
-    """KL penalty to the reference policy."""
-
-    coef: float = 0.05
-    """initial (or fixed) penalty coefficient beta; 0 disables the penalty"""
-    estimator: str = "k3"
-    """per-sample estimator: k1 (log p - log q), k2 ((log r)^2 / 2) or k3 ((r - 1) - log r)"""
-    target: float | None = None
-    """target KL per step for the adaptive controller; None keeps beta fixed"""
-    horizon: int = 10_000
-    """adaptive controller horizon in environment steps (Ziegler et al. use 10k)"""
-
-    def __post_init__(self) -> None:
-        if self.coef < 0:
-            raise ValueError(f"KLConfig.coef={self.coef!r} must be >= 0")
-        if self.estimator not in KL_ESTIMATORS:
-            raise ValueError(f"KLConfig.estimator={self.estimator!r} is not known; valid: {KL_ESTIMATORS}")
-        if self.target is not None and self.target <= 0:
-            raise ValueError(f"KLConfig.target={self.target!r} must be > 0 (or None for a fixed coefficient)")
-        if self.horizon < 1:
-            raise ValueError(f"KLConfig.horizon={self.horizon!r} must be >= 1")
 
 
 class FixedKLController:

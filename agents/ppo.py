@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,10 @@ from agents.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from agents.kl import KLConfig, kl_estimate, make_kl_controller
+from agents.config import KLConfig, PPOConfig
+from agents.kl import kl_estimate, make_kl_controller
 from envs.core import BatchedSimulator
+from llm_policy.config import SlatePolicyConfig
 from llm_policy.device import resolve_device
 
 POLICY_KINDS = ("llm", "mlp")
@@ -85,85 +88,6 @@ SB3_TO_STABLE_KEYS = {
     "train/entropy_loss": "losses/entropy_loss",
     "train/loss": "losses/loss",
 }
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """One PPO training run (CleanRL-style: one field per knob, documented)."""
-
-    env_id: str = "longrec/Video-v0"
-    """registered environment id"""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """keyword arguments of the preset (e.g. ``num_candidates``)"""
-    policy: str = "llm"
-    """'llm' (LLMSlatePolicy) or 'mlp' (SB3 MultiInputPolicy over item-id embeddings)"""
-    pretrained_path: str | None = None
-    """LLM policy: a CE-pretrained ``save_pretrained`` folder to start from (None = from scratch)"""
-    model_config: dict[str, Any] | None = None
-    """LLM policy from scratch: ``SlatePolicyConfig`` fields (None = defaults)"""
-    text_encoder: str | None = None
-    """LLM policy from scratch: item text encoder folder (None = all-MiniLM-L6-v2)"""
-    total_steps: int = 100_000
-    """environment steps (user-steps) to train for"""
-    num_envs: int = 64
-    """users simulated in parallel"""
-    n_steps: int = 32
-    """rollout length per user between updates"""
-    batch_size: int = 512
-    """minibatch size of the PPO update"""
-    n_epochs: int = 4
-    """passes over each rollout"""
-    learning_rate: float = 3e-4
-    """Adam step size"""
-    gamma: float = 0.99
-    """discount"""
-    gae_lambda: float = 0.95
-    """GAE lambda"""
-    clip_range: float = 0.2
-    """PPO ratio clip"""
-    ent_coef: float = 0.0
-    """entropy bonus"""
-    vf_coef: float = 0.5
-    """value loss weight"""
-    max_grad_norm: float = 0.5
-    """gradient clipping"""
-    target_kl: float | None = None
-    """SB3's early stop of an update when approx_kl exceeds 1.5x this (None = off)"""
-    reward_scale: float = 0.1
-    """rewards are multiplied by this for learning (episode returns are logged unscaled)"""
-    kl: KLConfig | None = None
-    """KL penalty to the frozen initial policy (None = no penalty)"""
-    mlp_embedding_dim: int = 16
-    """MLP policy: size of the item-id embeddings"""
-    mlp_net_arch: tuple[int, ...] = (256, 256)
-    """MLP policy: hidden layers of the actor and critic"""
-    seed: int = 0
-    """run seed (python/numpy/torch, env, policy sampling)"""
-    device: str = "auto"
-    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."""
-    checkpoint_dir: str | None = None
-    """folder of ``last.pt`` checkpoints (None = no checkpoints)"""
-    checkpoint_every: int = 50_000
-    """steps between checkpoints (taken at the next rollout boundary)"""
-    log_interval_steps: int = 0
-    """steps between metrics emissions (0 = after every update)"""
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICY_KINDS:
-            raise ValueError(f"PPOConfig.policy={self.policy!r} is not known; valid: {POLICY_KINDS}")
-        if self.policy == "mlp" and self.pretrained_path is not None:
-            raise ValueError("PPOConfig.pretrained_path is for policy='llm'; the MLP policy has no pretraining")
-        for name in ("total_steps", "num_envs", "n_steps", "batch_size", "n_epochs", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r} must be >= 1")
-        if self.reward_scale <= 0:
-            raise ValueError(f"PPOConfig.reward_scale={self.reward_scale!r} must be > 0")
-        if isinstance(self.kl, dict):  # from YAML
-            object.__setattr__(self, "kl", KLConfig(**self.kl))
-        object.__setattr__(self, "mlp_net_arch", tuple(self.mlp_net_arch))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -201,15 +125,16 @@ class ScaleReward(VecEnvWrapper):
         return observation, reward * self.scale, done, infos
 
 
-def make_training_env(config: PPOConfig) -> ScaleReward:
+def make_training_env(env_id: str, num_envs: int, env_kwargs: Mapping[str, Any] | None, policy: str,
+                       reward_scale: float) -> ScaleReward:
     """``envs.make_sb3_vec`` of ``num_envs`` users (penalty mode for the MLP policy), reward-scaled."""
     import envs
 
-    kwargs = dict(config.env_kwargs)
-    if config.policy == "mlp":
+    kwargs = dict(env_kwargs or {})
+    if policy == "mlp":
         kwargs.setdefault("duplicate_mode", "penalty")
-    venv = envs.make_sb3_vec(config.env_id, num_envs=config.num_envs, **kwargs)
-    return ScaleReward(venv, config.reward_scale)
+    venv = envs.make_sb3_vec(env_id, num_envs=num_envs, **kwargs)
+    return ScaleReward(venv, reward_scale)
 
 
 # -- the MLP / ID policy ----------------------------------------------------------------------------
@@ -266,6 +191,7 @@ class LongrecPPO(PPO):
         self.kl_metrics: dict[str, float] = {}
         self.pending_restore: dict[str, Any] | None = None
         self.core: BatchedSimulator | None = None
+        self.checkpoint_meta: dict[str, Any] = {}
 
     def _setup_learn(self, *args: Any, **kwargs: Any):
         result = super()._setup_learn(*args, **kwargs)
@@ -409,25 +335,55 @@ class CheckpointCallback(BaseCallback):
 # -- building and training ----------------------------------------------------------------------------
 
 
-def _llm_policy_kwargs(config: PPOConfig, core: BatchedSimulator) -> dict[str, Any]:
-    from llm_policy import SlatePolicyConfig
-
-    kwargs: dict[str, Any] = {"seed": config.seed}
-    if config.pretrained_path is not None:
-        kwargs["pretrained_path"] = str(config.pretrained_path)
+def _llm_policy_kwargs(core: BatchedSimulator, seed: int, pretrained_path: str | os.PathLike[str] | None,
+                       model_config: SlatePolicyConfig | Mapping[str, Any] | None, text_encoder: str | None
+                       ) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"seed": seed}
+    if pretrained_path is not None:
+        kwargs["pretrained_path"] = str(pretrained_path)
         return kwargs
     from llm_policy import ItemTextEncoder
 
-    encoder = ItemTextEncoder(config.text_encoder, show_progress=False)
+    encoder = ItemTextEncoder(text_encoder, show_progress=False)
     kwargs["item_embeddings"] = encoder.encode_catalog(core.catalog)
-    kwargs["model_config"] = SlatePolicyConfig.from_dict(dict(config.model_config or {}))
+    if not isinstance(model_config, SlatePolicyConfig):
+        model_config = SlatePolicyConfig.from_dict(dict(model_config or {}))
+    kwargs["model_config"] = model_config
     return kwargs
 
 
-def build_ppo(config: PPOConfig, env: ScaleReward | None = None) -> LongrecPPO:
-    """The SB3 model of ``config`` (not trained); ``env`` defaults to ``make_training_env(config)``."""
-    env = env or make_training_env(config)
-    device = resolve_device(config.device)
+def build_ppo(
+    config: PPOConfig,
+    *,
+    env_id: str,
+    num_envs: int,
+    env_kwargs: Mapping[str, Any] | None = None,
+    policy: str = "llm",
+    pretrained_path: str | os.PathLike[str] | None = None,
+    model_config: SlatePolicyConfig | Mapping[str, Any] | None = None,
+    text_encoder: str | None = None,
+    kl: KLConfig | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    env: ScaleReward | None = None,
+) -> LongrecPPO:
+    """The SB3 model (not trained) of ``config`` on ``num_envs`` users of ``env_id``.
+
+    Args:
+        policy: ``"llm"`` (``LLMSlatePolicy``) or ``"mlp"`` (SB3 ``MultiInputPolicy`` over item-id embeddings).
+        pretrained_path: LLM policy: a CE-pretrained ``save_pretrained`` folder to start from (None = from scratch).
+        model_config: LLM policy from scratch: a ``SlatePolicyConfig`` or a dict of its fields (None = defaults).
+        text_encoder: LLM policy from scratch: item text encoder folder (None = all-MiniLM-L6-v2).
+        kl: KL penalty to the frozen initial policy (None, or ``coef=0``: no penalty).
+        seed: run seed (python/numpy/torch, env, policy sampling).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        env: the training environment (default ``make_training_env(...)``).
+    """
+    if policy not in POLICY_KINDS:
+        raise ValueError(f"policy={policy!r} is not known; valid: {POLICY_KINDS}")
+    if policy == "mlp" and pretrained_path is not None:
+        raise ValueError("pretrained_path is for policy='llm'; the MLP policy has no pretraining")
+    env = env or make_training_env(env_id, num_envs, env_kwargs, policy, config.reward_scale)
     common = dict(
         n_steps=config.n_steps,
         batch_size=config.batch_size,
@@ -440,15 +396,16 @@ def build_ppo(config: PPOConfig, env: ScaleReward | None = None) -> LongrecPPO:
         vf_coef=config.vf_coef,
         max_grad_norm=config.max_grad_norm,
         target_kl=config.target_kl,
-        seed=config.seed,
-        device=device,
+        seed=seed,
+        device=resolve_device(device),
         verbose=0,
     )
-    if config.policy == "llm":
+    if policy == "llm":
         from llm_policy import LLMSlatePolicy
 
-        torch.manual_seed(config.seed)  # the policy's initial weights
-        model = LongrecPPO(LLMSlatePolicy, env, policy_kwargs=_llm_policy_kwargs(config, env.core), **common)
+        torch.manual_seed(seed)  # the policy's initial weights
+        policy_kwargs = _llm_policy_kwargs(env.core, seed, pretrained_path, model_config, text_encoder)
+        model = LongrecPPO(LLMSlatePolicy, env, policy_kwargs=policy_kwargs, **common)
     else:
         policy_kwargs = dict(
             features_extractor_class=IdEmbeddingExtractor,
@@ -460,44 +417,49 @@ def build_ppo(config: PPOConfig, env: ScaleReward | None = None) -> LongrecPPO:
     # Metrics flow through MetricsCallback; SB3's default logger would also leave an empty
     # /tmp/SB3-<time> folder behind on every learn().
     model.set_logger(Logger(folder=None, output_formats=[]))
-    if config.kl is not None and config.kl.coef > 0:
+    if kl is not None and kl.coef > 0:
         model.reference = copy.deepcopy(model.policy).requires_grad_(False)
         model.reference.set_training_mode(False)
-        model.kl_config = config.kl
-        model.kl_controller = make_kl_controller(config.kl)
-    return model
-
-
-def _checkpoint_meta(config: PPOConfig) -> dict[str, Any]:
-    return {
+        model.kl_config = kl
+        model.kl_controller = make_kl_controller(kl)
+    model.checkpoint_meta = {
         "kind": "ppo",
-        "env_id": config.env_id,
-        "env_kwargs": dict(config.env_kwargs),
-        "policy": config.policy,
-        "num_envs": config.num_envs,
+        "env_id": env_id,
+        "env_kwargs": dict(env_kwargs or {}),
+        "policy": policy,
+        "num_envs": num_envs,
         "n_steps": config.n_steps,
-        "kl": None if config.kl is None else dataclasses.asdict(config.kl),
+        "kl": None if kl is None else dataclasses.asdict(kl),
     }
+    return model
 
 
 def train_ppo(
     config: PPOConfig,
+    total_timesteps: int,
+    *,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
     metrics_sink: MetricsSink | None = None,
     resume: bool = True,
     callbacks: Sequence[BaseCallback] = (),
     progress: bool = False,
+    **setup: Any,
 ) -> PPOResult:
-    """Train PPO as ``config`` says; returns the model and where it stopped.
+    """Train PPO with ``config`` for ``total_timesteps`` environment steps; returns the model and where it stopped.
 
-    With ``resume`` and a ``last.pt`` in ``config.checkpoint_dir``, training continues
-    from it (policy, optimizer, step count, RNG and simulator state) up to
-    ``config.total_steps``. Ctrl-C saves a checkpoint (when a folder is set) and returns
-    with ``interrupted=True``.
+    ``setup`` are the keyword arguments of :func:`build_ppo` (``env_id``, ``num_envs``,
+    ``policy``, ``pretrained_path``, ``kl``, ``seed``, ``device``, ...). Checkpoints
+    (``last.pt``) go to ``checkpoint_dir`` every ``config.checkpoint_every`` steps (None = no
+    checkpoints). With ``resume`` and a ``last.pt`` there, training continues from it (policy,
+    optimizer, step count, RNG and simulator state) up to ``total_timesteps``. Ctrl-C saves a
+    checkpoint (when a folder is set) and returns with ``interrupted=True``.
     """
-    model = build_ppo(config)
-    meta = _checkpoint_meta(config)
+    if total_timesteps < 1:
+        raise ValueError(f"total_timesteps={total_timesteps!r} must be >= 1")
+    model = build_ppo(config, **setup)
+    meta = model.checkpoint_meta
     resumed_from = None
-    existing = find_checkpoint(config.checkpoint_dir) if resume else None
+    existing = find_checkpoint(checkpoint_dir) if resume else None
     if existing is not None:
         payload = load_checkpoint(existing, expected_meta=meta)
         restore_model(existing, payload, model)
@@ -519,10 +481,10 @@ def train_ppo(
     metrics = MetricsCallback(metrics_sink, config.log_interval_steps)
     checkpointer = None
     all_callbacks: list[BaseCallback] = [metrics, *callbacks]
-    if config.checkpoint_dir is not None:
-        checkpointer = CheckpointCallback(config.checkpoint_dir, config.checkpoint_every, meta, extra)
+    if checkpoint_dir is not None:
+        checkpointer = CheckpointCallback(checkpoint_dir, config.checkpoint_every, meta, extra)
         all_callbacks.insert(0, checkpointer)
-    remaining = config.total_steps - model.num_timesteps
+    remaining = total_timesteps - model.num_timesteps
     interrupted = False
     if remaining > 0:
         try:
@@ -538,10 +500,3 @@ def train_ppo(
     if checkpointer is not None and (interrupted or remaining > 0):
         saved = checkpointer.save()
     return PPOResult(model, int(model.num_timesteps), interrupted, saved, resumed_from)
-
-
-def load_policy_for_eval(result_or_model: PPOResult | PPO) -> Any:
-    """The policy of a trained model, in eval mode (for ``agents.baselines.PolicyAgent``)."""
-    model = result_or_model.model if isinstance(result_or_model, PPOResult) else result_or_model
-    model.policy.set_training_mode(False)
-    return model.policy

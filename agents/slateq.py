@@ -31,7 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.config import SlateQConfig
 from envs.core import BatchedSimulator
 
 SLATE_OPTIMISERS = ("greedy", "topk")
-TD_TARGETS = ("sarsa", "q_learning")
 
 
 # -- the choice model and slate optimisation ---------------------------------------------------------
@@ -140,57 +140,6 @@ def optimise_slate(
 
 
 # -- the learned item-wise long-term value ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SlateQConfig:
-    """SlateQ training (Ie et al. 2019) on the batched simulator."""
-
-    num_envs: int = 256
-    """users simulated in parallel while collecting experience"""
-    gamma: float = 0.99
-    """discount of the long-term item value Q(s, i)"""
-    td_target: str = "sarsa"
-    """'sarsa' (bootstrap on the slate actually shown next) or 'q_learning' (on the greedy slate)"""
-    slate_optimiser: str = "greedy"
-    """'greedy' (add the item raising the slate value most) or 'topk' (rank by v(s, i) Q(s, i))"""
-    learning_rate: float = 1e-3
-    """Adam step size"""
-    batch_size: int = 1024
-    """transitions per gradient step"""
-    gradient_steps: int = 2
-    """gradient steps per batched environment step (num_envs transitions)"""
-    buffer_size: int = 100_000
-    """replay buffer capacity in transitions"""
-    learning_starts: int = 5_000
-    """transitions collected before the first gradient step"""
-    target_update_tau: float = 0.01
-    """Polyak rate of the target network"""
-    epsilon_start: float = 0.5
-    """initial probability of a uniformly random slate"""
-    epsilon_end: float = 0.02
-    """final exploration probability"""
-    epsilon_fraction: float = 0.5
-    """fraction of the training steps over which epsilon decays linearly"""
-    reward_scale: float = 0.1
-    """rewards are multiplied by this before TD (keeps Q near unit scale)"""
-    embedding_dim: int = 32
-    """item-id and response embedding size"""
-    hidden_dim: int = 128
-    """width of the user, item and Q towers"""
-
-    def __post_init__(self) -> None:
-        if self.td_target not in TD_TARGETS:
-            raise ValueError(f"SlateQConfig.td_target={self.td_target!r} is not known; valid: {TD_TARGETS}")
-        if self.slate_optimiser not in SLATE_OPTIMISERS:
-            raise ValueError(
-                f"SlateQConfig.slate_optimiser={self.slate_optimiser!r} is not known; valid: {SLATE_OPTIMISERS}"
-            )
-        if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"SlateQConfig.gamma={self.gamma!r} must be in [0, 1)")
-        for name in ("num_envs", "batch_size", "gradient_steps", "buffer_size", "embedding_dim", "hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SlateQConfig.{name}={getattr(self, name)!r} must be >= 1")
 
 
 class ItemQNetwork(nn.Module):
@@ -324,7 +273,8 @@ class SlateQAgent:
             raise ValueError(f"cannot read SlateQ checkpoint {str(path)!r}: {err}") from err
         if not isinstance(payload, dict) or payload.get("format") != "longrec-slateq-v1":
             raise ValueError(f"{str(path)!r} is not a SlateQ checkpoint (format longrec-slateq-v1)")
-        config = SlateQConfig(**payload["config"])
+        known = {f.name for f in fields(SlateQConfig)}  # files from before num_envs became an argument have it
+        config = SlateQConfig(**{k: v for k, v in payload["config"].items() if k in known})
         network = ItemQNetwork(
             payload["num_items"], payload["context_dim"], payload["popularity"], config.embedding_dim, config.hidden_dim
         )
@@ -377,18 +327,20 @@ MetricsSink = Callable[[dict[str, float], int], None]
 
 def train_slateq(
     env_id: str,
-    total_steps: int,
+    total_timesteps: int,
     config: SlateQConfig | None = None,
+    *,
+    num_envs: int,
     seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
     metrics_sink: MetricsSink | None = None,
     log_interval: int = 10_000,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> SlateQAgent:
-    """Train SlateQ for ``total_steps`` environment steps (user-steps) on ``env_id``.
+    """Train SlateQ for ``total_timesteps`` environment steps (user-steps) on ``env_id``.
 
-    Experience comes from ``config.num_envs`` users at once with epsilon-greedy
+    Experience comes from ``num_envs`` users at once with epsilon-greedy
     slates; Q(s, i) of the chosen item (or Q(s, none) after no click) is regressed
     on ``r + gamma * V(s', A')`` where ``V`` is the MNL-weighted slate value under the
     target network, ``A'`` the slate shown next (SARSA) or the greedy one
@@ -397,90 +349,130 @@ def train_slateq(
     the step count every ``log_interval`` steps.
     """
     config = config or SlateQConfig()
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps!r} must be >= 1")
+    if total_timesteps < 1:
+        raise ValueError(f"total_timesteps={total_timesteps!r} must be >= 1")
     from envs.registration import make_core
 
     device_ = torch.device(device)
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 17])
-    core = make_core(env_id, num_users=config.num_envs, **(env_kwargs or {}))
+    core = make_core(env_id, num_users=num_envs, **(env_kwargs or {}))
     network = ItemQNetwork(
         core.catalog.num_items, core.context_dim, core.catalog.popularity, config.embedding_dim, config.hidden_dim
     ).to(device_)
-    target = copy.deepcopy(network).requires_grad_(False)
-    optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+    learner = _TDLearner(network, config, core, device_)
     agent = SlateQAgent(network, config, core, device_)
     replay = _Replay(config.buffer_size, core.history_length, core.num_candidates, core.slate_size, core.context_dim)
-    bias = torch.as_tensor(core.position_bias, dtype=torch.float32, device=device_)
+    log = _TrainingLog(metrics_sink, log_interval, total_timesteps)
 
     observation = core.reset(seed=seed)
     pending: dict[str, np.ndarray] | None = None
-    steps, losses, finished_returns = 0, [], []
-    last_log, start = 0, time.perf_counter()
+    steps = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, desc="SlateQ", unit="step", leave=False)
-    while steps < total_steps:
-        epsilon = _linear_epsilon(config, steps, total_steps)
+        bar = tqdm(total=total_timesteps, desc="SlateQ", unit="step", leave=False)
+    while steps < total_timesteps:
+        epsilon = _linear_epsilon(config, steps, total_timesteps)
         utilities = core.candidate_utilities().astype(np.float32)
         no_click = core.no_click_utility().astype(np.float32)
-        slates = agent.act(observation)
-        explore = rng.random(core.num_users) < epsilon
-        if explore.any():
-            keys = rng.random((int(explore.sum()), core.num_candidates))
-            slates[explore] = np.argsort(keys, axis=1)[:, : core.slate_size]
+        slates = _explore(agent.act(observation), epsilon, rng, core)
         if pending is not None:  # complete last step's transitions with this state and slate
-            pending.update(
-                next_history_item_ids=observation["history_item_ids"],
-                next_history_responses=observation["history_responses"],
-                next_history_consumption=observation["history_consumption"],
-                next_context=observation["context"],
-                next_candidate_item_ids=observation["candidate_item_ids"],
-                next_utilities=utilities,
-                next_no_click_utility=no_click,
-                next_slate=slates,
-            )
-            replay.add(pending)
+            replay.add(_completed(pending, observation, utilities, no_click, slates))
         result = core.step(slates)
-        done = result.terminated | result.truncated
-        pending = {
-            "history_item_ids": observation["history_item_ids"],
-            "history_responses": observation["history_responses"],
-            "history_consumption": observation["history_consumption"],
-            "context": observation["context"],
-            "chosen_item": result.info["clicked_item_id"],
-            "reward": result.reward.astype(np.float32),
-            "done": done,
-        }
-        finished_returns.extend(result.info["episode_return"][done].tolist())
+        pending = _transition_start(observation, result)
+        log.returns.extend(result.info["episode_return"][pending["done"]].tolist())
         observation = result.observation
         steps += core.num_users
         if bar is not None:
             bar.update(core.num_users)
         if replay.size >= max(config.learning_starts, config.batch_size):
             for _ in range(config.gradient_steps):
-                batch = replay.sample(rng, config.batch_size)
-                losses.append(_td_step(network, target, optimizer, batch, bias, config, device_))
-        if metrics_sink is not None and (steps - last_log >= log_interval or steps >= total_steps):
-            elapsed = time.perf_counter() - start
-            metrics = {"charts/SPS": steps / max(elapsed, 1e-9), "charts/epsilon": epsilon}
-            if finished_returns:
-                metrics["charts/episodic_return"] = float(np.mean(finished_returns))
-            if losses:
-                metrics["losses/td_loss"] = float(np.mean(losses))
-            metrics_sink(metrics, steps)
-            finished_returns, losses, last_log = [], [], steps
+                log.losses.append(learner.step(replay.sample(rng, config.batch_size)))
+        log.maybe_emit(steps, epsilon)
     if bar is not None:
         bar.close()
     agent.core = None  # the training core is not the evaluation core
     return agent
 
 
-def _linear_epsilon(config: SlateQConfig, steps: int, total_steps: int) -> float:
-    progress = min(steps / max(config.epsilon_fraction * total_steps, 1.0), 1.0)
+def _explore(slates: np.ndarray, epsilon: float, rng: np.random.Generator, core: BatchedSimulator) -> np.ndarray:
+    """``slates`` with each user's replaced by a uniformly random slate with probability ``epsilon``."""
+    explore = rng.random(core.num_users) < epsilon
+    if explore.any():
+        keys = rng.random((int(explore.sum()), core.num_candidates))
+        slates[explore] = np.argsort(keys, axis=1)[:, : core.slate_size]
+    return slates
+
+
+def _transition_start(observation: dict[str, np.ndarray], result: Any) -> dict[str, np.ndarray]:
+    """The first half of a step's transitions: state, chosen item, reward, end of life."""
+    return {
+        "history_item_ids": observation["history_item_ids"],
+        "history_responses": observation["history_responses"],
+        "history_consumption": observation["history_consumption"],
+        "context": observation["context"],
+        "chosen_item": result.info["clicked_item_id"],
+        "reward": result.reward.astype(np.float32),
+        "done": result.terminated | result.truncated,
+    }
+
+
+def _completed(pending: dict[str, np.ndarray], observation: dict[str, np.ndarray], utilities: np.ndarray,
+               no_click: np.ndarray, slates: np.ndarray) -> dict[str, np.ndarray]:
+    """``pending`` completed with the next state, its choice model and the slate shown next."""
+    pending.update(
+        next_history_item_ids=observation["history_item_ids"],
+        next_history_responses=observation["history_responses"],
+        next_history_consumption=observation["history_consumption"],
+        next_context=observation["context"],
+        next_candidate_item_ids=observation["candidate_item_ids"],
+        next_utilities=utilities,
+        next_no_click_utility=no_click,
+        next_slate=slates,
+    )
+    return pending
+
+
+class _TrainingLog:
+    """Episode returns and TD losses since the last emission, sent to ``metrics_sink`` every ``interval`` steps."""
+
+    def __init__(self, metrics_sink: MetricsSink | None, interval: int, total_timesteps: int) -> None:
+        self.metrics_sink, self.interval, self.total_timesteps = metrics_sink, interval, total_timesteps
+        self.returns: list[float] = []
+        self.losses: list[float] = []
+        self.last, self.start = 0, time.perf_counter()
+
+    def maybe_emit(self, steps: int, epsilon: float) -> None:
+        if self.metrics_sink is None or (steps - self.last < self.interval and steps < self.total_timesteps):
+            return
+        elapsed = time.perf_counter() - self.start
+        metrics = {"charts/SPS": steps / max(elapsed, 1e-9), "charts/epsilon": epsilon}
+        if self.returns:
+            metrics["charts/episodic_return"] = float(np.mean(self.returns))
+        if self.losses:
+            metrics["losses/td_loss"] = float(np.mean(self.losses))
+        self.metrics_sink(metrics, steps)
+        self.returns, self.losses, self.last = [], [], steps
+
+
+class _TDLearner:
+    """The online network, its Polyak-averaged target copy and their Adam optimiser."""
+
+    def __init__(self, network: ItemQNetwork, config: SlateQConfig, core: BatchedSimulator, device: torch.device):
+        self.network = network
+        self.target = copy.deepcopy(network).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+        self.bias = torch.as_tensor(core.position_bias, dtype=torch.float32, device=device)
+        self.config, self.device = config, device
+
+    def step(self, batch: dict[str, np.ndarray]) -> float:
+        return _td_step(self.network, self.target, self.optimizer, batch, self.bias, self.config, self.device)
+
+
+def _linear_epsilon(config: SlateQConfig, steps: int, total_timesteps: int) -> float:
+    progress = min(steps / max(config.epsilon_fraction * total_timesteps, 1.0), 1.0)
     return config.epsilon_start + progress * (config.epsilon_end - config.epsilon_start)
 
 

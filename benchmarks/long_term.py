@@ -30,9 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-AGENTS = ("random", "popularity", "myopic", "pctr_greedy", "slateq", "ppo_mlp", "ppo_scratch", "ce_ppo",
-          "ce_ppo_kl", "oracle")
-LEARNING = ("slateq", "ppo_mlp", "ppo_scratch", "ce_ppo", "ce_ppo_kl")
+from agents.registry import AGENTS, FIXED_AGENTS, LEARNING_AGENTS
+
+SLATEQ_NUM_ENVS = 256
+"""users in parallel while SlateQ collects experience (PPO uses ``--num-envs``)"""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="longrec/Video-v0")
@@ -59,50 +62,73 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    import envs
-    from agents.baselines import PolicyAgent, make_baseline
-    from agents.evaluate import evaluate_agent
-    from agents.kl import KLConfig
-    from agents.ppo import LLM_SIZES, PPOConfig, train_ppo
-    from agents.slateq import SlateQConfig, train_slateq
-
     out = Path(args.out or f"runs/long_term/{args.env.replace('/', '_')}")
     out.mkdir(parents=True, exist_ok=True)
     wanted = set(args.agents)
     timings: dict[str, float] = {}
+    pretrained_dir = pretrain_policy(args, wanted, out, timings)
+    trained, curves = train_agents(args, wanted, pretrained_dir, timings)
+    rows = evaluate_agents(args, wanted, pretrained_dir, trained, out, timings)
+    print_table(args, rows, timings)
+    if curves:
+        plot_curves(curves, out / "learning_curves.png", args.env)
+        print(f"learning curves: {out / 'learning_curves.png'}")
+    summary = {
+        name: {"return": row["return"], "ci95": row["return_ci95"], "ctr": row["ctr"],
+               "retention": row["return_rate"], "sessions": row["sessions"]}
+        for name, row in rows.items()
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+def pretrain_policy(args: argparse.Namespace, wanted: set[str], out: Path, timings: dict[str, float]) -> Path | None:
+    """Item embeddings, behaviour logs and CE pretraining (when an agent needs the pretrained policy)."""
+    import envs
+    from agents.ppo import LLM_SIZES
+    from envs.logging_policy import generate_logs
+    from llm_policy import ItemTextEncoder, SlatePolicyConfig
+    from llm_policy.pretrain import PretrainConfig, pretrain
+
+    pretrained_dir = None
+    if not wanted & {"pctr_greedy", "ppo_scratch", "ce_ppo", "ce_ppo_kl"}:
+        return None
+    start = time.perf_counter()
+    embeddings = ItemTextEncoder(show_progress=False).encode_catalog(envs.make_core(args.env).catalog)
+    timings["item_embeddings"] = time.perf_counter() - start
+    if wanted & {"pctr_greedy", "ce_ppo", "ce_ppo_kl"}:
+        start = time.perf_counter()
+        logs = generate_logs(args.env, num_users=args.pretrain_users, seed=args.seed + 1000,
+                             behaviour="noisy_quality")
+        result = pretrain(
+            logs,
+            embeddings,
+            config=PretrainConfig(epochs=args.pretrain_epochs, batch_size=256, val_fraction=0.2, patience=3,
+                                  max_batches_per_epoch=args.pretrain_batches),
+            model_config=SlatePolicyConfig(**LLM_SIZES[args.model]),
+            output_dir=out / "pretrain",
+            seed=args.seed,
+            device=args.device,
+            progress=False,
+        )
+        pretrained_dir = result.best_dir
+        timings["pretrain"] = time.perf_counter() - start
+        print(f"CE pretraining on {len(logs)} logged steps of {args.pretrain_users} users: "
+              f"val ndcg@10 {result.metrics['val_before/ndcg@10']:.3f} -> {result.metrics['val/ndcg@10']:.3f}",
+              flush=True)
+    np.save(out / "item_embeddings.npy", embeddings.numpy())
+    return pretrained_dir
+
+
+def train_agents(args: argparse.Namespace, wanted: set[str], pretrained_dir: Path | None,
+                 timings: dict[str, float]) -> tuple[dict[str, object], dict[str, list[tuple[int, float]]]]:
+    """Each wanted learning agent trained for ``--budget-steps``: ``{name: policy or agent}`` and learning curves."""
+    from agents.kl import KLConfig
+    from agents.ppo import LLM_SIZES, PPOConfig, train_ppo
+    from agents.slateq import SlateQConfig, train_slateq
+
     curves: dict[str, list[tuple[int, float]]] = {}
     trained: dict[str, object] = {}
-    pretrained_dir = None
-    llm_needed = wanted & {"pctr_greedy", "ppo_scratch", "ce_ppo", "ce_ppo_kl"}
-    model_config = LLM_SIZES[args.model]
-
-    if llm_needed:
-        from envs.logging_policy import generate_logs
-        from llm_policy import ItemTextEncoder, SlatePolicyConfig
-        from llm_policy.pretrain import PretrainConfig, pretrain
-
-        start = time.perf_counter()
-        embeddings = ItemTextEncoder(show_progress=False).encode_catalog(envs.make_core(args.env).catalog)
-        timings["item_embeddings"] = time.perf_counter() - start
-        if wanted & {"pctr_greedy", "ce_ppo", "ce_ppo_kl"}:
-            start = time.perf_counter()
-            logs = generate_logs(args.env, num_users=args.pretrain_users, seed=args.seed + 1000,
-                                 behaviour="noisy_quality")
-            result = pretrain(
-                logs,
-                embeddings,
-                config=PretrainConfig(epochs=args.pretrain_epochs, batch_size=256,
-                                      max_batches_per_epoch=args.pretrain_batches, seed=args.seed,
-                                      progress=False, device=args.device),
-                model_config=SlatePolicyConfig(**model_config),
-                output_dir=out / "pretrain",
-            )
-            pretrained_dir = result.best_dir
-            timings["pretrain"] = time.perf_counter() - start
-            print(f"CE pretraining on {len(logs)} logged steps of {args.pretrain_users} users: "
-                  f"val ndcg@10 {result.metrics['val_before/ndcg@10']:.3f} -> {result.metrics['val/ndcg@10']:.3f}",
-                  flush=True)
-        np.save(out / "item_embeddings.npy", embeddings.numpy())
 
     def sink_for(name: str):
         curve = curves.setdefault(name, [])
@@ -113,33 +139,41 @@ def main(argv=None) -> dict:
 
         return sink
 
-    ppo_common = dict(env_id=args.env, total_steps=args.budget_steps, num_envs=args.num_envs, n_steps=args.n_steps,
-                      batch_size=512, n_epochs=4, seed=args.seed, device=args.device)
-    ppo_runs = {
-        "ppo_mlp": PPOConfig(policy="mlp", learning_rate=args.learning_rate, **ppo_common),
-        "ppo_scratch": PPOConfig(policy="llm", model_config=model_config, text_encoder=None,
-                                 learning_rate=args.learning_rate, **ppo_common),
-        "ce_ppo": PPOConfig(policy="llm", pretrained_path=str(pretrained_dir) if pretrained_dir else None,
-                            learning_rate=args.ce_learning_rate, **ppo_common),
-        "ce_ppo_kl": PPOConfig(policy="llm", pretrained_path=str(pretrained_dir) if pretrained_dir else None,
-                               learning_rate=args.ce_learning_rate,
-                               kl=KLConfig(coef=args.kl_coef, estimator="k3", target=args.kl_target), **ppo_common),
+    pretrained = str(pretrained_dir) if pretrained_dir else None
+    ppo_runs = {  # (learning rate, build_ppo arguments)
+        "ppo_mlp": (args.learning_rate, dict(policy="mlp")),
+        "ppo_scratch": (args.learning_rate, dict(policy="llm", model_config=LLM_SIZES[args.model], text_encoder=None)),
+        "ce_ppo": (args.ce_learning_rate, dict(policy="llm", pretrained_path=pretrained)),
+        "ce_ppo_kl": (args.ce_learning_rate, dict(policy="llm", pretrained_path=pretrained,
+                                                  kl=KLConfig(coef=args.kl_coef, estimator="k3", target=args.kl_target))),
     }
-    for name in LEARNING:
+    for name in LEARNING_AGENTS:
         if name not in wanted:
             continue
         start = time.perf_counter()
         if name == "slateq":
-            trained[name] = train_slateq(args.env, args.budget_steps, SlateQConfig(), seed=args.seed,
-                                         metrics_sink=sink_for(name), log_interval=max(args.budget_steps // 40, 1),
-                                         device="cpu")
+            trained[name] = train_slateq(args.env, args.budget_steps, SlateQConfig(), num_envs=SLATEQ_NUM_ENVS,
+                                         seed=args.seed, metrics_sink=sink_for(name),
+                                         log_interval=max(args.budget_steps // 40, 1), device="cpu")
         else:
-            trained[name] = train_ppo(ppo_runs[name], metrics_sink=sink_for(name)).model.policy
+            learning_rate, setup = ppo_runs[name]
+            config = PPOConfig(n_steps=args.n_steps, batch_size=512, n_epochs=4, learning_rate=learning_rate)
+            trained[name] = train_ppo(config, args.budget_steps, env_id=args.env, num_envs=args.num_envs,
+                                      seed=args.seed, device=args.device, metrics_sink=sink_for(name),
+                                      **setup).model.policy
         timings[f"train_{name}"] = time.perf_counter() - start
         print(f"trained {name}: {args.budget_steps} steps in {timings[f'train_{name}']:.0f}s", flush=True)
+    return trained, curves
+
+
+def evaluate_agents(args: argparse.Namespace, wanted: set[str], pretrained_dir: Path | None,
+                    trained: dict[str, object], out: Path, timings: dict[str, float]) -> dict[str, dict]:
+    """Every wanted agent on ``--eval-users`` fresh users of a seed no training run used; rows also in rows.jsonl."""
+    from agents.baselines import PolicyAgent, make_baseline
+    from agents.evaluate import evaluate_agent
 
     def factory(name: str):
-        if name in ("random", "popularity", "myopic", "oracle"):
+        if name in FIXED_AGENTS:
             return name
         if name == "pctr_greedy":
             return lambda core: make_baseline("pctr_greedy", core, path=pretrained_dir)
@@ -158,7 +192,10 @@ def main(argv=None) -> dict:
         timings[f"eval_{name}"] = time.perf_counter() - start
         with open(out / "rows.jsonl", "a") as handle:
             handle.write(json.dumps(rows[name]) + "\n")
+    return rows
 
+
+def print_table(args: argparse.Namespace, rows: dict[str, dict], timings: dict[str, float]) -> None:
     print(f"\n{args.env}: {args.eval_users} fresh users per agent, budget {args.budget_steps} env steps, "
           f"LLM size {args.model}, seed {args.seed}")
     header = f"{'agent':<13}{'return':>20}{'sessions':>10}{'retention':>11}{'CTR':>8}{'final sat':>11}{'coverage':>10}"
@@ -172,16 +209,6 @@ def main(argv=None) -> dict:
             if name in rows:
                 print(f"{name} / myopic return = {rows[name]['return'] / rows['myopic']['return']:.2f}")
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    if curves:
-        plot_curves(curves, out / "learning_curves.png", args.env)
-        print(f"learning curves: {out / 'learning_curves.png'}")
-    summary = {
-        name: {"return": row["return"], "ci95": row["return_ci95"], "ctr": row["ctr"],
-               "retention": row["return_rate"], "sessions": row["sessions"]}
-        for name, row in rows.items()
-    }
-    print(json.dumps(summary))
-    return summary
 
 
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, env_id: str) -> None:

@@ -12,7 +12,6 @@ A warm-up of one rollout + update per policy is not timed. JSON last.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -32,19 +31,18 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     from agents.ppo import LLM_SIZES, PPOConfig, build_ppo
 
-    base = PPOConfig(env_id=args.env, num_envs=args.num_envs, n_steps=args.n_steps, batch_size=512, n_epochs=4,
-                     device=args.device, seed=0)
-    configs = {
-        "mlp": dataclasses.replace(base, policy="mlp"),
-        "llm": dataclasses.replace(base, policy="llm", model_config=LLM_SIZES[args.model]),
+    config = PPOConfig(n_steps=args.n_steps, batch_size=512, n_epochs=4)
+    setups = {
+        "mlp": dict(policy="mlp"),
+        "llm": dict(policy="llm", model_config=LLM_SIZES[args.model]),
     }
     rollout = args.num_envs * args.n_steps
     timed = max(rollout, args.steps // rollout * rollout)
     result: dict[str, float | str | int] = {"env": args.env, "num_envs": args.num_envs, "n_steps": args.n_steps,
                                             "llm_model": args.model, "device": args.device,
                                             "threads": args.threads, "timed_steps": timed}
-    for name, config in configs.items():
-        model = build_ppo(config)
+    for name, setup in setups.items():
+        model = build_ppo(config, env_id=args.env, num_envs=args.num_envs, device=args.device, seed=0, **setup)
         model.learn(total_timesteps=rollout)  # warm-up: first rollout and update
         start = time.perf_counter()
         model.learn(total_timesteps=timed, reset_num_timesteps=False)

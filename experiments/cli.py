@@ -20,6 +20,7 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from agents.registry import AGENTS, FIXED_AGENTS
 from experiments.config import (
     ConfigError,
     ExperimentConfig,
@@ -30,13 +31,14 @@ from experiments.config import (
 )
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+LEARNED = tuple(a for a in AGENTS if a not in FIXED_AGENTS)
 
 EXAMPLES = {
     "train": """\
 examples:
   longrec train                                          # CE -> PPO + KL on longrec/Video-v0 (config: default)
   longrec train -c video agent=ppo_scratch seed=1
-  longrec train ppo.learning_rate=1e-4 ppo.kl_coef=0.1 env.id=longrec/News-v0
+  longrec train ppo.learning_rate=1e-4 kl.coef=0.1 env.id=longrec/News-v0
   longrec train -c quickstart --dry-run                  # print the resolved config and stop
   longrec train --list-keys                              # every config key with its type, default and meaning""",
     "pretrain": """\
@@ -47,13 +49,14 @@ examples:
     "eval": """\
 examples:
   longrec eval agent=myopic eval.num_users=2000
+  longrec eval -c smoke_eval agent=random                 # seconds: 20 users
   longrec eval agent=ce_ppo_kl --checkpoint runs/Video-v0__ce_ppo_kl__0__<time>/checkpoints/final
   longrec eval agent=oracle eval.seeds=[1000,1001,1002] env.id=longrec/Music-v0""",
     "quickstart": """\
 examples:
   longrec quickstart                                     # the README's first command (<= 15 min on 2 CPU cores)
   longrec quickstart --no-wandb --quiet
-  longrec quickstart device=cuda ppo.total_timesteps=500000""",
+  longrec quickstart device=cuda total_timesteps=500000""",
     "sweep": """\
 sweep files use W&B's sweep YAML (method grid|random|bayes, metric, parameters with dotted
 config keys); experiments/sweeps/ has examples. The local backend writes
@@ -69,7 +72,7 @@ examples:
     "compare": """\
 examples:
   longrec compare runs/Video-v0__*                       # every run of Video-v0
-  longrec compare runs/sweeps/kl_lr__<time> --by ppo.kl_coef,ppo.learning_rate
+  longrec compare runs/sweeps/kl_lr__<time> --by kl.coef,ppo.learning_rate
   longrec compare RUN_A RUN_B --out reports/ab --curve-metric charts/episodic_return""",
     "bench": """\
 examples:
@@ -131,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
             "save a plot, and print the run folder.")
     _add_config_args(p, "quickstart")
     p = add("train", "train an agent (CE pretraining first where needed), then evaluate it",
-            "Train agent=<name> (ce_ppo_kl, ce_ppo, ppo_scratch, ppo_mlp, slateq, pctr_greedy; fixed "
-            "policies are just evaluated) on env.id and evaluate it with eval.baselines on fresh users. "
+            f"Train agent=<name> ({', '.join(LEARNED)}; fixed policies ({', '.join(FIXED_AGENTS)}) are just "
+            "evaluated) on env.id and evaluate it with eval.baselines on fresh users. A key the agent would not "
+            "read (e.g. ppo.* for agent=random) is an error. "
             "Writes runs/<env>__<agent>__<seed>__<time>/ (config.yaml, metrics.jsonl, checkpoints/, "
             "summary.json, plots/) and logs to W&B (offline unless logged in).")
     _add_config_args(p, "default")
@@ -172,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <sweep>/compare or runs/compare__<time>)")
     p.add_argument("--by", metavar="KEYS",
-                   help="group runs by 'agent', 'run', or config keys, e.g. ppo.kl_coef,ppo.learning_rate "
+                   help="group runs by 'agent', 'run', or config keys, e.g. kl.coef,ppo.learning_rate "
                         "(default: agent; for a sweep folder, the swept keys other than seed)")
     p.add_argument("--curve-metric", default="charts/episodic_return", metavar="NAME",
                    help="metrics.jsonl key of the learning curves (default: charts/episodic_return)")
@@ -211,7 +215,7 @@ def _print_keys() -> None:
     rows = describe_keys()
     width = max(len(r[0]) for r in rows)
     for key, tname, default, doc in rows:
-        print(f"{key:<{width}}  {tname} = {default!r}\n{'':<{width}}  {doc}")
+        print(f"{key:<{width}}  {tname} = {default!r}\n{'':<{width}}  {' '.join(doc.split())}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -226,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from experiments import jobs
     from experiments.run import Run
 
-    jobs.preflight(args.command, cfg)
+    jobs.check_config(args.command, cfg)
     with Run.create(cfg, job_type=args.command) as run:
         _say(args, f"run folder: {run.path}")
         jobs.JOBS[args.command](cfg, run)
@@ -244,7 +248,6 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         return 0
     from experiments import jobs
 
-    jobs.preflight("train", cfg)
     path = jobs.run_quickstart(cfg)
     _report(args, path)
     return 0
@@ -380,24 +383,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def env_descriptions() -> list[tuple[str, str]]:
     """``(id, first line of the preset's spec docstring)`` for every registered ``longrec/*`` id."""
-    import gymnasium
-
     import envs
 
-    ids = envs.registered_ids() if hasattr(envs, "registered_ids") else sorted(
-        k for k in gymnasium.registry if k.startswith("longrec/"))
-    rows = []
-    for env_id in ids:
-        if hasattr(envs, "describe"):
-            line = envs.describe(env_id)
-        else:  # pragma: no cover - older envs without describe()
-            from gymnasium.envs.registration import load_env_creator
-
-            entry = gymnasium.registry[env_id].entry_point
-            creator = load_env_creator(entry) if isinstance(entry, str) else entry
-            line = ((creator.__doc__ or "").strip().splitlines() or [""])[0]
-        rows.append((env_id, line))
-    return rows
+    return [(env_id, envs.describe(env_id)) for env_id in envs.registered_ids()]
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
@@ -449,8 +437,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SweepError, CompareError) as exc:
         print(f"longrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        if "not yet available" not in str(exc):
-            raise
-        print(f"longrec {args.command}: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
-        return 1

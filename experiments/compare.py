@@ -121,7 +121,7 @@ def _label(agent: str, by: str, config: Mapping[str, Any], summary: Mapping[str,
     for key in by.split(","):
         if key not in config:
             raise CompareError(f"--by {key!r}: not a config key of run {path.name}; e.g. agent, seed, "
-                               f"ppo.kl_coef, ppo.learning_rate")
+                               f"kl.coef, ppo.learning_rate")
         parts.append(f"{key}={config[key]}")
     return f"{summary.get('experiment') or agent} ({', '.join(parts)})"
 

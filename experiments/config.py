@@ -7,12 +7,20 @@ OmegaConf structured configs are, but with no dependency beyond PyYAML:
 * a YAML file from ``experiments/configs/`` (``extends: other`` inherits one),
 * then ``key=value`` overrides with dotted keys (``ppo.learning_rate=1e-4``),
   whose values are parsed with YAML scalar rules,
-* then every value is checked against the dataclass field type and range.
+* then every value is checked against the dataclass field type, its ``Literal``
+  choices and its range (``param(..., ge=...)``, kept in the field's metadata).
+
+The training sections are the libraries' own config classes, so each knob has one name and
+one default: ``policy`` = ``llm_policy.SlatePolicyConfig``, ``pretrain`` =
+``llm_policy.PretrainConfig``, ``ppo`` = ``agents.ppo.PPOConfig``, ``kl`` =
+``agents.kl.KLConfig``, ``slateq`` = ``agents.slateq.SlateQConfig``. The sections defined
+here (``env``, ``data``, ``text``, ``eval``, ``logging`` and the top-level keys) hold what a
+run needs around them: seed, device, environment, data, folders.
 
 Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
 (a ``ValueError``) naming the key and the valid choices, before any work starts.
 
-Adding a hyperparameter is one line (plus its docstring) in a section below::
+Adding a hyperparameter is one line (plus its docstring) in the class that uses it::
 
     warmup_steps: int = param(0, ge=0)
     \"\"\"linear learning-rate warm-up, in environment steps\"\"\"
@@ -31,39 +39,22 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 
+from agents.config import KLConfig, PPOConfig, SlateQConfig
+from agents.registry import AGENTS
+from llm_policy.config import PretrainConfig, SlatePolicyConfig
+from llm_policy.config_fields import ConfigError, bounds_error, param
+
+__all__ = ["AGENTS", "ConfigError", "ExperimentConfig", "param", "load_config", "from_dict", "describe_keys",
+           "field_docs"]
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-AgentName = Literal[
-    "random",
-    "popularity",
-    "myopic",
-    "pctr_greedy",
-    "slateq",
-    "ppo_mlp",
-    "ppo_scratch",
-    "ce_ppo",
-    "ce_ppo_kl",
-    "oracle",
-]
-AGENTS: tuple[str, ...] = get_args(AgentName)
-"""Agent names understood by ``agent=`` (the keys of the agents benchmark)."""
-
-
-class ConfigError(ValueError):
-    """A config key, type or value is invalid; the message names the key and what is allowed."""
-
-
-def param(default: Any, *, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None) -> Any:
-    """A dataclass field with an inclusive (``ge``/``le``) or exclusive (``gt``/``lt``) numeric range."""
-    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"bounds": bounds})
-    return field(default=default, metadata={"bounds": bounds})
+AgentName = Literal[AGENTS]  # type: ignore[valid-type]  # the names of agents.registry, in table order
+"""Agent names understood by ``agent=`` and ``eval.baselines`` (``agents.registry.AGENTS``)."""
 
 
 # --------------------------------------------------------------------------- sections
@@ -98,123 +89,13 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
-    """The LLM slate policy (field names follow ``llm_policy.SlatePolicyConfig``, passed through by name)."""
+class TextConfig:
+    """The item-text encoder whose embeddings the LLM policy reads (``llm_policy.ItemTextEncoder``)."""
 
-    text_encoder: str = "minilm"
-    """item-text encoder: ``minilm`` (bundled all-MiniLM-L6-v2), ``tiny`` (random, tests), a folder or hub id"""
-    encoder: Literal["fresh", "pretrained"] = "fresh"
-    """state encoder: a fresh small transformer over history tokens, or reuse the text encoder's layers"""
-    d_model: int = param(64, ge=8)
-    """width of the slate decoder (and of the fresh state encoder)"""
-    n_encoder_layers: int = param(2, ge=1)
-    """transformer layers of the fresh state encoder"""
-    n_encoder_heads: int = param(4, ge=1)
-    """attention heads of the fresh state encoder (must divide ``d_model``)"""
-    n_decoder_layers: int = param(2, ge=1)
-    """GPT-2 blocks of the slate decoder"""
-    n_decoder_heads: int = param(4, ge=1)
-    """attention heads of the slate decoder (must divide ``d_model``)"""
-    dropout: float = param(0.0, ge=0.0, lt=1.0)
-    """dropout probability (keep 0 for PPO)"""
-    item_id_embeddings: bool = False
-    """add a learned per-item id embedding to the text embedding"""
-    cache_dir: str = ".cache/item_embeddings"
-    """where item-text embeddings are cached, keyed by model and catalog"""
-    init_from: str | None = None
-    """pretrained policy folder (``save_pretrained``) to start from; None = this run's pretraining"""
-
-    def __post_init__(self) -> None:
-        for heads in ("n_encoder_heads", "n_decoder_heads"):
-            if self.d_model % getattr(self, heads):
-                raise ConfigError(f"config key 'policy.d_model'={self.d_model} must be divisible by "
-                                  f"'policy.{heads}'={getattr(self, heads)}")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Cross-entropy pretraining of the policy on logged interactions."""
-
-    target: Literal["slate", "click"] = "slate"
-    """``slate``: behaviour cloning of logged slates; ``click``: predict the clicked item (next item)"""
-    epochs: int = param(5, ge=1)
-    """passes over the training split"""
-    batch_size: int = param(256, ge=1)
-    """logged steps per gradient step"""
-    learning_rate: float = param(1e-3, gt=0.0)
-    """AdamW learning rate"""
-    weight_decay: float = param(0.01, ge=0.0)
-    """AdamW weight decay"""
-    val_fraction: float = param(0.1, gt=0.0, lt=1.0)
-    """fraction of users held out for validation (early stopping on NDCG@10)"""
-    patience: int = param(2, ge=0)
-    """epochs without validation improvement before stopping"""
-    max_batches_per_epoch: int | None = param(None, ge=1)
-    """cap on gradient steps per epoch (None: a full pass over the training split)"""
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """PPO fine-tuning (stable-baselines3) with an optional KL penalty to the pretrained policy."""
-
-    total_timesteps: int = param(200_000, ge=1)
-    """environment steps (user-steps summed over the batch) to train for"""
-    n_steps: int = param(128, ge=1)
-    """rollout length per environment before each update"""
-    batch_size: int = param(1024, ge=1)
-    """minibatch size of each PPO gradient step"""
-    n_epochs: int = param(4, ge=1)
-    """optimisation epochs over each rollout"""
-    learning_rate: float = param(3e-4, gt=0.0)
-    """Adam learning rate"""
-    gamma: float = param(0.99, ge=0.0, le=1.0)
-    """discount factor"""
-    gae_lambda: float = param(0.95, ge=0.0, le=1.0)
-    """GAE lambda"""
-    clip_range: float = param(0.2, gt=0.0)
-    """PPO clipping epsilon"""
-    ent_coef: float = param(0.0, ge=0.0)
-    """entropy bonus coefficient"""
-    vf_coef: float = param(0.5, ge=0.0)
-    """value loss coefficient"""
-    max_grad_norm: float = param(0.5, gt=0.0)
-    """gradient clipping norm"""
-    kl_coef: float = param(0.05, ge=0.0)
-    """coefficient of the KL penalty to the reference (pretrained) policy; 0 disables it"""
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    """KL estimator (Schulman's k1 = log-ratio, k3 = unbiased low-variance)"""
-    kl_target: float | None = param(None, gt=0.0)
-    """target KL for an adaptive coefficient (None: fixed ``kl_coef``)"""
-    checkpoint_every: int = param(50_000, ge=1)
-    """environment steps between periodic checkpoints"""
-    resume: str | None = None
-    """checkpoint file or run folder to resume from"""
-
-
-@dataclass(frozen=True)
-class SlateQSection:
-    """SlateQ baseline training (field names follow ``agents.slateq.SlateQConfig``, passed through by name)."""
-
-    total_timesteps: int | None = param(None, ge=1)
-    """environment steps to train for (None: the same budget as ``ppo.total_timesteps``)"""
-    learning_rate: float = param(1e-3, gt=0.0)
-    """Adam step size"""
-    gamma: float = param(0.99, ge=0.0, lt=1.0)
-    """discount of the long-term item value Q(s, i)"""
-    td_target: Literal["sarsa", "q_learning"] = "sarsa"
-    """bootstrap on the slate shown next (sarsa) or on the greedy slate (q_learning)"""
-    slate_optimiser: Literal["greedy", "topk"] = "greedy"
-    """slate construction from item values: greedy MNL value or top-k of v(s, i) Q(s, i)"""
-    batch_size: int = param(1024, ge=1)
-    """transitions per gradient step"""
-    buffer_size: int = param(100_000, ge=1)
-    """replay buffer capacity in transitions"""
-    learning_starts: int = param(5_000, ge=0)
-    """transitions collected before the first gradient step"""
-    epsilon_start: float = param(0.5, ge=0.0, le=1.0)
-    """initial probability of a uniformly random slate"""
-    epsilon_end: float = param(0.02, ge=0.0, le=1.0)
-    """final exploration probability"""
+    encoder: str = "minilm"
+    """``minilm`` (bundled all-MiniLM-L6-v2), ``tiny`` (random, tests), a model folder or a hub id"""
+    cache_dir: str | None = None
+    """where catalog embeddings are cached (None: ``$LONGREC_CACHE/item_embeddings``, ``~/.cache/longrec``)"""
 
 
 @dataclass(frozen=True)
@@ -229,8 +110,6 @@ class EvalConfig:
     """agents evaluated next to the trained one, in the same run"""
     checkpoint: str | None = None
     """policy checkpoint to evaluate (``longrec eval``); None = the run's own final policy"""
-    deterministic: bool = True
-    """greedy slates (True) or sampled slates (False)"""
 
 
 @dataclass(frozen=True)
@@ -259,7 +138,14 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment: what to train/evaluate, on which env, with which seed and device."""
+    """One experiment: what to train/evaluate, on which env, with which seed and device.
+
+    The training sections are the libraries' own config classes (one definition per knob):
+    ``policy`` = ``llm_policy.SlatePolicyConfig``, ``pretrain`` = ``llm_policy.PretrainConfig``,
+    ``ppo`` = ``agents.ppo.PPOConfig``, ``kl`` = ``agents.kl.KLConfig``, ``slateq`` =
+    ``agents.slateq.SlateQConfig``. A job refuses a non-default key it would not read
+    (``experiments.jobs.check_config``).
+    """
 
     name: str = ""
     """experiment name, part of the run folder name (default: the agent)"""
@@ -270,19 +156,29 @@ class ExperimentConfig:
     torch_threads: int = param(0, ge=0)
     """torch CPU threads (0 = torch's default)"""
     agent: AgentName = "ce_ppo_kl"
-    """agent to train / evaluate"""
+    """agent to train / evaluate (``agents.registry``)"""
+    total_timesteps: int = param(200_000, ge=1)
+    """environment steps (user-steps summed over the batch) the agent trains for (PPO or SlateQ)"""
+    init_from: str | None = None
+    """pretrained policy folder (``save_pretrained``) to start from instead of this run's pretraining"""
+    resume: str | None = None
+    """PPO checkpoint file or folder to resume training from"""
     env: EnvConfig = field(default_factory=EnvConfig)
     """simulator"""
     data: DataConfig = field(default_factory=DataConfig)
     """pretraining data"""
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    """LLM slate policy"""
+    text: TextConfig = field(default_factory=TextConfig)
+    """item-text encoder"""
+    policy: SlatePolicyConfig = field(default_factory=SlatePolicyConfig)
+    """LLM slate policy (``llm_policy.SlatePolicyConfig``)"""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    """cross-entropy pretraining"""
+    """cross-entropy pretraining (``llm_policy.PretrainConfig``)"""
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    """PPO fine-tuning"""
-    slateq: SlateQSection = field(default_factory=SlateQSection)
-    """SlateQ baseline"""
+    """PPO fine-tuning (``agents.ppo.PPOConfig``)"""
+    kl: KLConfig = field(default_factory=KLConfig)
+    """KL penalty to the pretrained policy, agent ``ce_ppo_kl`` (``agents.kl.KLConfig``)"""
+    slateq: SlateQConfig = field(default_factory=SlateQConfig)
+    """SlateQ baseline (``agents.slateq.SlateQConfig``)"""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """evaluation"""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -366,22 +262,13 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
 
 def check_registered_env(env_id: str) -> None:
     """Raise ConfigError unless ``env_id`` is registered once ``envs`` is imported."""
-    ids = registered_env_ids()
-    if ids is None or env_id in ids:
+    import envs  # registers the presets
+
+    ids = envs.registered_ids()
+    if env_id in ids:
         return
     raise ConfigError(f"config key 'env.id': unknown environment {env_id!r}{_did_you_mean(env_id, ids)}; "
                       f"registered: {', '.join(ids)}")
-
-
-def registered_env_ids() -> list[str] | None:
-    """Registered ``longrec/*`` ids, or None when the ``envs`` package cannot be imported."""
-    try:
-        import gymnasium
-
-        import envs  # noqa: F401  (registers the presets)
-    except ImportError:
-        return None
-    return sorted(k for k in gymnasium.registry if k.startswith("longrec/"))
 
 
 # --------------------------------------------------------------------------- overrides
@@ -463,8 +350,13 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
-        _check_bounds(kwargs[name], fields[name].metadata.get("bounds", {}), f"{prefix}{name}")
-    return cls(**kwargs)
+        problem = bounds_error(kwargs[name], fields[name].metadata.get("bounds", {}))
+        if problem is not None:
+            raise ConfigError(f"config key {prefix + name!r} {problem}; got {kwargs[name]!r}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a check across fields in the class's __post_init__
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r}: {exc}") from None
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -546,18 +438,6 @@ def _as_float(value: Any) -> float | None:
         except ValueError:
             return None
     return None
-
-
-def _check_bounds(value: Any, bounds: Mapping[str, float], key: str) -> None:
-    if not bounds or value is None:
-        return
-    checks = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
-              "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
-    for name, bound in bounds.items():
-        ok, sign = checks[name]
-        if not ok(value, bound):
-            allowed = " and ".join(f"{checks[n][1]} {b}" for n, b in bounds.items())
-            raise ConfigError(f"config key {key!r} must be {allowed}; got {value!r}")
 
 
 def _leaf_hint(key: str, cls: type) -> str:

@@ -10,10 +10,15 @@ The CLI, the sweep runner and W&B agents all go through four jobs::
 Each job takes the validated config and an open :class:`experiments.run.Run`
 (folder + W&B), logs metrics through ``run.log(metrics, step)``, records its
 final numbers in ``summary.json`` via ``run.update_summary(metrics=...)`` and
-returns them. The seams the other packages fill (called with keyword arguments,
-so they never import ``experiments``) are listed in :data:`BACKENDS`; a missing
-one raises ``RuntimeError("... requires agents.ppo.train_ppo (not yet available) ...")``
-before any work starts.
+returns them. Each first calls :func:`check_config`: a key the job would not read
+(for its agent and data source) must keep its default, so that no setting is
+silently ignored; the CLI calls it too, before any run folder is made.
+
+The config sections are the libraries' config classes, passed as they are:
+``llm_policy.pretrain.pretrain(logs, embeddings, config=cfg.pretrain, model_config=cfg.policy, ...)``,
+``agents.ppo.train_ppo(cfg.ppo, cfg.total_timesteps, kl=cfg.kl, ...)``,
+``agents.slateq.train_slateq(env_id, cfg.total_timesteps, cfg.slateq, ...)``; run-level
+settings (seed, device, env, num_envs, folders, progress) are their arguments.
 
 Metric names follow CleanRL: training curves under ``charts/`` and ``losses/``,
 final evaluation of the run's own agent under ``eval/`` (``eval/return``,
@@ -23,7 +28,6 @@ evaluated in the same run go to ``summary["agents"]``.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -32,152 +36,170 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from agents.baselines import make_baseline
+from agents.evaluate import evaluate_agent
+from agents.offline_protocol import pretrain_movielens
+from agents.ppo import train_ppo
+from agents.registry import FIXED_AGENTS, PRETRAINED_AGENTS, agent_info
+from agents.slateq import train_slateq
+from envs.logging_policy import generate_logs, load_logs
+from envs.registration import make_core
 from experiments.config import ConfigError, ExperimentConfig
+from llm_policy.device import resolve_device
+from llm_policy.pretrain import pretrain
+from llm_policy.text_encoder import ItemTextEncoder
+from llm_policy.tiny import make_tiny_bert
 
-FIXED_AGENTS = ("random", "popularity", "myopic", "oracle")
-"""Agents with nothing to train: ``train`` evaluates them directly."""
-PRETRAINED_AGENTS = ("ce_ppo", "ce_ppo_kl", "pctr_greedy")
-"""Agents that start from the cross-entropy-pretrained LLM policy."""
-PPO_AGENTS = ("ce_ppo", "ce_ppo_kl", "ppo_scratch", "ppo_mlp")
-"""Agents trained with PPO."""
-
-BACKENDS: dict[str, str] = {
-    "pretrain": "llm_policy.pretrain:pretrain",
-    "ppo": "agents.ppo:train_ppo",
-    "slateq": "agents.slateq:train_slateq",
-    "evaluate": "agents.evaluate:evaluate_agent",
-    "movielens": "agents.offline_protocol:pretrain_movielens",
-}
-"""Seams filled by the other packages (``module:function``), called with keyword arguments:
-
-* ``llm_policy.pretrain.pretrain(logs, item_embeddings, config=PretrainConfig, model_config=
-  SlatePolicyConfig, output_dir)`` -> ``PretrainResult(model, metrics, best_dir)`` (wired).
-* ``agents.offline_protocol.pretrain_movielens(data_path, policy_config, text_encoder, epochs, batch_size, learning_rate,
-  min_interactions, seed, device, out_dir, progress)`` -> ``{"policy_dir": folder, "metrics": {...}}`` (wired).
-* ``agents.ppo.train_ppo(config=agents.ppo.PPOConfig, metrics_sink, resume, progress)`` ->
-  ``PPOResult(model, num_timesteps, interrupted, checkpoint, resumed_from)`` (wired,
-  :func:`train_with_ppo`; the KL penalty only for ``ce_ppo_kl``).
-* ``agents.slateq.train_slateq(env_id, total_steps, config=SlateQConfig, seed, env_kwargs,
-  metrics_sink, log_interval, device, progress)`` -> ``SlateQAgent`` (wired, :func:`train_slateq`).
-* ``evaluate_agent(agent, env_id, num_users, seeds, env_kwargs, name, progress)`` -> an object
-  with ``.row`` = ``{metric: float}`` (``return``, ``sessions``, ``return_rate``, ``ctr``, ...,
-  each with ``<m>_ci95``); ``agent`` is a baseline name or a factory ``core -> Agent``
-  (see :func:`agent_spec`).
-
-``log_fn(metrics: dict[str, float], step: int)`` is ``Run.log``: metrics.jsonl + W&B.
-"""
-
-LogFn = Callable[[Mapping[str, Any], int | None], None]
+MOVIELENS_POLICY_KEYS = ("d_model", "encoder", "n_encoder_layers", "n_encoder_heads", "n_decoder_layers",
+                         "n_decoder_heads", "dropout", "item_id_embeddings")
+"""``policy`` keys MovieLens pretraining passes on (the rest of its model is its own, ``LLMNextItemConfig``)."""
+MOVIELENS_PRETRAIN_KEYS = ("target", "epochs", "batch_size", "learning_rate")
+"""``pretrain`` keys MovieLens pretraining reads (``target`` must be ``click``: it predicts the next item)."""
 
 
-def require(seam: str, needed_for: str) -> Callable[..., Any]:
-    """The backend function of ``seam`` (see :data:`BACKENDS`), or a RuntimeError saying what is missing."""
-    module_name, _, attr = BACKENDS[seam].partition(":")
+# --------------------------------------------------------------------------- what each job reads
+
+
+def check_config(job: str, cfg: ExperimentConfig) -> None:
+    """Raise ConfigError if ``job`` cannot run ``cfg`` as given, before any work and any run folder.
+
+    A key the job does not read (for ``cfg.agent`` and ``data.source``) must keep its default:
+    ``longrec train agent=random ppo.learning_rate=1e-3`` is an error naming the key and why.
+    """
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        # only a missing backend module counts as "not yet available"; a missing dependency inside it is real
-        if exc.name is None or not module_name.startswith(exc.name):
-            raise
-        raise RuntimeError(f"{needed_for} requires {module_name}.{attr} (not yet available: "
-                           f"module {module_name} is missing)") from None
-    function = getattr(module, attr, None)
-    if function is None:
-        raise RuntimeError(f"{needed_for} requires {module_name}.{attr} (not yet available: "
-                           f"{module_name} has no {attr!r})")
-    return function
-
-
-def backend_available(seam: str) -> bool:
-    try:
-        require(seam, "check")
-    except RuntimeError:
-        return False
-    return True
-
-
-def preflight(job: str, cfg: ExperimentConfig) -> None:
-    """Raise (RuntimeError / ConfigError) if ``job`` cannot run with ``cfg``, before any run folder exists."""
-    if job == "pretrain":
-        require("pretrain", "`longrec pretrain`")
-    elif job in ("train", "quickstart") and cfg.agent not in FIXED_AGENTS:
-        require("slateq" if cfg.agent == "slateq" else "ppo", f"`longrec {job} agent={cfg.agent}`")
-        if cfg.agent in PRETRAINED_AGENTS and cfg.policy.init_from is None:
-            require("pretrain", f"`longrec {job} agent={cfg.agent}` (CE pretraining)")
-    if job in ("train", "eval", "quickstart"):
-        require("evaluate", f"`longrec {job}` (evaluation)")
-    if cfg.device == "cuda":
         resolve_device(cfg.device)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'device': {exc}") from None
+    if job in ("pretrain", "train", "quickstart") and _pretrains(job, cfg) and cfg.data.source == "movielens":
+        if cfg.pretrain.target != "click":
+            raise ConfigError(f"config key 'pretrain.target' must be 'click' with data.source=movielens (next-item "
+                              f"pretraining); got {cfg.pretrain.target!r}")
+        if cfg.data.path and not Path(cfg.data.path).is_dir():
+            raise ConfigError(f"config key 'data.path' must name a MovieLens folder (ratings.csv, movies.csv) or be "
+                              f"null (the project's copy of ml-latest-small, or $LONGREC_MOVIELENS); got {cfg.data.path!r}")
+    if job == "eval" and cfg.agent not in FIXED_AGENTS and cfg.eval.checkpoint is None:
+        raise ConfigError(f"evaluating agent={cfg.agent} needs its checkpoint: --checkpoint PATH (eval.checkpoint)")
+    ignored = ignored_keys(job, cfg)
+    if ignored:
+        command = f"longrec {job}" + ("" if job == "pretrain" else f" agent={cfg.agent}")
+        by_reason: dict[str, list[str]] = {}
+        for key, (value, _, why) in ignored.items():
+            by_reason.setdefault(why, []).append(f"{key}={value!r}")
+        listed = "; ".join(f"{', '.join(keys)} ({why})" for why, keys in by_reason.items())
+        defaults = ", ".join(f"{key}={default!r}" for key, (_, default, _) in ignored.items())
+        raise ConfigError(f"`{command}` would ignore {listed}; remove them or set their defaults: {defaults}")
+
+
+def ignored_keys(job: str, cfg: ExperimentConfig) -> dict[str, tuple[Any, Any, str]]:
+    """``{dotted key: (value, default, why)}`` of the non-default keys ``job`` would not read."""
+    values, defaults = cfg.flat(), ExperimentConfig().flat()
+    out: dict[str, tuple[Any, Any, str]] = {}
+    for prefix, why in unread_keys(job, cfg):
+        for key, value in values.items():
+            if (key == prefix or key.startswith(prefix + ".")) and value != defaults.get(key, _MISSING):
+                out.setdefault(key, (value, defaults.get(key), why))
+    return out
+
+
+_MISSING = object()
+
+
+def _pretrains(job: str, cfg: ExperimentConfig) -> bool:
+    """Whether ``job`` runs cross-entropy pretraining (``pretrain``, or a pretrained agent without ``init_from``)."""
+    if job == "pretrain":
+        return True
+    return job in ("train", "quickstart") and agent_info(cfg.agent).from_pretrained and cfg.init_from is None
+
+
+def unread_keys(job: str, cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """``(key or section, why)`` of everything ``job`` does not read for ``cfg.agent`` and ``data.source``."""
+    agent = cfg.agent
+    if job == "pretrain":
+        why = "`longrec pretrain` stops after pretraining"
+        keys = ("agent", "total_timesteps", "init_from", "resume", "env.num_envs", "ppo", "kl", "slateq", "eval")
+        return [(key, why) for key in keys] + _unread_by_pretraining(job, cfg)
+    if job == "eval":
+        why = "`longrec eval` evaluates a trained policy (--checkpoint)"
+        keys = ("total_timesteps", "init_from", "resume", "env.num_envs", "data", "text", "policy", "pretrain", "ppo",
+                "kl", "slateq")
+        out = [(key, why) for key in keys]
+        if agent in FIXED_AGENTS:
+            out.append(("eval.checkpoint", f"agent {agent} has no checkpoint"))
+        return out
+    info = agent_info(agent)
+    out = [("eval.checkpoint", f"`longrec {job}` evaluates the policy it trains")]
+    if not info.from_pretrained:
+        out.append(("init_from", f"agent {agent} does not start from a pretrained policy"))
+    if _pretrains(job, cfg):
+        out += _unread_by_pretraining(job, cfg)
+    else:
+        why = "init_from replaces pretraining" if info.from_pretrained else f"agent {agent} does not pretrain"
+        out += [("data", why), ("pretrain", why)]
+        if agent == "ppo_scratch":
+            out.append(("text.cache_dir", "PPO from scratch encodes the item texts with the default cache"))
+        else:
+            why = "the policy is loaded from init_from" if info.from_pretrained else f"agent {agent} has no LLM policy"
+            out += [("policy", why), ("text", why)]
+    if info.trainer == "none":
+        why = f"agent {agent} has nothing to train"
+        out += [(key, why) for key in ("total_timesteps", "resume", "env.num_envs", "ppo", "kl", "slateq")]
+    elif info.trainer == "slateq":
+        out += [(key, "agent slateq trains with SlateQ, not PPO") for key in ("resume", "ppo", "kl")]
+    else:
+        out.append(("slateq", f"agent {agent} trains with PPO"))
+        if agent != "ce_ppo_kl":
+            out.append(("kl", f"agent {agent} has no KL penalty (ce_ppo_kl has)"))
+        if agent != "ppo_mlp":
+            out += [(f"ppo.{key}", "only agent ppo_mlp has an MLP policy") for key in ("mlp_embedding_dim", "mlp_net_arch")]
+    return out
+
+
+def _unread_by_pretraining(job: str, cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """What pretraining on ``data.source`` does not read of the ``data``, ``text``, ``policy`` and ``pretrain`` sections."""
+    if cfg.data.source == "simulator":
+        why = "`longrec pretrain` keeps the item embeddings fixed (the option is llm_policy.pretrain's)"
+        return [("data.min_interactions", "used with data.source=movielens"),
+                ("pretrain.finetune_text_encoder", why), ("pretrain.text_encoder_lr", why)]
+    why = "MovieLens next-item pretraining does not use it"
+    keys = ["data.num_users", "data.behaviour", "text.cache_dir"]
+    keys += [f"pretrain.{k}" for k in asdict(cfg.pretrain) if k not in MOVIELENS_PRETRAIN_KEYS]
+    keys += [f"policy.{k}" for k in asdict(cfg.policy) if k not in MOVIELENS_POLICY_KEYS]
+    if job == "pretrain":
+        keys.append("env.kwargs")
+    return [(key, why) for key in keys]
 
 
 # --------------------------------------------------------------------------- setup
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is a ConfigError."""
-    if device == "cpu":
-        return "cpu"
-    try:
-        import torch
-    except ImportError:
-        if device == "cuda":
-            raise ConfigError("config key 'device' is 'cuda' but torch is not installed") from None
-        return "cpu"
-    has_cuda = torch.cuda.is_available()
-    if device == "cuda" and not has_cuda:
-        raise ConfigError("config key 'device' is 'cuda' but no CUDA device is visible; "
-                          "use device=auto or device=cpu")
-    return "cuda" if has_cuda else "cpu"
-
-
-def setup_torch(cfg: ExperimentConfig) -> str:
+def setup_torch(cfg: ExperimentConfig) -> torch.device:
     """Apply ``torch_threads`` and resolve the device (the seeding block: every job seeds from ``cfg.seed``)."""
     if cfg.torch_threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(cfg.torch_threads))
-        try:
-            import torch
-
-            torch.set_num_threads(cfg.torch_threads)
-        except ImportError:
-            pass
+        torch.set_num_threads(cfg.torch_threads)
     return resolve_device(cfg.device)
-
-
-def policy_config_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Fields of ``cfg.policy`` that ``llm_policy.SlatePolicyConfig`` knows (passed through by name)."""
-    fields = asdict(cfg.policy)
-    try:
-        from llm_policy.config import SlatePolicyConfig
-    except ImportError:
-        return fields
-    known = set(SlatePolicyConfig.__dataclass_fields__)
-    return {k: v for k, v in fields.items() if k in known}
 
 
 # --------------------------------------------------------------------------- jobs
 
 
 def run_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
-    """Cross-entropy pretraining of the LLM policy on simulator logs (or real data through its own seam)."""
-    if cfg.data.source == "movielens":
-        return run_movielens_pretrain(cfg, run)
-    require("pretrain", "`longrec pretrain`")
-    from llm_policy.config import SlatePolicyConfig
-    from llm_policy.pretrain import PretrainConfig as LLMPretrainConfig
-    from llm_policy.pretrain import pretrain
+    """Cross-entropy pretraining of the LLM policy on simulator logs or MovieLens (``data.source``)."""
+    check_config("pretrain", cfg)
+    return _pretrain(cfg, run)
 
+
+def _pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
+    if cfg.data.source == "movielens":
+        return _pretrain_movielens(cfg, run)
     device = setup_torch(cfg)
     logs = simulator_logs(cfg, run)
     embeddings = item_embeddings(cfg, run, device)
-    settings = LLMPretrainConfig(
-        target=cfg.pretrain.target, epochs=cfg.pretrain.epochs, batch_size=cfg.pretrain.batch_size,
-        lr=cfg.pretrain.learning_rate, weight_decay=cfg.pretrain.weight_decay,
-        val_fraction=cfg.pretrain.val_fraction, patience=cfg.pretrain.patience,
-        max_batches_per_epoch=cfg.pretrain.max_batches_per_epoch, seed=cfg.seed, device=device,
-        progress=cfg.logging.progress)
-    result = pretrain(logs, embeddings, config=settings, model_config=SlatePolicyConfig(**policy_config_kwargs(cfg)),
-                      output_dir=run.checkpoints_dir / "pretrained")
+    result = pretrain(logs, embeddings, config=cfg.pretrain, model_config=cfg.policy,
+                      output_dir=run.checkpoints_dir / "pretrained", seed=cfg.seed, device=device,
+                      progress=cfg.logging.progress)
     for row in result.metrics.get("history", []):
         run.log({f"pretrain/{k}": v for k, v in row.items() if k != "epoch"}, step=None)
     metrics = {f"pretrain/{k}": v for k, v in result.metrics.items() if _is_number(v)}
@@ -186,38 +208,31 @@ def run_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     return {"policy_dir": Path(result.best_dir), "metrics": metrics}
 
 
-def run_movielens_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
-    """Next-item pretraining on a MovieLens folder (the real-data seam, see :data:`BACKENDS`)."""
-    function = require("movielens", "`longrec pretrain data.source=movielens`")
-    if cfg.data.path and not Path(cfg.data.path).is_dir():
-        raise ConfigError(f"config key 'data.path' must name a MovieLens folder (ratings.csv, movies.csv) or be "
-                          f"null (the project's copy of ml-latest-small, or $LONGREC_MOVIELENS); got {cfg.data.path!r}")
-    result = function(data_path=cfg.data.path, policy_config=policy_config_kwargs(cfg),
-                      text_encoder=cfg.policy.text_encoder, epochs=cfg.pretrain.epochs,
-                      batch_size=cfg.pretrain.batch_size, learning_rate=cfg.pretrain.learning_rate,
-                      min_interactions=cfg.data.min_interactions, seed=cfg.seed, device=setup_torch(cfg),
-                      out_dir=run.checkpoints_dir / "pretrained", progress=cfg.logging.progress)
+def _pretrain_movielens(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
+    """Next-item pretraining on a MovieLens folder (``agents.offline_protocol.pretrain_movielens``)."""
+    policy = asdict(cfg.policy)
+    result = pretrain_movielens(data_path=cfg.data.path, policy_config={k: policy[k] for k in MOVIELENS_POLICY_KEYS},
+                                text_encoder=cfg.text.encoder, epochs=cfg.pretrain.epochs,
+                                batch_size=cfg.pretrain.batch_size, learning_rate=cfg.pretrain.learning_rate,
+                                min_interactions=cfg.data.min_interactions, seed=cfg.seed,
+                                device=str(setup_torch(cfg)), out_dir=run.checkpoints_dir / "pretrained",
+                                progress=cfg.logging.progress)
     metrics = {f"pretrain/{k}": v for k, v in dict(result.get("metrics", {})).items() if _is_number(v)}
     run.update_summary(metrics=metrics, pretrained_policy=str(result["policy_dir"]))
     run.log_checkpoint(result["policy_dir"], final=run.job_type == "pretrain")
     return {"policy_dir": Path(result["policy_dir"]), "metrics": metrics}
 
 
-def item_embeddings(cfg: ExperimentConfig, run: Any, device: str) -> Any:
-    """Text embeddings ``(N, d)`` of ``env.id``'s catalog with ``policy.text_encoder`` (cached on disk)."""
-    from envs.registration import make_core
-    from llm_policy.text_encoder import ItemTextEncoder
-
+def item_embeddings(cfg: ExperimentConfig, run: Any, device: torch.device) -> Any:
+    """Text embeddings ``(N, d)`` of ``env.id``'s catalog with ``text.encoder`` (cached on disk)."""
     catalog = make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog
-    encoder = ItemTextEncoder(text_encoder_path(cfg, run), cache_dir=cfg.policy.cache_dir, device=device,
+    encoder = ItemTextEncoder(text_encoder_path(cfg, run), cache_dir=cfg.text.cache_dir, device=device,
                               show_progress=cfg.logging.progress)
     return encoder.encode_catalog(catalog)
 
 
 def simulator_logs(cfg: ExperimentConfig, run: Any) -> Any:
     """Logs of ``data.behaviour`` on ``env.id`` (or the ``.npz`` at ``data.path``), saved in the run folder."""
-    from envs.logging_policy import generate_logs, load_logs
-
     if cfg.data.path:
         return load_logs(cfg.data.path)
     return generate_logs(cfg.env.id, cfg.data.num_users, seed=cfg.seed, path=run.path / "logs.npz",
@@ -226,25 +241,25 @@ def simulator_logs(cfg: ExperimentConfig, run: Any) -> Any:
 
 def run_train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     """Train ``cfg.agent`` (CE pretraining first where it needs it), then evaluate it against the baselines."""
+    check_config("train", cfg)
+    return _train(cfg, run)
+
+
+def _train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     if cfg.agent in FIXED_AGENTS:
         run.update_summary(note=f"{cfg.agent} has nothing to train; evaluated directly")
-        return run_eval(cfg, run)
-    # fail before any work if the training back-end is missing
-    trainer = require("slateq" if cfg.agent == "slateq" else "ppo", f"`longrec train agent={cfg.agent}`")
-    if cfg.agent in PRETRAINED_AGENTS:
-        require("pretrain", f"`longrec train agent={cfg.agent}` (CE pretraining)")
-    require("evaluate", f"`longrec train agent={cfg.agent}` (evaluation)")
+        return _evaluate(cfg, run)
     device = setup_torch(cfg)
-    init_from = cfg.policy.init_from
+    init_from = cfg.init_from
     if cfg.agent in PRETRAINED_AGENTS and init_from is None:
-        init_from = str(run_pretrain(cfg, run)["policy_dir"])
+        init_from = str(_pretrain(cfg, run)["policy_dir"])
     learned = {"pctr_greedy": init_from} if init_from is not None else {}
     if cfg.agent == "pctr_greedy":
-        return run_eval(cfg, run, checkpoint=init_from, checkpoints=learned)
+        return _evaluate(cfg, run, checkpoint=init_from, checkpoints=learned)
     if cfg.agent == "slateq":
-        result = train_slateq(cfg, run, trainer, device)
+        result = train_slateq_agent(cfg, run, device)
     else:
-        result = train_with_ppo(cfg, run, trainer, init_from if cfg.agent in PRETRAINED_AGENTS else None, device)
+        result = train_with_ppo(cfg, run, init_from if cfg.agent in PRETRAINED_AGENTS else None, device)
         if result.get("interrupted"):
             raise KeyboardInterrupt("PPO training interrupted (checkpoint saved)")
     checkpoint = result["checkpoint"]
@@ -253,45 +268,32 @@ def run_train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     if curve is not None:
         run.log_plot("plots/learning_curve", curve)
     run.update_summary(metrics={f"train/{k}": v for k, v in dict(result.get("metrics", {})).items()})
-    return run_eval(cfg, run, checkpoint=str(checkpoint), checkpoints=learned, agents=result.get("agents"))
+    return _evaluate(cfg, run, checkpoint=str(checkpoint), checkpoints=learned, agents=result.get("agents"))
 
 
-def train_with_ppo(cfg: ExperimentConfig, run: Any, trainer: Callable[..., Any], init_from: str | None,
-                   device: str) -> dict[str, Any]:
+def train_with_ppo(cfg: ExperimentConfig, run: Any, init_from: str | None, device: torch.device) -> dict[str, Any]:
     """``agents.ppo.train_ppo``: LLM policy (from the CE-pretrained folder or from scratch) or the MLP/ID policy.
 
     Saves the final policy (``checkpoints/final_policy`` via ``save_pretrained`` for the LLM
     policy, ``checkpoints/final.zip`` for the MLP policy); the trained model is evaluated
     in memory right after.
     """
-    from agents.kl import KLConfig
-    from agents.ppo import PPOConfig as AgentPPOConfig
-
     policy = "mlp" if cfg.agent == "ppo_mlp" else "llm"
-    kl = None
-    if cfg.agent == "ce_ppo_kl" and cfg.ppo.kl_coef > 0:
-        kl = KLConfig(coef=cfg.ppo.kl_coef, estimator=cfg.ppo.kl_estimator, target=cfg.ppo.kl_target)
     from_scratch = policy == "llm" and init_from is None
-    settings = AgentPPOConfig(
-        env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), policy=policy,
-        pretrained_path=init_from if policy == "llm" else None,
-        model_config=policy_config_kwargs(cfg) if from_scratch else None,
+    result = train_ppo(
+        cfg.ppo, cfg.total_timesteps, env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), num_envs=cfg.env.num_envs,
+        policy=policy, pretrained_path=init_from if policy == "llm" else None,
+        model_config=cfg.policy if from_scratch else None,
         text_encoder=text_encoder_path(cfg, run) if from_scratch else None,
-        total_steps=cfg.ppo.total_timesteps, num_envs=cfg.env.num_envs, n_steps=cfg.ppo.n_steps,
-        batch_size=cfg.ppo.batch_size, n_epochs=cfg.ppo.n_epochs, learning_rate=cfg.ppo.learning_rate,
-        gamma=cfg.ppo.gamma, gae_lambda=cfg.ppo.gae_lambda, clip_range=cfg.ppo.clip_range, ent_coef=cfg.ppo.ent_coef,
-        vf_coef=cfg.ppo.vf_coef, max_grad_norm=cfg.ppo.max_grad_norm, kl=kl, seed=cfg.seed, device=device,
-        checkpoint_dir=str(Path(cfg.ppo.resume) if cfg.ppo.resume else run.checkpoints_dir / "ppo"),
-        checkpoint_every=cfg.ppo.checkpoint_every)
-    result = trainer(settings, metrics_sink=run.log, resume=cfg.ppo.resume is not None,
-                     progress=cfg.logging.progress)
+        kl=cfg.kl if cfg.agent == "ce_ppo_kl" and cfg.kl.coef > 0 else None, seed=cfg.seed, device=device,
+        checkpoint_dir=str(Path(cfg.resume) if cfg.resume else run.checkpoints_dir / "ppo"),
+        metrics_sink=run.log, resume=cfg.resume is not None, progress=cfg.logging.progress)
     model = result.model
     if policy == "llm":
         checkpoint = model.policy.save_pretrained(run.checkpoints_dir / "final_policy")
     else:
         checkpoint = run.checkpoints_dir / "final.zip"
         model.save(checkpoint)
-    from agents.baselines import make_baseline
 
     def trained(core: Any) -> Any:
         return make_baseline("ppo_mlp", core, model=model, seed=cfg.seed)  # PolicyAgent over any SB3 policy
@@ -301,14 +303,11 @@ def train_with_ppo(cfg: ExperimentConfig, run: Any, trainer: Callable[..., Any],
 
 
 def text_encoder_path(cfg: ExperimentConfig, run: Any) -> str | None:
-    """``policy.text_encoder`` as a folder: None = bundled MiniLM, ``tiny`` = a random tiny BERT in the run folder."""
-    name = cfg.policy.text_encoder
+    """``text.encoder`` as a folder: None = bundled MiniLM, ``tiny`` = a random tiny BERT in the run folder."""
+    name = cfg.text.encoder
     if name == "minilm":
         return None
     if name == "tiny":
-        from envs.registration import make_core
-        from llm_policy.tiny import make_tiny_bert
-
         folder = run.path / "tiny_text_encoder"
         if not (folder / "config.json").exists():
             texts = make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog.texts
@@ -317,51 +316,47 @@ def text_encoder_path(cfg: ExperimentConfig, run: Any) -> str | None:
     return name
 
 
-def train_slateq(cfg: ExperimentConfig, run: Any, trainer: Callable[..., Any], device: str) -> dict[str, Any]:
-    """``agents.slateq.train_slateq`` with the ``slateq`` section (passed through by field name)."""
-    from agents.slateq import SlateQConfig
-
-    known = set(SlateQConfig.__dataclass_fields__)
-    settings = SlateQConfig(num_envs=cfg.env.num_envs, **{k: v for k, v in asdict(cfg.slateq).items() if k in known})
-    steps = cfg.slateq.total_timesteps or cfg.ppo.total_timesteps
-    agent = trainer(cfg.env.id, steps, config=settings, seed=cfg.seed, env_kwargs=dict(cfg.env.kwargs),
-                    metrics_sink=run.log, log_interval=max(steps // 50, cfg.env.num_envs), device=device,
-                    progress=cfg.logging.progress)
+def train_slateq_agent(cfg: ExperimentConfig, run: Any, device: torch.device) -> dict[str, Any]:
+    """``agents.slateq.train_slateq`` with the ``slateq`` section for ``total_timesteps`` steps."""
+    steps = cfg.total_timesteps
+    agent = train_slateq(cfg.env.id, steps, cfg.slateq, num_envs=cfg.env.num_envs, seed=cfg.seed,
+                         env_kwargs=dict(cfg.env.kwargs), metrics_sink=run.log,
+                         log_interval=max(steps // 50, cfg.env.num_envs), device=device, progress=cfg.logging.progress)
     return {"checkpoint": agent.save(run.checkpoints_dir / "slateq.pt"), "metrics": {}}
 
 
-def run_eval(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
-             checkpoints: Mapping[str, str] | None = None, agents: Mapping[str, Any] | None = None
-             ) -> dict[str, Any]:
+def run_eval(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
+    """Evaluate ``cfg.agent`` (from ``eval.checkpoint`` when it is learned) and ``eval.baselines`` on fresh users."""
+    check_config("eval", cfg)
+    return _evaluate(cfg, run, checkpoint=cfg.eval.checkpoint)
+
+
+def _evaluate(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
+              checkpoints: Mapping[str, str] | None = None, agents: Mapping[str, Any] | None = None
+              ) -> dict[str, Any]:
     """Evaluate ``cfg.agent`` and ``eval.baselines`` on fresh users; table, bar plot and summary.
 
-    ``checkpoint`` (else ``eval.checkpoint``) is the trained policy of ``cfg.agent``;
-    ``checkpoints`` maps other learned agents to theirs (e.g. ``pctr_greedy`` -> the
-    pretrained policy); ``agents`` maps names to ready agent factories ``core -> Agent``
-    (e.g. the model just trained, evaluated in memory). A learned baseline without a
-    checkpoint is left out (noted in the summary); the run's own learned agent without
-    one is an error.
+    ``checkpoint`` is the trained policy of ``cfg.agent``; ``checkpoints`` maps other learned
+    agents to theirs (e.g. ``pctr_greedy`` -> the pretrained policy); ``agents`` maps names to
+    ready agent factories ``core -> Agent`` (e.g. the model just trained, evaluated in memory).
+    A learned baseline without a checkpoint is left out (noted in the summary).
     """
-    evaluate = require("evaluate", "`longrec eval`")
-    checkpoint = checkpoint or cfg.eval.checkpoint
     paths = dict(checkpoints or {})
     if checkpoint:
         paths[cfg.agent] = checkpoint
     ready = dict(agents or {})
     for name in ready:
         paths.setdefault(name, "<in memory>")
-    if cfg.agent not in FIXED_AGENTS and cfg.agent not in paths:
-        raise ConfigError(f"evaluating agent={cfg.agent} needs its checkpoint: --checkpoint PATH (eval.checkpoint)")
     setup_torch(cfg)
     names = [n for n in dict.fromkeys([cfg.agent, *cfg.eval.baselines]) if n in FIXED_AGENTS or n in paths]
     skipped = [n for n in dict.fromkeys(cfg.eval.baselines) if n not in names]
     rows: dict[str, dict[str, float]] = {}
     for name in names:
         spec = ready[name] if name in ready else agent_spec(name, paths.get(name), cfg.seed)
-        result = evaluate(agent=spec, env_id=cfg.env.id,
-                          num_users=cfg.eval.num_users, seeds=list(cfg.eval.seeds), env_kwargs=dict(cfg.env.kwargs),
-                          name=name, progress=cfg.logging.progress)
-        rows[name] = metric_row(getattr(result, "row", result))
+        result = evaluate_agent(agent=spec, env_id=cfg.env.id, num_users=cfg.eval.num_users,
+                                seeds=list(cfg.eval.seeds), env_kwargs=dict(cfg.env.kwargs), name=name,
+                                progress=cfg.logging.progress)
+        rows[name] = metric_row(result.row)
     own = {f"eval/{k}": v for k, v in rows[cfg.agent].items()}
     run.log(own, step=None)
     run.log_table("eval/agents", [{"agent": name, **row} for name, row in rows.items()])
@@ -377,8 +372,6 @@ def agent_spec(name: str, checkpoint: str | None, seed: int) -> Any:
     """What ``agents.evaluate.evaluate_agent`` takes: a baseline name, or a factory ``core -> Agent``."""
     if checkpoint is None:
         return name
-    from agents.baselines import make_baseline
-
     if name == "slateq":
         kind = "slateq"
     elif name == "pctr_greedy" or (Path(checkpoint).is_dir() and (Path(checkpoint) / "config.json").exists()):
@@ -401,8 +394,9 @@ def run_quickstart(cfg: ExperimentConfig) -> Path:
     """The README's main job: logs -> CE pretraining -> PPO + KL -> evaluation vs baselines; returns the run folder."""
     from experiments.run import Run
 
+    check_config("quickstart", cfg)
     with Run.create(cfg, job_type="quickstart") as run:
-        run_train(cfg, run)
+        _train(cfg, run)
     return run.path
 
 

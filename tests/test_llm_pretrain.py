@@ -67,8 +67,8 @@ def test_split_users_is_disjoint_and_seeded():
 def test_behaviour_cloning_beats_untrained_and_loads_into_policy(tmp_path):
     torch.set_num_threads(1)
     logs, emb = synthetic_log()
-    cfg = PretrainConfig(target="slate", epochs=5, batch_size=64, lr=3e-3, patience=3, seed=0, progress=False)
-    result = pretrain(logs, emb, config=cfg, model_config=TINY, output_dir=tmp_path)
+    cfg = PretrainConfig(target="slate", epochs=5, batch_size=64, learning_rate=3e-3, patience=3, val_fraction=0.2)
+    result = pretrain(logs, emb, config=cfg, model_config=TINY, output_dir=tmp_path, seed=0, progress=False)
     m = result.metrics
     before, after = m["val_before/ndcg@10"], m["val/ndcg@10"]
     assert after > before + 0.3, (before, after)
@@ -106,8 +106,8 @@ def test_click_target_on_full_catalog_learns_taste():
     torch.set_num_threads(1)
     logs, emb = synthetic_log(num_users=48, steps=10, seed=1)
     cfg = PretrainConfig(target="click", full_catalog=True, exclude_history=False, epochs=10, batch_size=64,
-                         lr=3e-3, patience=2, seed=0, progress=False)
-    result = pretrain(logs, emb, config=cfg, model_config=TINY)
+                         learning_rate=3e-3, patience=2, val_fraction=0.2)
+    result = pretrain(logs, emb, config=cfg, model_config=TINY, seed=0, progress=False)
     m = result.metrics
     assert m["val/ndcg@10"] > m["val_before/ndcg@10"] + 0.25, (m["val_before/ndcg@10"], m["val/ndcg@10"])
     assert m["val/num_steps"] == m["val_before/num_steps"] > 0
@@ -120,8 +120,8 @@ def test_pretrain_on_simulator_logs(tmp_path):
     logging_policy.generate_logs("longrec/Video-v0", num_users=6, seed=0, path=path, behaviour="noisy_quality")
     data = logging_policy.load_logs(path)
     emb = torch.randn(data.meta["num_items"], 8, generator=torch.Generator().manual_seed(0))
-    cfg = PretrainConfig(target="slate", epochs=1, max_batches_per_epoch=3, batch_size=64, progress=False)
-    result = pretrain(path, emb, config=cfg, model_config=TINY, output_dir=tmp_path / "run")
+    cfg = PretrainConfig(target="slate", epochs=1, max_batches_per_epoch=3, batch_size=64, val_fraction=0.2)
+    result = pretrain(path, emb, config=cfg, model_config=TINY, output_dir=tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert np.isfinite(result.metrics["val/loss"]) and 0 <= result.metrics["val/ndcg@10"] <= 1
 
@@ -133,7 +133,7 @@ def test_config_errors():
         PretrainConfig(target="slate", full_catalog=True)
     logs, emb = synthetic_log(num_users=2, steps=2)
     with pytest.raises(ValueError, match="needs item_embeddings"):
-        pretrain(logs, None, config=PretrainConfig(progress=False))
+        pretrain(logs, None, config=PretrainConfig(), progress=False)
 
 
 def test_finetuning_the_text_encoder_during_pretraining(tmp_path):
@@ -158,10 +158,10 @@ def test_finetuning_the_text_encoder_during_pretraining(tmp_path):
     enc = ItemTextEncoder(model_dir, cache_dir=tmp_path / "cache", show_progress=False)
     emb = enc.encode(texts)
     before = {n: p.detach().clone() for n, p in enc.model.named_parameters()}
-    cfg = PretrainConfig(target="slate", epochs=6, batch_size=32, lr=3e-3, patience=6,
-                         text_encoder_lr=1e-3, finetune_text_encoder="full", progress=False)
+    cfg = PretrainConfig(target="slate", epochs=6, batch_size=32, learning_rate=3e-3, patience=6, val_fraction=0.2,
+                         text_encoder_lr=1e-3, finetune_text_encoder="full")
     result = pretrain(logs, emb, config=cfg, model_config=TINY, output_dir=tmp_path / "run",
-                      text_encoder=enc, item_texts=texts)
+                      text_encoder=enc, item_texts=texts, progress=False)
     assert any(not torch.equal(before[n], p) for n, p in enc.model.named_parameters())
     m = result.metrics
     assert m["best_epoch"] > 0 and m["val/ndcg@10"] > m["val_before/ndcg@10"] + 0.05
@@ -170,4 +170,4 @@ def test_finetuning_the_text_encoder_during_pretraining(tmp_path):
     best_enc = ItemTextEncoder(tmp_path / "run" / "best_text_encoder", cache_dir=tmp_path / "cache2", show_progress=False)
     torch.testing.assert_close(best_enc.encode(texts), result.model.item_embeddings[:N], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="finetune_text_encoder needs text_encoder"):
-        pretrain(logs, emb, config=cfg, model_config=TINY)
+        pretrain(logs, emb, config=cfg, model_config=TINY, progress=False)

@@ -1,4 +1,4 @@
-"""PPO agents: tiny end-to-end CE pretraining -> PPO with KL, metric keys, MLP slates, reward shaping."""
+"""PPO agents: tiny end-to-end CE pretraining -> PPO with KL, metric keys, MLP slates, reward shaping, the update's direction."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import envs
 from agents.baselines import PolicyAgent, make_baseline
 from agents.evaluate import evaluate_agent
-from agents.kl import KLConfig
+from agents.kl import KLConfig, kl_estimate
 from agents.ppo import PPOConfig, build_ppo, train_ppo
 from envs.logging_policy import generate_logs
 
@@ -43,27 +43,26 @@ def pretrained(tmp_path_factory):
     result = pretrain(
         logs,
         embeddings,
-        config=PretrainConfig(epochs=2, batch_size=128, max_batches_per_epoch=6, progress=False, patience=5),
+        config=PretrainConfig(epochs=2, batch_size=128, max_batches_per_epoch=6, patience=5, val_fraction=0.2),
         model_config=SlatePolicyConfig(**TINY_MODEL),
         output_dir=root / "pretrain",
+        progress=False,
     )
     return result
 
 
-def tiny_config(**overrides) -> PPOConfig:
-    base = PPOConfig(
-        env_id=ENV, env_kwargs=dict(ENV_KWARGS), total_steps=256, num_envs=16, n_steps=8, batch_size=64,
-        n_epochs=2, device="cpu", seed=1,
-    )
-    return dataclasses.replace(base, **overrides)
+TINY_PPO = PPOConfig(n_steps=8, batch_size=64, n_epochs=2)
+SETUP = dict(env_id=ENV, env_kwargs=ENV_KWARGS, num_envs=16, device="cpu", seed=1)
+"""what to train on: the keyword arguments of build_ppo / train_ppo"""
 
 
 def test_ce_pretrain_then_ppo_with_kl_end_to_end(pretrained):
     assert pretrained.best_dir is not None
+    assert pretrained.metrics["val/ndcg@10"] > pretrained.metrics["val_before/ndcg@10"]  # CE learned the logs
     logged = []
-    config = tiny_config(pretrained_path=str(pretrained.best_dir), kl=KLConfig(coef=0.1, estimator="k3"),
-                         learning_rate=3e-3)
-    result = train_ppo(config, metrics_sink=lambda metrics, step: logged.append((step, metrics)))
+    config = dataclasses.replace(TINY_PPO, learning_rate=3e-3)
+    result = train_ppo(config, 256, pretrained_path=str(pretrained.best_dir), kl=KLConfig(coef=0.1, estimator="k3"),
+                       metrics_sink=lambda metrics, step: logged.append((step, metrics)), **SETUP)
     assert result.num_timesteps == 256 and not result.interrupted
     steps = [step for step, _ in logged]
     assert steps == [128, 256]
@@ -73,29 +72,83 @@ def test_ce_pretrain_then_ppo_with_kl_end_to_end(pretrained):
     # the first rollout is sampled by the reference policy itself: its KL is 0
     assert abs(first["kl/ref"]) < 1e-4 and last["kl/coef"] == 0.1
     assert last["kl/ref"] > first["kl/ref"]  # one update later the policy has moved away
-    # the PPO policy and the pCTR-greedy (pretrained, no RL) baseline both evaluate
-    ppo_row = evaluate_agent(PolicyAgent(result.model.policy), ENV, num_users=24, env_kwargs=ENV_KWARGS,
-                             progress=False).row
-    core = envs.make_core(ENV, num_users=24, **ENV_KWARGS)
-    pctr = make_baseline("pctr_greedy", core, path=pretrained.best_dir)
-    pctr_row = evaluate_agent(pctr, ENV, num_users=24, env_kwargs=ENV_KWARGS, progress=False).row
-    assert ppo_row["return"] > 0 and pctr_row["return"] > 0 and pctr_row["env_steps"] > 24
+    # the PPO policy and the pCTR-greedy (pretrained, no RL) baseline evaluate on the same users as random
+    rows = {}
+    for name in ("ppo", "pctr_greedy", "random"):
+        if name == "ppo":
+            agent = PolicyAgent(result.model.policy)
+        elif name == "pctr_greedy":
+            agent = make_baseline("pctr_greedy", envs.make_core(ENV, num_users=24, **ENV_KWARGS),
+                                  path=pretrained.best_dir)
+        else:
+            agent = "random"
+        rows[name] = evaluate_agent(agent, ENV, num_users=24, env_kwargs=ENV_KWARGS, progress=False).row
+    assert rows["pctr_greedy"]["env_steps"] > 24 and rows["ppo"]["env_steps"] > 24  # lives went past one step
+    # the same users and seeds: the learned policies' slates are not random ones (a different return), and the
+    # greedy pretrained policy is deterministic (a second evaluation gives the same numbers)
+    assert rows["pctr_greedy"]["return"] != rows["random"]["return"] != rows["ppo"]["return"]
+    again = evaluate_agent(make_baseline("pctr_greedy", envs.make_core(ENV, num_users=24, **ENV_KWARGS),
+                                         path=pretrained.best_dir), ENV, num_users=24, env_kwargs=ENV_KWARGS,
+                           progress=False).row
+    assert again["return"] == rows["pctr_greedy"]["return"]
 
 
 def test_reference_equals_initial_policy_and_kl_shapes_rewards(pretrained):
-    config = tiny_config(pretrained_path=str(pretrained.best_dir), kl=KLConfig(coef=0.5), total_steps=128)
-    model = build_ppo(config)
+    kl = KLConfig(coef=0.5)
+    model = build_ppo(TINY_PPO, pretrained_path=str(pretrained.best_dir), kl=kl, **SETUP)
     for key, value in model.policy.state_dict().items():
         torch.testing.assert_close(model.reference.state_dict()[key], value)
     assert not any(p.requires_grad for p in model.reference.parameters())
-    train_ppo(config)  # smoke: one rollout, one update, reference frozen
-    no_kl = build_ppo(tiny_config(pretrained_path=str(pretrained.best_dir)))
+    # move the policy away from the frozen reference, so that the rollout's KL is not 0
+    with torch.no_grad():
+        for p in model.policy.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    recorded = {}
+    shape = model._shape_rewards_with_kl
+
+    def spy(buffer):
+        recorded["raw"] = buffer.rewards.copy()
+        shape(buffer)
+        recorded["shaped"] = buffer.rewards.copy()
+        recorded["log_probs"] = buffer.log_probs.copy()
+        recorded["actions"] = buffer.actions.copy()
+        recorded["observations"] = {k: v.copy() for k, v in buffer.observations.items()}
+
+    model._shape_rewards_with_kl = spy
+    model.learn(total_timesteps=SETUP["num_envs"] * TINY_PPO.n_steps)  # one rollout (shaped), one update
+    n = recorded["raw"].size
+    obs = {k: torch.as_tensor(v.reshape(n, *v.shape[2:])) for k, v in recorded["observations"].items()}
+    with torch.no_grad():
+        logq = model.reference.evaluate_actions(obs, torch.as_tensor(recorded["actions"].reshape(n, -1)))[1]
+    logp = torch.as_tensor(recorded["log_probs"].reshape(-1))
+    expected_kl = kl_estimate(logp, logq.reshape(-1), kl.estimator).numpy().reshape(recorded["raw"].shape)
+    assert expected_kl.mean() > 0.01  # the policies differ, so the penalty is not trivially 0
+    np.testing.assert_allclose(recorded["shaped"], recorded["raw"] - kl.coef * expected_kl, rtol=1e-5, atol=1e-5)
+    assert model.kl_metrics["kl/ref"] == pytest.approx(float(expected_kl.mean()), rel=1e-4)
+    no_kl = build_ppo(TINY_PPO, pretrained_path=str(pretrained.best_dir), **SETUP)
     assert no_kl.reference is None and no_kl.kl_controller is None
+
+
+def test_ppo_update_raises_the_log_prob_of_advantaged_actions():
+    """One rollout and one PPO update (fixed seed): actions with a positive advantage become likelier than the rest."""
+    model = build_ppo(dataclasses.replace(TINY_PPO, learning_rate=3e-3, n_epochs=4), policy="mlp", **SETUP)
+    model.learn(total_timesteps=SETUP["num_envs"] * TINY_PPO.n_steps)
+    buffer = model.rollout_buffer  # the rollout the update used (flattened by it), its advantages and old log-probs
+    n = buffer.buffer_size * buffer.n_envs
+    assert buffer.generator_ready and len(buffer.actions) == n
+    obs = {k: torch.as_tensor(v) for k, v in buffer.observations.items()}
+    with torch.no_grad():
+        new = model.policy.evaluate_actions(obs, torch.as_tensor(buffer.actions.reshape(n, -1)))[1].numpy()
+    change = new - buffer.log_probs.reshape(-1)
+    advantage = buffer.advantages.reshape(-1)
+    rewarded, other = change[advantage > 0].mean(), change[advantage <= 0].mean()
+    assert rewarded > 0 > other and rewarded > other + 0.5, (rewarded, other)  # measured: +0.66 vs -2.39
 
 
 def test_mlp_policy_trains_and_gives_distinct_slates():
     logged = []
-    result = train_ppo(tiny_config(policy="mlp", mlp_net_arch=(32,)), metrics_sink=lambda m, s: logged.append(m))
+    config = dataclasses.replace(TINY_PPO, mlp_net_arch=(32,))
+    result = train_ppo(config, 256, policy="mlp", metrics_sink=lambda m, s: logged.append(m), **SETUP)
     for key in STABLE_KEYS[1:]:
         assert key in logged[-1]
     core = envs.make_core(ENV, num_users=64, **ENV_KWARGS)
@@ -109,7 +162,10 @@ def test_mlp_policy_trains_and_gives_distinct_slates():
 
 def test_config_errors_name_valid_values():
     with pytest.raises(ValueError, match="policy='transformer'.*valid"):
-        PPOConfig(policy="transformer")
+        build_ppo(TINY_PPO, policy="transformer", **SETUP)
     with pytest.raises(ValueError, match="pretrained_path is for policy='llm'"):
-        PPOConfig(policy="mlp", pretrained_path="x")
-    assert PPOConfig(kl={"coef": 0.2, "target": 0.01}).kl == KLConfig(coef=0.2, target=0.01)
+        build_ppo(TINY_PPO, policy="mlp", pretrained_path="x", **SETUP)
+    with pytest.raises(ValueError, match=r"PPOConfig.n_steps=0 must be >= 1"):
+        PPOConfig(n_steps=0)
+    with pytest.raises(ValueError, match="total_timesteps=0 must be >= 1"):
+        train_ppo(TINY_PPO, 0, policy="mlp", **SETUP)

@@ -21,7 +21,7 @@ def quadratic_job(cfg: ExperimentConfig, run) -> dict:
     lr = cfg.ppo.learning_rate
     if lr >= 1e-2:
         raise FloatingPointError(f"loss diverged at learning_rate={lr}")
-    value = -((math.log10(lr) + 3.4) ** 2) - (cfg.ppo.kl_coef - 0.05) ** 2
+    value = -((math.log10(lr) + 3.4) ** 2) - (cfg.kl.coef - 0.05) ** 2
     for step in range(1, 4):
         run.log({"charts/episodic_return": value * step / 3}, step=step * 10)
     run.update_summary(metrics={"eval/return": value})
@@ -41,7 +41,7 @@ method: grid
 metric: {name: eval/return, goal: maximize}
 parameters:
   ppo.learning_rate: {values: [1.0e-4, 3.0e-4, 1.0e-3, 1.0e-2]}
-  ppo.kl_coef: {value: 0.05}
+  kl.coef: {value: 0.05}
 """
 
 
@@ -102,14 +102,14 @@ parameters:
     grid = sw.load_sweep(_write_sweep(tmp_path, """\
 method: grid
 parameters:
-  ppo.kl_coef: {values: [0.0, 0.1]}
+  kl.coef: {values: [0.0, 0.1]}
   seed: {values: [0, 1, 2]}
 """))
     trials = sw.grid_trials(grid)
-    assert trials[:4] == [{"ppo.kl_coef": 0.0, "seed": 0}, {"ppo.kl_coef": 0.0, "seed": 1},
-                          {"ppo.kl_coef": 0.0, "seed": 2}, {"ppo.kl_coef": 0.1, "seed": 0}]
+    assert trials[:4] == [{"kl.coef": 0.0, "seed": 0}, {"kl.coef": 0.0, "seed": 1},
+                          {"kl.coef": 0.0, "seed": 2}, {"kl.coef": 0.1, "seed": 0}]
     assert len(trials) == 6
-    assert sw.overrides_of(trials[3]) == ["ppo.kl_coef=0.1", "seed=0"]
+    assert sw.overrides_of(trials[3]) == ["kl.coef=0.1", "seed=0"]
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_random_and_bayes_need_a_count(tmp_path):
 def test_bayes_without_optuna_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
     spec = sw.load_sweep(_write_sweep(tmp_path, "method: bayes\nmetric: {name: eval/return}\n"
-                                                "parameters: {ppo.kl_coef: {min: 0.0, max: 1.0}}\n"))
+                                                "parameters: {kl.coef: {min: 0.0, max: 1.0}}\n"))
     with pytest.raises(sw.SweepError, match=r"needs Optuna \(pip install optuna\).*--backend wandb"):
         sw.run_local_sweep(spec, count=2, out_dir=tmp_path / "o", progress=False,
                            job="tests.test_sweep:quadratic_job")
@@ -170,7 +170,7 @@ def test_wandb_backend_registers_the_file_and_starts_agents(tmp_path, monkeypatc
     monkeypatch.setattr("experiments.wandb_logging.is_logged_in", lambda: True)
     spec = sw.load_sweep("kl_lr")
     assert sw.wandb_sweep_id(spec, "proj", "team") == "team/proj/abc123"
-    assert registered["sweep"]["parameters"]["ppo.kl_coef"] == {"values": [0.0, 0.01, 0.05, 0.2]}
+    assert registered["sweep"]["parameters"]["kl.coef"] == {"values": [0.0, 0.01, 0.05, 0.2]}
     assert registered["sweep"]["command"][1:3] == ["longrec", "train"]
 
     started = []
@@ -212,7 +212,6 @@ def test_cli_sweep_rejects_bad_overrides_before_running(tmp_path, capsys):
 @pytest.mark.expensive
 def test_cli_tiny_sweep_end_to_end(tmp_path, capsys):
     """The shipped tiny sweep through the CLI: real simulator evaluations, one trial invalid on purpose."""
-    pytest.importorskip("envs")
     assert cli.main(["sweep", "tiny", "--workers", "2", "--out", str(tmp_path / "s"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "3/4 finished" in out and "num_items=1 must be >= 2" in out
@@ -226,14 +225,14 @@ method: bayes
 metric: {name: eval/return, goal: maximize}
 parameters:
   ppo.learning_rate: {min: 1.0e-5, max: 5.0e-3, distribution: log_uniform_values}
-  ppo.kl_coef: {values: [0.0, 0.05, 0.5]}
+  kl.coef: {values: [0.0, 0.05, 0.5]}
 """))
     folder, results = sw.run_local_sweep(spec, workers=2, count=4, out_dir=tmp_path / "b", progress=False, seed=1,
                                          job="tests.test_sweep:quadratic_job")
     assert len(results) == 4 and all(r.status == "finished" for r in results)
     for r in results:
-        assert 1e-5 <= r.params["ppo.learning_rate"] <= 5e-3 and r.params["ppo.kl_coef"] in (0.0, 0.05, 0.5)
-        lr, kl = r.params["ppo.learning_rate"], r.params["ppo.kl_coef"]
+        assert 1e-5 <= r.params["ppo.learning_rate"] <= 5e-3 and r.params["kl.coef"] in (0.0, 0.05, 0.5)
+        lr, kl = r.params["ppo.learning_rate"], r.params["kl.coef"]
         assert r.value == pytest.approx(-((math.log10(lr) + 3.4) ** 2) - (kl - 0.05) ** 2)
     rows = list(csv.DictReader(open(folder / "results.csv")))
     assert [float(r["eval/return"]) for r in rows] == sorted((r.value for r in results), reverse=True)

@@ -1,0 +1,124 @@
+"""Config classes of the agents' trainers: plain dataclasses (no torch), so a config loads fast.
+
+Each is the one definition of its knobs (name, default, range, one-line doc), used by the
+trainer (``agents.ppo``, ``agents.kl``, ``agents.slateq``, which re-export them) and as a
+section of the experiment config (``experiments.config``: ``ppo``, ``kl``, ``slateq``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from llm_policy.config_fields import check_fields, param
+
+__all__ = ["PPOConfig", "KLConfig", "KLEstimator", "KL_ESTIMATORS", "SlateQConfig"]
+
+KLEstimator = Literal["k1", "k2", "k3"]
+KL_ESTIMATORS: tuple[str, ...] = get_args(KLEstimator)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters (the ``ppo`` section of an experiment config; CleanRL-style, one documented field per knob).
+
+    What to train on (environment, users in parallel, policy kind and initialisation, KL
+    penalty, seed, device) are arguments of ``agents.ppo.build_ppo`` / ``train_ppo``.
+    """
+
+    n_steps: int = param(128, ge=1)
+    """rollout length per environment (user) before each update"""
+    batch_size: int = param(1024, ge=1)
+    """minibatch size of each PPO gradient step"""
+    n_epochs: int = param(4, ge=1)
+    """optimisation epochs over each rollout"""
+    learning_rate: float = param(3e-4, gt=0.0)
+    """Adam learning rate"""
+    gamma: float = param(0.99, ge=0.0, le=1.0)
+    """discount factor"""
+    gae_lambda: float = param(0.95, ge=0.0, le=1.0)
+    """GAE lambda"""
+    clip_range: float = param(0.2, gt=0.0)
+    """PPO clipping epsilon"""
+    ent_coef: float = param(0.0, ge=0.0)
+    """entropy bonus coefficient"""
+    vf_coef: float = param(0.5, ge=0.0)
+    """value loss coefficient"""
+    max_grad_norm: float = param(0.5, gt=0.0)
+    """gradient clipping norm"""
+    target_kl: float | None = param(None, gt=0.0)
+    """SB3's early stop of an update when approx_kl exceeds 1.5x this (None = off; not the KL penalty)"""
+    reward_scale: float = param(0.1, gt=0.0)
+    """rewards are multiplied by this for learning (episode returns are logged unscaled)"""
+    mlp_embedding_dim: int = param(16, ge=1)
+    """MLP policy (``ppo_mlp``): size of the item-id embeddings"""
+    mlp_net_arch: tuple[int, ...] = (256, 256)
+    """MLP policy (``ppo_mlp``): hidden layers of the actor and critic"""
+    checkpoint_every: int = param(50_000, ge=1)
+    """environment steps between periodic checkpoints (taken at the next rollout boundary)"""
+    log_interval_steps: int = param(0, ge=0)
+    """environment steps between metrics emissions (0 = after every update)"""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mlp_net_arch", tuple(self.mlp_net_arch))
+        check_fields(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class KLConfig:
+    """KL penalty to the reference policy (the ``kl`` section of an experiment config; used by ``ce_ppo_kl``)."""
+
+    coef: float = param(0.05, ge=0.0)
+    """initial (or fixed) penalty coefficient beta; 0 disables the penalty"""
+    estimator: KLEstimator = "k3"
+    """per-sample estimator: k1 (log p - log q), k2 ((log r)^2 / 2) or k3 ((r - 1) - log r)"""
+    target: float | None = param(None, gt=0.0)
+    """target KL per step for the adaptive controller; None keeps beta fixed"""
+    horizon: int = param(10_000, ge=1)
+    """adaptive controller horizon in environment steps (Ziegler et al. use 10k)"""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class SlateQConfig:
+    """SlateQ training (Ie et al. 2019) on the batched simulator (the ``slateq`` section of an experiment config)."""
+
+    gamma: float = param(0.99, ge=0.0, lt=1.0)
+    """discount of the long-term item value Q(s, i)"""
+    td_target: Literal["sarsa", "q_learning"] = "sarsa"
+    """bootstrap on the slate actually shown next (``sarsa``) or on the greedy slate (``q_learning``)"""
+    slate_optimiser: Literal["greedy", "topk"] = "greedy"
+    """``greedy`` (add the item raising the slate value most) or ``topk`` (rank by v(s, i) Q(s, i))"""
+    learning_rate: float = param(1e-3, gt=0.0)
+    """Adam step size"""
+    batch_size: int = param(1024, ge=1)
+    """transitions per gradient step"""
+    gradient_steps: int = param(2, ge=1)
+    """gradient steps per batched environment step (num_envs transitions)"""
+    buffer_size: int = param(100_000, ge=1)
+    """replay buffer capacity in transitions"""
+    learning_starts: int = param(5_000, ge=0)
+    """transitions collected before the first gradient step"""
+    target_update_tau: float = param(0.01, gt=0.0, le=1.0)
+    """Polyak rate of the target network"""
+    epsilon_start: float = param(0.5, ge=0.0, le=1.0)
+    """initial probability of a uniformly random slate"""
+    epsilon_end: float = param(0.02, ge=0.0, le=1.0)
+    """final exploration probability"""
+    epsilon_fraction: float = param(0.5, ge=0.0, le=1.0)
+    """fraction of the training steps over which epsilon decays linearly"""
+    reward_scale: float = param(0.1, gt=0.0)
+    """rewards are multiplied by this before TD (keeps Q near unit scale)"""
+    embedding_dim: int = param(32, ge=1)
+    """item-id and response embedding size"""
+    hidden_dim: int = param(128, ge=1)
+    """width of the user, item and Q towers"""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
