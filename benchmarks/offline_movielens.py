@@ -35,19 +35,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agents.movielens_pretrain import MovieLensPretrainConfig, pretrain_movielens  # noqa: E402
 from agents.offline_protocol import (  # noqa: E402
     EvaluationResult,
     LeaveOneOutSplit,
-    MovieLensPretrainConfig,
     PopularityScorer,
     evaluate_next_item,
     format_table,
     leave_one_out_split,
-    pretrain_movielens,
 )
 from agents.sasrec import SASRecConfig, SASRecScorer, train_sasrec  # noqa: E402
 from envs.movielens import load_movielens  # noqa: E402
-from llm_policy.next_item import LLMNextItemConfig  # noqa: E402
+from llm_policy.config import LLMNextItemConfig  # noqa: E402
 
 Log = Callable[[str], None]
 
@@ -153,7 +152,6 @@ def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
     if args.llm_pointer_scale is not None:
         model_config = dataclasses.replace(model_config, pointer_scale=args.llm_pointer_scale or None)
     return MovieLensPretrainConfig(
-        data_path=args.data,
         popularity_feature=not args.llm_no_popularity,
         release_year_feature=not args.llm_no_release_year,
         text_match=not args.llm_no_text_match,
@@ -177,7 +175,8 @@ def run_llm(args: argparse.Namespace, log: Log) -> EvaluationResult:
     """Next-item pretraining of the LLM policy (``pretrain_movielens``, on ``--llm-threads``); its test evaluation."""
     t = time.perf_counter()
     torch.set_num_threads(args.llm_threads)
-    llm = pretrain_movielens(llm_config(args), seed=args.seed, output_dir=args.out, progress=log)
+    llm = pretrain_movielens(llm_config(args), data_path=args.data, seed=args.seed, output_dir=args.out,
+                             progress=log)
     torch.set_num_threads(args.threads)
     train_log = llm.train_log
     log(

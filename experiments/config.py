@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import yaml
 
-from agents.config import KLConfig, PPOConfig, SlateQConfig
+from agents.config import KLConfig, MovieLensPretrainConfig, PPOConfig, SlateQConfig
 from agents.registry import AGENTS
 from llm_policy.config import PretrainConfig, SlatePolicyConfig
 from llm_policy.config_fields import ConfigError, bounds_error, param
@@ -83,9 +83,7 @@ class DataConfig:
     num_users: int = param(2000, ge=1)
     """users simulated by the behaviour policy when generating logs"""
     behaviour: str = "noisy_quality"
-    """behaviour (logging) policy name passed to ``envs.logging_policy.generate_logs``"""
-    min_interactions: int = param(5, ge=1)
-    """users with fewer interactions are dropped (real data)"""
+    """behaviour (logging) policy name passed to ``agents.logs.generate_logs``"""
 
 
 @dataclass(frozen=True)
@@ -143,7 +141,8 @@ class ExperimentConfig:
     The training sections are the libraries' own config classes (one definition per knob):
     ``policy`` = ``llm_policy.SlatePolicyConfig``, ``pretrain`` = ``llm_policy.PretrainConfig``,
     ``ppo`` = ``agents.ppo.PPOConfig``, ``kl`` = ``agents.kl.KLConfig``, ``slateq`` =
-    ``agents.slateq.SlateQConfig``. A job refuses a non-default key it would not read
+    ``agents.slateq.SlateQConfig``, ``movielens`` = ``agents.movielens_pretrain.MovieLensPretrainConfig``
+    (next-item pretraining with ``data.source=movielens``). A job refuses a non-default key it would not read
     (``experiments.jobs.check_config``).
     """
 
@@ -179,6 +178,8 @@ class ExperimentConfig:
     """KL penalty to the pretrained policy, agent ``ce_ppo_kl`` (``agents.kl.KLConfig``)"""
     slateq: SlateQConfig = field(default_factory=SlateQConfig)
     """SlateQ baseline (``agents.slateq.SlateQConfig``)"""
+    movielens: MovieLensPretrainConfig = field(default_factory=MovieLensPretrainConfig)
+    """next-item pretraining on MovieLens (``data.source=movielens``): protocol, item features, model, training"""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """evaluation"""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -334,8 +335,13 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 # --------------------------------------------------------------------------- validation
 
 
-def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build (and validate) a config dataclass from a nested dict."""
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """Build (and validate) a config dataclass from a nested dict.
+
+    Keys missing from ``data`` keep their values in ``base`` (default: ``cls()``); a nested
+    section starts from ``base``'s value of that field, so a section whose default differs from
+    its class's defaults (e.g. ``movielens.train.model``) keeps the default of the section.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r} must be a section (mapping), "
                           f"got {data!r}")
@@ -347,23 +353,24 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
             hint = _did_you_mean(str(key), list(fields), prefix) or _leaf_hint(str(key), cls)
             raise ConfigError(f"unknown config key {full!r}{hint}; valid keys"
                               f"{' in ' + repr(prefix.rstrip('.')) if prefix else ''}: {', '.join(fields)}")
+    base = cls() if base is None else base
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", getattr(base, name))
         problem = bounds_error(kwargs[name], fields[name].metadata.get("bounds", {}))
         if problem is not None:
             raise ConfigError(f"config key {prefix + name!r} {problem}; got {kwargs[name]!r}")
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs)
     except ValueError as exc:  # a check across fields in the class's __post_init__
         raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r}: {exc}") from None
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value if value is not None else {}, key + ".")
+        return from_dict(tp, value if value is not None else {}, key + ".", default)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -482,16 +489,17 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def describe_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """Rows ``(dotted key, type, default, docstring)`` of every leaf config key."""
+def describe_keys(cls: type = ExperimentConfig, prefix: str = "", default: Any = None
+                  ) -> list[tuple[str, str, Any, str]]:
+    """Rows ``(dotted key, type, default, docstring)`` of every leaf config key (``default``: ``cls()``)."""
     rows = []
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
-    default = cls()
+    default = cls() if default is None else default
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe_keys(tp, f"{prefix}{f.name}."))
+            rows.extend(describe_keys(tp, f"{prefix}{f.name}.", getattr(default, f.name)))
             continue
         tname = str(tp).replace("typing.", "") if typing.get_origin(tp) else _type_name(tp)
         rows.append((f"{prefix}{f.name}", tname, _plain(getattr(default, f.name)), docs.get(f.name, "")))

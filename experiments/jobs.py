@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ import torch
 
 from agents.baselines import make_baseline
 from agents.evaluate import evaluate_agent
-from agents.offline_protocol import pretrain_movielens
+from agents.movielens_pretrain import pretrain_movielens
 from agents.ppo import train_ppo
 from agents.registry import FIXED_AGENTS, PRETRAINED_AGENTS, agent_info
 from agents.slateq import train_slateq
@@ -49,15 +48,7 @@ from envs.registration import make_core
 from experiments.config import ConfigError, ExperimentConfig
 from llm_policy.device import resolve_device
 from llm_policy.pretrain import pretrain
-from llm_policy.text_encoder import ItemTextEncoder
-from llm_policy.tiny import make_tiny_bert
-
-MOVIELENS_POLICY_KEYS = ("d_model", "encoder", "n_encoder_layers", "n_encoder_heads", "n_decoder_layers",
-                         "n_decoder_heads", "dropout", "item_id_embeddings")
-"""``policy`` keys MovieLens pretraining passes on (the rest of its model is its own, ``LLMNextItemConfig``)."""
-MOVIELENS_PRETRAIN_KEYS = ("target", "epochs", "batch_size", "learning_rate")
-"""``pretrain`` keys MovieLens pretraining reads (``target`` must be ``click``: it predicts the next item)."""
-
+from llm_policy.text_encoder import ItemTextEncoder, resolve_text_encoder
 
 # --------------------------------------------------------------------------- what each job reads
 
@@ -73,9 +64,6 @@ def check_config(job: str, cfg: ExperimentConfig) -> None:
     except ValueError as exc:
         raise ConfigError(f"config key 'device': {exc}") from None
     if job in ("pretrain", "train", "quickstart") and _pretrains(job, cfg) and cfg.data.source == "movielens":
-        if cfg.pretrain.target != "click":
-            raise ConfigError(f"config key 'pretrain.target' must be 'click' with data.source=movielens (next-item "
-                              f"pretraining); got {cfg.pretrain.target!r}")
         if cfg.data.path and not Path(cfg.data.path).is_dir():
             raise ConfigError(f"config key 'data.path' must name a MovieLens folder (ratings.csv, movies.csv) or be "
                               f"null (the project's copy of ml-latest-small, or $LONGREC_MOVIELENS); got {cfg.data.path!r}")
@@ -157,15 +145,14 @@ def unread_keys(job: str, cfg: ExperimentConfig) -> list[tuple[str, str]]:
 
 
 def _unread_by_pretraining(job: str, cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """What pretraining on ``data.source`` does not read of the ``data``, ``text``, ``policy`` and ``pretrain`` sections."""
+    """What pretraining on ``data.source`` does not read of the ``data``, ``text``, ``policy``, ``pretrain`` and
+    ``movielens`` sections."""
     if cfg.data.source == "simulator":
         why = "`longrec pretrain` keeps the item embeddings fixed (the option is llm_policy.pretrain's)"
-        return [("data.min_interactions", "used with data.source=movielens"),
+        return [("movielens", "used with data.source=movielens"),
                 ("pretrain.finetune_text_encoder", why), ("pretrain.text_encoder_lr", why)]
-    why = "MovieLens next-item pretraining does not use it"
-    keys = ["data.num_users", "data.behaviour", "text.cache_dir"]
-    keys += [f"pretrain.{k}" for k in asdict(cfg.pretrain) if k not in MOVIELENS_PRETRAIN_KEYS]
-    keys += [f"policy.{k}" for k in asdict(cfg.policy) if k not in MOVIELENS_POLICY_KEYS]
+    why = "MovieLens next-item pretraining reads the movielens section (its model: movielens.train.model)"
+    keys = ["data.num_users", "data.behaviour", "text.cache_dir", "pretrain", "policy"]
     if job == "pretrain":
         keys.append("env.kwargs")
     return [(key, why) for key in keys]
@@ -209,18 +196,18 @@ def _pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
 
 
 def _pretrain_movielens(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
-    """Next-item pretraining on a MovieLens folder (``agents.offline_protocol.pretrain_movielens``)."""
-    policy = asdict(cfg.policy)
-    result = pretrain_movielens(data_path=cfg.data.path, policy_config={k: policy[k] for k in MOVIELENS_POLICY_KEYS},
-                                text_encoder=cfg.text.encoder, epochs=cfg.pretrain.epochs,
-                                batch_size=cfg.pretrain.batch_size, learning_rate=cfg.pretrain.learning_rate,
-                                min_interactions=cfg.data.min_interactions, seed=cfg.seed,
-                                device=str(setup_torch(cfg)), out_dir=run.checkpoints_dir / "pretrained",
-                                progress=cfg.logging.progress)
-    metrics = {f"pretrain/{k}": v for k, v in dict(result.get("metrics", {})).items() if _is_number(v)}
-    run.update_summary(metrics=metrics, pretrained_policy=str(result["policy_dir"]))
-    run.log_checkpoint(result["policy_dir"], final=run.job_type == "pretrain")
-    return {"policy_dir": Path(result["policy_dir"]), "metrics": metrics}
+    """Next-item pretraining on a MovieLens folder (``agents.movielens_pretrain.pretrain_movielens``)."""
+    from envs.movielens import load_movielens
+
+    text_model = resolve_text_encoder(cfg.text.encoder, run.path, lambda: load_movielens(cfg.data.path).texts,
+                                      seed=cfg.seed)
+    result = pretrain_movielens(cfg.movielens, data_path=cfg.data.path, text_model=text_model, seed=cfg.seed,
+                                device=str(setup_torch(cfg)), output_dir=run.checkpoints_dir / "pretrained",
+                                progress=print if cfg.logging.progress else None)
+    metrics = {f"pretrain/{k}": v for k, v in result.flat_metrics().items() if _is_number(v)}
+    run.update_summary(metrics=metrics, pretrained_policy=str(result.best_dir))
+    run.log_checkpoint(result.best_dir, final=run.job_type == "pretrain")
+    return {"policy_dir": Path(result.best_dir), "metrics": metrics}
 
 
 def item_embeddings(cfg: ExperimentConfig, run: Any, device: torch.device) -> Any:
@@ -304,16 +291,8 @@ def train_with_ppo(cfg: ExperimentConfig, run: Any, init_from: str | None, devic
 
 def text_encoder_path(cfg: ExperimentConfig, run: Any) -> str | None:
     """``text.encoder`` as a folder: None = bundled MiniLM, ``tiny`` = a random tiny BERT in the run folder."""
-    name = cfg.text.encoder
-    if name == "minilm":
-        return None
-    if name == "tiny":
-        folder = run.path / "tiny_text_encoder"
-        if not (folder / "config.json").exists():
-            texts = make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog.texts
-            make_tiny_bert(folder, texts, seed=cfg.seed)
-        return str(folder)
-    return name
+    return resolve_text_encoder(cfg.text.encoder, run.path,
+                                lambda: make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog.texts, seed=cfg.seed)
 
 
 def train_slateq_agent(cfg: ExperimentConfig, run: Any, device: torch.device) -> dict[str, Any]:

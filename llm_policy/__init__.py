@@ -30,7 +30,7 @@ _EXPORTS = {
     "LLMSlatePolicy": "llm_policy.sb3_policy",
     "PretrainConfig": "llm_policy.pretrain",
     "pretrain": "llm_policy.pretrain",
-    "LLMNextItemConfig": "llm_policy.next_item",
+    "LLMNextItemConfig": "llm_policy.config",
     "LLMScorer": "llm_policy.next_item",
     "train_llm_next_item": "llm_policy.next_item",
     "BestOnValidation": "llm_policy.early_stopping",

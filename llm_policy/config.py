@@ -6,12 +6,12 @@ Plain dataclasses (no torch), so a config loads fast; they are also the ``policy
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from llm_policy.config_fields import check_fields, param
 
-__all__ = ["SlatePolicyConfig", "PretrainConfig"]
+__all__ = ["SlatePolicyConfig", "PretrainConfig", "LLMNextItemConfig"]
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,106 @@ class PretrainConfig:
             raise ValueError("finetune_text_encoder needs full_catalog=False (it would re-encode the whole catalog every step)")
         if self.full_catalog and self.target != "click":
             raise ValueError("full_catalog=True needs target='click' (slates index the logged candidates)")
+
+
+def _default_llm_model_config() -> SlatePolicyConfig:
+    # Causal encoder + "last" pooling: SASRec's reading of a sequence, so every position of a window
+    # trains in one pass; pointer_scale 1: a softmax over ~10k items must get sharp quickly; id dropout:
+    # the text features must also score items alone, as they do for items without an id vector.
+    return SlatePolicyConfig(
+        d_model=64, n_encoder_layers=2, n_decoder_layers=1, max_history=128, dropout=0.2, item_id_embeddings=True,
+        causal_encoder=True, pooling="last", pointer_scale=1.0, item_id_dropout=0.5,
+    )
+
+
+@dataclass(frozen=True)
+class LLMNextItemConfig:
+    """Cross-entropy next-item training of the LLM slate policy over the full catalog.
+
+    The run's seed, device and progress output are arguments of :func:`train_llm_next_item`."""
+
+    model: SlatePolicyConfig = field(default_factory=_default_llm_model_config)
+    """Sizes of the state encoder / slate decoder (``llm_policy.SlatePolicyConfig``)."""
+    history_length: int = 50
+    """H: most recent items the state encoder reads (SASRec's benchmark window; a policy loaded on a
+    simulator reads that simulator's history length, any H <= ``model.max_history - 1``)."""
+    context_dim: int = 4
+    """Size of the (zero) context vector; 4 = the long-horizon presets', so the weights load into
+    ``LLMSlatePolicy`` on ``longrec/MovieLens-v0`` and the other presets."""
+    batch_size: int = 32
+    """Windows (``objective="all_positions"``) or (user, position) examples (``"next_item"``) per gradient step."""
+    steps_per_epoch: int | None = None
+    """Gradient steps between validation evaluations (None: one full pass over the training windows / examples)."""
+    max_epochs: int = 200
+    """Upper bound on epochs."""
+    patience: int = 15
+    """Stop after this many evaluations without a better validation NDCG@10."""
+    learning_rate: float = 2e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 = none)."""
+    lr_decay_patience: int | None = 3
+    """Halve the learning rate after this many evaluations without a better validation NDCG@10
+    (``torch.optim.lr_scheduler.ReduceLROnPlateau``); None = a constant learning rate."""
+    recent_positions: int | None = 50
+    """Train only on each user's last ``recent_positions`` training targets (None: all), as SASRec
+    reads each user's last ``max_len`` items: the evaluation targets are the users' most recent items."""
+    next_items: int = 1
+    """Targets per example: 1 trains slate position 0 on the next item; m > 1 teacher-forces the
+    decoder on the next m items (position k predicts item t + k given items t..t+k-1, as the slate
+    decoder writes a slate), m targets for one encoder pass. Evaluation always ranks with position 0."""
+    objective: Literal["next_item", "all_positions"] = "all_positions"
+    """"next_item": one target per (user, position) example, each example re-encodes its history;
+    "all_positions" (needs ``model.causal_encoder``): as SASRec, each user's last ``history_length + 1``
+    training items form one window, the causal encoder runs once over it and decoder position 0 is
+    trained at every history position t to predict item t + 1 (``all_positions_loss``); ``batch_size``
+    then counts windows (users) and ``recent_positions`` / ``next_items`` are not used."""
+    id_min_count: int = 5
+    """With ``model.item_id_embeddings``, only items with at least this many training interactions get
+    a learned id vector (the usual 5-core threshold); rarer items are scored by their features alone,
+    as an item never seen (``SlateModel.restrict_item_ids``). 0 = every item."""
+    text_match_grid: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
+    """With ``model.text_match_dims`` > 0: after training, the two text-match weights (items with / without
+    an id vector) are set to the pair of values of this grid with the best validation NDCG@10
+    (``calibrate_text_match``; empty: keep the trained weights). Two scalars picked on validation
+    data, like the epoch; fitted on the training sequences they come out too small, since the id
+    vectors already fit the training transitions."""
+    text_match_offset_grid: tuple[float, ...] = (0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -7.0, -10.0, -15.0, -20.0, -30.0)
+    """Then the features-only weight and logit offset (``SlateModel.text_match_offset``) are re-picked
+    from ``text_match_grid`` x this grid for the cold validation users (targets without an id vector),
+    without lowering overall validation NDCG@10 by more than ``text_match_cold_tolerance``
+    (``calibrate_text_match``, stage 2; empty: offset 0)."""
+    text_match_cold_tolerance: float = 0.0
+    """Overall validation NDCG@10 the cold-start stage of ``calibrate_text_match`` may give up."""
+    time_budget_s: float | None = None
+    """Optional wall-clock cap on training (makes the result machine-dependent)."""
+
+    def __post_init__(self) -> None:
+        for name in ("history_length", "batch_size", "steps_per_epoch", "max_epochs", "recent_positions"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"LLMNextItemConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.history_length + 1 > self.model.max_history + 1:
+            raise ValueError(
+                f"history_length={self.history_length} exceeds model.max_history={self.model.max_history}"
+            )
+        if not 1 <= self.next_items <= self.model.max_slate_size:
+            raise ValueError(f"next_items must lie in [1, model.max_slate_size={self.model.max_slate_size}], got {self.next_items}")
+        if self.context_dim < 0 or self.patience < 0 or self.id_min_count < 0:
+            raise ValueError(
+                f"context_dim, patience and id_min_count must be >= 0, got {self.context_dim}, {self.patience}, "
+                f"{self.id_min_count}"
+            )
+        if self.lr_decay_patience is not None and self.lr_decay_patience < 0:
+            raise ValueError(f"LLMNextItemConfig.lr_decay_patience must be >= 0 or None, got {self.lr_decay_patience}")
+        if any(weight < 0 for weight in self.text_match_grid):
+            raise ValueError(f"text_match_grid weights must be >= 0, got {self.text_match_grid}")
+        if self.text_match_cold_tolerance < 0:
+            raise ValueError(f"text_match_cold_tolerance must be >= 0, got {self.text_match_cold_tolerance}")
+        if self.objective not in ("next_item", "all_positions"):
+            raise ValueError(f"objective must be 'next_item' or 'all_positions', got {self.objective!r}")
+        if self.objective == "all_positions" and not self.model.causal_encoder:
+            raise ValueError("objective='all_positions' needs model.causal_encoder=True (a prefix's state must not see later items)")
+        if self.objective == "all_positions" and self.next_items != 1:
+            raise ValueError("objective='all_positions' trains slate position 0 only (next_items must be 1)")

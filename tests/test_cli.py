@@ -99,12 +99,11 @@ def test_bad_config_fails_before_any_run_folder(tmp_path, capsys):
         (["train", "agent=slateq", "ppo.n_steps=8"], "ppo.n_steps=8 (agent slateq trains with SlateQ, not PPO)"),
         (["pretrain", "ppo.n_steps=8", "total_timesteps=10"],
          "`longrec pretrain` would ignore total_timesteps=10, ppo.n_steps=8 (`longrec pretrain` stops after pretraining)"),
-        (["pretrain", "-c", "movielens", "pretrain.patience=5", "pretrain.val_fraction=0.2",
-          "pretrain.max_batches_per_epoch=3", "pretrain.weight_decay=0", "data.num_users=5"],
-         "would ignore data.num_users=5, pretrain.weight_decay=0.0, pretrain.val_fraction=0.2, pretrain.patience=5, "
-         "pretrain.max_batches_per_epoch=3 (MovieLens next-item pretraining does not use it)"),
-        (["pretrain", "-c", "movielens", "pretrain.target=slate"],
-         "config key 'pretrain.target' must be 'click' with data.source=movielens"),
+        (["pretrain", "-c", "movielens", "pretrain.patience=5", "policy.d_model=32", "data.num_users=5"],
+         "would ignore data.num_users=5, pretrain.patience=5, policy.d_model=32 (MovieLens next-item pretraining "
+         "reads the movielens section (its model: movielens.train.model))"),
+        (["pretrain", "movielens.train.patience=3"],
+         "would ignore movielens.train.patience=3 (used with data.source=movielens)"),
         (["eval", "agent=myopic", "ppo.n_epochs=2", "eval.checkpoint=x"],
          "ppo.n_epochs=2 (`longrec eval` evaluates a trained policy (--checkpoint)); eval.checkpoint='x' (agent "
          "myopic has no checkpoint)"),
@@ -179,11 +178,14 @@ def test_pretrain_on_a_movielens_folder_writes_a_loadable_policy(tmp_path):
     from llm_policy.model import SlateModel
 
     fixture = Path(__file__).parent / "fixtures" / "ml_tiny"
-    args = ["-c", "movielens", f"data.path={fixture}", "text.encoder=tiny", "policy.d_model=16",
-            "pretrain.epochs=1", "pretrain.batch_size=4", "--runs-dir", str(tmp_path), "--quiet", "--no-wandb"]
+    args = ["-c", "movielens", f"data.path={fixture}", "text.encoder=tiny", "movielens.train.model.d_model=16",
+            "movielens.train.max_epochs=1", "movielens.train.batch_size=4", "--runs-dir", str(tmp_path), "--quiet",
+            "--no-wandb"]
     assert cli.main(["pretrain", *args]) == 0
     (run_dir,) = list(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert 0.0 <= summary["metrics"]["pretrain/test/ndcg@10"] <= 1.0
     model = SlateModel.from_pretrained(summary["pretrained_policy"])
-    assert model.config.item_id_embeddings and model.num_items == 6
+    # the section keeps the next-item model's defaults where the override does not reach
+    assert model.config.item_id_embeddings and model.config.causal_encoder and model.config.d_model == 16
+    assert model.num_items == 6

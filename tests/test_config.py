@@ -28,7 +28,7 @@ def test_shipped_configs_load_and_inherit():
     assert video.total_timesteps == 500_000 and default.total_timesteps == 200_000
     assert video.ppo.learning_rate == default.ppo.learning_rate  # inherited through `extends: default`
     assert quick.name == "quickstart" and quick.env.num_envs == 32 and quick.eval.baselines == default.eval.baselines
-    assert movielens.data.source == "movielens" and movielens.pretrain.target == "click"
+    assert movielens.data.source == "movielens" and movielens.movielens.train.model.causal_encoder
 
 
 # Effective values of the shipped configs before the experiment sections became the libraries' config classes
@@ -60,12 +60,15 @@ BEFORE = {
               "ppo.checkpoint_every": 128, "eval.num_users": 20},
     "video": {"total_timesteps": 500_000, "env.num_envs": 64, "ppo.n_steps": 128, "ppo.batch_size": 1024,
               "pretrain.epochs": 5, "pretrain.batch_size": 256, "eval.num_users": 2000},
-    "movielens": {"env.id": "longrec/MovieLens-v0", "data.source": "movielens", "data.min_interactions": 5,
-                  "text.encoder": "minilm", "policy.d_model": 64, "policy.n_encoder_layers": 2,
-                  "policy.n_decoder_layers": 1, "policy.n_encoder_heads": 4, "policy.n_decoder_heads": 4,
-                  "policy.dropout": 0.2, "policy.item_id_embeddings": True, "policy.encoder": "fresh",
-                  "pretrain.target": "click", "pretrain.epochs": 200, "pretrain.batch_size": 32,
-                  "pretrain.learning_rate": 2e-3, "total_timesteps": 200_000},
+    "movielens": {"env.id": "longrec/MovieLens-v0", "data.source": "movielens", "movielens.min_interactions": 5,
+                  "text.encoder": "minilm", "movielens.train.model.d_model": 64,
+                  "movielens.train.model.n_encoder_layers": 2, "movielens.train.model.n_decoder_layers": 1,
+                  "movielens.train.model.n_encoder_heads": 4, "movielens.train.model.n_decoder_heads": 4,
+                  "movielens.train.model.dropout": 0.2, "movielens.train.model.item_id_embeddings": True,
+                  "movielens.train.model.encoder": "fresh", "movielens.train.model.causal_encoder": True,
+                  "movielens.train.max_epochs": 200, "movielens.train.batch_size": 32, "movielens.train.patience": 15,
+                  "movielens.train.learning_rate": 2e-3, "movielens.train.weight_decay": 0.0,
+                  "total_timesteps": 200_000},
 }
 INTENDED_JOBS = {"default": ("train", "pretrain"), "quickstart": ("quickstart",), "smoke": ("train",),
                  "video": ("train",), "movielens": ("pretrain", "train"), "smoke_eval": ("train",)}

@@ -178,7 +178,7 @@ def test_pretrain_movielens_on_fixture(tmp_path) -> None:
     import json
     from pathlib import Path
 
-    from agents.offline_protocol import MovieLensPretrainConfig, pretrain_movielens
+    from agents.movielens_pretrain import MovieLensPretrainConfig, pretrain_movielens
     from envs.movielens import load_movielens
     from llm_policy.tiny import make_tiny_bert
 
@@ -186,11 +186,8 @@ def test_pretrain_movielens_on_fixture(tmp_path) -> None:
     text_model = make_tiny_bert(tmp_path / "tiny_text_encoder", load_movielens(fixture).texts, seed=0)
     base = LLMNextItemConfig()
     model_config = dataclasses.replace(base.model, d_model=16, n_encoder_heads=2, n_decoder_heads=2, n_decoder_layers=1)
-    config = MovieLensPretrainConfig(
-        data_path=str(fixture), text_model=str(text_model),
-        train=dataclasses.replace(base, model=model_config, max_epochs=2, batch_size=4),
-    )
-    out = pretrain_movielens(config, output_dir=tmp_path)
+    config = MovieLensPretrainConfig(train=dataclasses.replace(base, model=model_config, max_epochs=2, batch_size=4))
+    out = pretrain_movielens(config, data_path=fixture, text_model=str(text_model), output_dir=tmp_path)
     model = SlateModel.from_pretrained(out.best_dir)
     assert model.num_items == 6 and model.item_dim == 32 + 1 + 12  # tiny BERT text + popularity + release year
     metrics = out.flat_metrics()
