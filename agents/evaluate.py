@@ -9,9 +9,9 @@ The same agent, env and seed give the same numbers.
 Per user it records the long-term return (the sum of rewards of the life),
 sessions lived, return rate (the fraction of the user's session ends followed
 by a return the next day: retention), CTR (clicked slates / slates), mean
-consumption of clicked items, final satisfaction (hidden state at the end of
-the life), intra-slate diversity (distinct topics / K, averaged over the user's
-slates); and per seed the catalog coverage (fraction of items ever shown).
+consumption of clicked items, final satisfaction (hidden state after the last
+step of the life), intra-slate diversity (distinct topics / K, averaged over the
+user's slates); and per seed the catalog coverage (fraction of items ever shown).
 Every metric gets a 95% confidence interval: normal-approximation over users
 (pooled over seeds; bootstrap over users for coverage), and, when S > 1, a
 Student-t interval over the S per-seed means (``<metric>_seed_ci95``). This is
@@ -60,8 +60,6 @@ class LivesRecord:
     """(num_users, num_items) bool: item ever shown to the user (for coverage)"""
     steps: int
     """environment steps taken by users still in their first life"""
-    final_satisfaction_exact: bool
-    """False when the core gave no final hidden state (the value is the one before the last step)"""
 
 
 @dataclass
@@ -115,7 +113,6 @@ def run_lives(
     length = np.zeros(n, dtype=np.int64)
     sessions = np.zeros(n)
     final_satisfaction = np.full(n, np.nan)
-    exact = True
     seen = np.zeros((n, catalog.num_items), dtype=bool)
     placeholder = np.tile(np.arange(k, dtype=np.int64), (n, 1))
     steps = 0
@@ -126,7 +123,6 @@ def run_lives(
         else:
             slates = placeholder.copy()
             slates[rows] = agent.act({key: value[rows] for key, value in observation.items()})
-        satisfaction_before = core.hidden_state()["satisfaction"]
         result = core.step(slates)
         info = result.info
         slate_items = np.take_along_axis(observation["candidate_item_ids"], slates, axis=1)[rows]
@@ -145,12 +141,7 @@ def run_lives(
         finished = alive & done
         if finished.any():
             sessions[finished] = info["day"][finished]
-            final_hidden = getattr(result, "final_hidden_state", None)
-            if final_hidden is not None:
-                final_satisfaction[finished] = final_hidden["satisfaction"][finished]
-            else:
-                exact = False
-                final_satisfaction[finished] = satisfaction_before[finished]
+            final_satisfaction[finished] = result.final_hidden_state["satisfaction"][finished]
             alive &= ~finished
             if progress is not None:
                 progress.update(int(finished.sum()))
@@ -171,7 +162,7 @@ def run_lives(
             "diversity": totals["diversity"] / length,
             "length": length.astype(np.float64),
         }
-    return LivesRecord(seed, values, seen, steps, exact)
+    return LivesRecord(seed, values, seen, steps)
 
 
 def _build_agent(agent: AgentSpec, core: BatchedSimulator, seed: int) -> Agent:
@@ -247,7 +238,6 @@ def evaluate_agent(
     row["coverage_ci95"] = float(np.mean(halves))
     if len(seeds) > 1:
         row["coverage_seed_ci95"] = t_ci95(coverages)[1]
-    row["final_satisfaction_exact"] = all(r.final_satisfaction_exact for r in records)
     return Evaluation(row, records)
 
 

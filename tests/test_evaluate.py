@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import envs
-from agents.baselines import RandomAgent
+from agents.baselines import MyopicAgent, RandomAgent
 from agents.evaluate import coverage_ci95, evaluate_agent, run_lives
 from agents.stats import mean_ci95, t_ci95
 from envs.logging_policy import myopic_behaviour, simulate_lives
@@ -35,6 +35,24 @@ def test_returns_agree_with_simulate_lives_for_the_same_policy():
     np.testing.assert_array_equal(record.values["sessions"], lives.sessions)
     np.testing.assert_allclose(record.values["ctr"], lives.clicks / lives.slates)
     assert record.steps == lives.slates.sum()
+
+
+@pytest.mark.parametrize("env_id", ["longrec/News-v0", "longrec/MovieLens-v0"])
+def test_final_satisfaction_is_the_hidden_state_after_the_last_step_of_each_life(env_id):
+    core = envs.make_core(env_id, num_users=24)
+    truth = np.full(24, np.nan)
+    replace_users = core._reset_users  # what a step calls to replace the users whose episode ended
+
+    def spy(mask):  # their satisfaction, once per first life
+        first_life = mask & np.isnan(truth)
+        truth[first_life] = core.hidden_state()["satisfaction"][first_life]
+        replace_users(mask)
+
+    core._reset_users = spy
+    record = run_lives(MyopicAgent(core), core, seed=3)
+    assert not np.isnan(truth).any()
+    np.testing.assert_array_equal(record.values["final_satisfaction"], truth)
+    assert "final_satisfaction_exact" not in evaluate_agent("random", "longrec/News-v0", num_users=2, progress=False).row
 
 
 def test_metric_ranges_and_row_keys():
