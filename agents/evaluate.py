@@ -3,8 +3,8 @@
 Each of ``num_users`` fresh users lives exactly one episode (a life of many
 sessions, until churn or the horizon) per seed; all users are simulated at once
 by the ``BatchedSimulator`` (users that finish are auto-reset by the core and
-their replacements are ignored, as in ``envs.logging_policy.simulate_lives``).
-The same agent, env and seed give the same numbers.
+their replacements are ignored; ``agents.logs`` records behaviour policies'
+lives the same way). The same agent, env and seed give the same numbers.
 
 Per user it records the long-term return (the sum of rewards of the life),
 sessions lived, return rate (the fraction of the user's session ends followed
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines import Agent, make_baseline
+from agents.baselines import Agent, SeedLike, make_baseline
 from agents.stats import mean_ci95, t_ci95
-from envs.core import BatchedSimulator
+from envs.core import BatchedSimulator, StepResult
 from envs.registration import make_core
 
 USER_METRICS = (
@@ -48,6 +48,9 @@ USER_METRICS = (
 
 AgentSpec = Agent | str | Callable[[BatchedSimulator], Agent]
 """an agent, a baseline name (``make_baseline``), or a factory called with the evaluation core"""
+
+StepCallback = Callable[[np.ndarray, dict[str, np.ndarray], np.ndarray, StepResult], None]
+"""``on_step(rows, observation, slates, result)`` of ``run_lives``"""
 
 
 @dataclass
@@ -97,15 +100,22 @@ def run_lives(
     seed: int,
     progress: Any = None,
     max_steps: int = 1_000_000,
+    *,
+    agent_seed: SeedLike = None,
+    all_rows: bool = False,
+    on_step: StepCallback | None = None,
 ) -> LivesRecord:
     """Run ``agent`` on every user of ``core`` for one whole life; ``core.reset(seed)`` first.
 
-    Non-privileged agents see only the users still in their first life (the
-    finished rows get a placeholder slate that is never counted), so a costly
-    policy is not run on the replacement users.
+    The agent is reset with ``agent_seed`` (default ``seed``). Non-privileged agents
+    see only the users still in their first life (the finished rows get a
+    placeholder slate that is never counted), so a costly policy is not run on the
+    replacement users; ``all_rows=True`` asks the agent for every row, as privileged
+    agents always are. ``on_step(rows, observation, slates, result)`` sees each step,
+    with ``rows`` the users still in their first life before it.
     """
     observation = core.reset(seed=seed)
-    agent.reset(seed)
+    agent.reset(seed if agent_seed is None else agent_seed)
     n, k = core.num_users, core.slate_size
     catalog = core.catalog
     alive = np.ones(n, dtype=bool)
@@ -118,12 +128,14 @@ def run_lives(
     steps = 0
     for _ in range(max_steps):
         rows = np.flatnonzero(alive)
-        if agent.privileged:
+        if agent.privileged or all_rows:
             slates = np.asarray(agent.act(observation), dtype=np.int64)
         else:
             slates = placeholder.copy()
             slates[rows] = agent.act({key: value[rows] for key, value in observation.items()})
         result = core.step(slates)
+        if on_step is not None:
+            on_step(rows, observation, slates, result)
         info = result.info
         slate_items = np.take_along_axis(observation["candidate_item_ids"], slates, axis=1)[rows]
         steps += len(rows)
