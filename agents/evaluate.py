@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from agents.baselines import Agent, SeedLike, make_baseline
+from agents.registry import FIXED_AGENTS, display_name
 from agents.stats import mean_ci95, t_ci95
 from envs.core import BatchedSimulator, StepResult
 from envs.registration import make_core
@@ -254,9 +255,9 @@ def evaluate_agent(
 
 
 def format_row(row: dict[str, Any]) -> str:
-    """One-line summary ``agent: return m ± h | ctr ... | return rate ...``."""
+    """One-line summary ``agent: return m ± h | ctr ... | return rate ...`` (privileged agents marked)."""
     return (
-        f"{row['agent']}: return {row['return']:.1f} ± {row['return_ci95']:.1f} | "
+        f"{display_name(row['agent'])}: return {row['return']:.1f} ± {row['return_ci95']:.1f} | "
         f"sessions {row['sessions']:.2f} | return rate {row['return_rate']:.3f} | ctr {row['ctr']:.3f} | "
         f"coverage {row['coverage']:.3f}"
     )
@@ -268,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Evaluate baselines on a longrec environment (JSON rows).")
     parser.add_argument("--env", default="longrec/Video-v0")
-    parser.add_argument("--agents", nargs="+", default=["random", "popularity", "myopic", "oracle"])
+    parser.add_argument("--agents", nargs="+", choices=FIXED_AGENTS, default=list(FIXED_AGENTS))
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args(argv)

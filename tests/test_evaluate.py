@@ -1,4 +1,4 @@
-"""Long-term evaluation: determinism, final satisfaction, CIs, metric ranges, agent ordering."""
+"""Long-term evaluation: determinism, final satisfaction, CIs, metric ranges, agent ordering, table marks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 import envs
 from agents.baselines import MyopicAgent, RandomAgent
-from agents.evaluate import coverage_ci95, evaluate_agent, run_lives
+from agents.evaluate import coverage_ci95, evaluate_agent, format_row, main, run_lives
+from agents.registry import PRIVILEGED_MARK
 from agents.stats import mean_ci95, t_ci95
 
 
@@ -113,3 +114,14 @@ def test_evaluate_rejects_bad_arguments():
         evaluate_agent("random", "longrec/Video-v0", num_users=2, seeds=[])
     with pytest.raises(ValueError, match="unknown environment id"):
         evaluate_agent("random", "longrec/Nope-v0", num_users=2)
+
+
+def test_tables_mark_privileged_agents(capsys):
+    row = evaluate_agent("myopic", "longrec/Video-v0", num_users=4, progress=False).row
+    assert format_row(row).startswith(f"myopic{PRIVILEGED_MARK}: return")
+    assert format_row({**row, "agent": "random"}).startswith("random: return")
+    main(["--agents", "popularity", "oracle", "--users", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("popularity: ") and lines[2].startswith(f"oracle{PRIVILEGED_MARK}: ")
+    with pytest.raises(SystemExit):
+        main(["--agents", "ce_ppo"])
