@@ -84,7 +84,14 @@ def _num_users(observation: dict[str, np.ndarray]) -> int:
     return len(observation["candidate_item_ids"])
 
 
-class RandomAgent:
+class SeededAgent:
+    """An agent whose randomness is one numpy generator, ``self.rng``, re-created by ``reset(seed)``."""
+
+    def reset(self, seed: SeedLike = None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+
+class RandomAgent(SeededAgent):
     """K distinct uniformly random candidates per user, from a seeded generator."""
 
     privileged = False
@@ -93,10 +100,7 @@ class RandomAgent:
         if not 1 <= slate_size <= num_candidates:
             raise ValueError(f"slate_size={slate_size} must be in [1, num_candidates={num_candidates}]")
         self.num_candidates, self.slate_size = num_candidates, slate_size
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self, seed: SeedLike = None) -> None:
-        self.rng = np.random.default_rng(seed)
+        self.reset(seed)
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         keys = self.rng.random((_num_users(observation), self.num_candidates))
@@ -143,7 +147,7 @@ class MyopicAgent:
         return slates
 
 
-class QualityAgent:
+class QualityAgent(SeededAgent):
     """Rank candidates by hidden ``quality + interest - appeal`` plus Gumbel noise of scale ``temperature``.
 
     A decent but imperfect recommender (``noisy_quality``, temperature 1) that knows the
@@ -158,10 +162,7 @@ class QualityAgent:
             raise ValueError(f"temperature={temperature!r} must be >= 0")
         self.core = core
         self.temperature = temperature
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self, seed: SeedLike = None) -> None:
-        self.rng = np.random.default_rng(seed)
+        self.reset(seed)
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         core = self.core
@@ -359,34 +360,42 @@ def distinct_slates(slates: np.ndarray, logits: np.ndarray) -> np.ndarray:
     return slates
 
 
-def _pctr_greedy(core: BatchedSimulator, seed: int, policy: Any = None, path: Any = None, **kwargs: Any) -> Agent:
-    if policy is None:
-        if path is None:
-            raise ValueError("make_baseline('pctr_greedy', ...) needs policy= or path=")
-        from llm_policy import LLMSlatePolicy
+def _given_or_loaded(name: str, what: str, given: Any, path: Any, load: Callable[[Any], Any]) -> Any:
+    """``given``, else ``load(path)``; a ValueError naming both arguments when neither is there."""
+    if given is not None:
+        return given
+    if path is None:
+        raise ValueError(f"make_baseline({name!r}, ...) needs {what}= or path=")
+    return load(path)
 
-        policy = LLMSlatePolicy.from_pretrained(path)
+
+def _load_llm_policy(path: Any) -> Any:
+    from llm_policy import LLMSlatePolicy
+
+    return LLMSlatePolicy.from_pretrained(path)
+
+
+def _load_sb3_ppo(path: Any) -> Any:
+    from stable_baselines3 import PPO
+
+    return PPO.load(path, device="cpu")
+
+
+def _pctr_greedy(core: BatchedSimulator, seed: int, policy: Any = None, path: Any = None, **kwargs: Any) -> Agent:
+    policy = _given_or_loaded("pctr_greedy", "policy", policy, path, _load_llm_policy)
     return PolicyAgent(policy, deterministic=True, seed=seed, **kwargs)
 
 
 def _slateq(core: BatchedSimulator, seed: int, agent: Any = None, path: Any = None) -> Agent:
     from agents.slateq import SlateQAgent
 
-    if agent is None:
-        if path is None:
-            raise ValueError("make_baseline('slateq', ...) needs agent= or path=")
-        return SlateQAgent.load(path, core)
+    agent = _given_or_loaded("slateq", "agent", agent, path, SlateQAgent.load)
     agent.attach(core)
     return agent
 
 
 def _ppo_mlp(core: BatchedSimulator, seed: int, model: Any = None, path: Any = None, **kwargs: Any) -> Agent:
-    if model is None:
-        if path is None:
-            raise ValueError("make_baseline('ppo_mlp', ...) needs model= or path=")
-        from stable_baselines3 import PPO
-
-        model = PPO.load(path, device="cpu")
+    model = _given_or_loaded("ppo_mlp", "model", model, path, _load_sb3_ppo)
     return PolicyAgent(model.policy, deterministic=True, seed=seed, **kwargs)
 
 
