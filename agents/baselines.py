@@ -16,6 +16,9 @@ core's full batch; the others accept any sub-batch of users.
 * ``myopic``: maximises the immediate click probability under the true MNL with
   position bias, i.e. the best-utility candidates in the best positions -- the
   clickbait trap of engagement-optimised feeds.
+* ``noisy_quality``: candidates ranked by hidden ``quality + interest - appeal``
+  plus Gumbel noise (a decent but imperfect recommender); ``quality_aware``: the
+  same ranking without noise. Behaviour (logging) policies only: see ``BEHAVIOURS``.
 * ``oracle``: a hidden-state heuristic (hidden quality, appeal, interest,
   fatigue, satisfaction and time left) that values each candidate by its
   expected watch time plus the satisfaction it builds, and picks the slate by
@@ -26,11 +29,12 @@ core's full batch; the others accept any sub-batch of users.
 * ``slateq``: ``agents.slateq.SlateQAgent`` (Ie et al. 2019).
 * ``ppo_mlp``: SB3 PPO with an MLP over item-id embeddings (``agents.ppo``).
 
-``make_baseline(name, env, **kwargs)`` builds any of them by name.
+``make_baseline(name, env, **kwargs)`` builds any of them by name (``BASELINES``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,7 +46,12 @@ from envs.core import BatchedSimulator
 from envs.interest_evolution import InterestEvolutionUserModel
 from envs.user import LongTermUserModel
 
-BASELINES = ("random", "popularity", "myopic", "oracle", "pctr_greedy", "slateq", "ppo_mlp")
+BEHAVIOURS = ("random", "myopic", "noisy_quality", "quality_aware")
+"""the behaviour (logging) policies of ``agents.logs``; ``noisy_quality`` and ``quality_aware`` are
+behaviour policies only, so they are not in ``agents.registry`` (not offered as ``agent=``)"""
+
+SeedLike = int | Sequence[int] | None
+"""what ``numpy.random.default_rng`` takes (the logs seed their behaviour with ``[seed, 1]``)"""
 
 
 @runtime_checkable
@@ -75,19 +84,23 @@ def _num_users(observation: dict[str, np.ndarray]) -> int:
     return len(observation["candidate_item_ids"])
 
 
-class RandomAgent:
+class SeededAgent:
+    """An agent whose randomness is one numpy generator, ``self.rng``, re-created by ``reset(seed)``."""
+
+    def reset(self, seed: SeedLike = None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+
+class RandomAgent(SeededAgent):
     """K distinct uniformly random candidates per user, from a seeded generator."""
 
     privileged = False
 
-    def __init__(self, num_candidates: int, slate_size: int, seed: int = 0) -> None:
+    def __init__(self, num_candidates: int, slate_size: int, seed: SeedLike = 0) -> None:
         if not 1 <= slate_size <= num_candidates:
             raise ValueError(f"slate_size={slate_size} must be in [1, num_candidates={num_candidates}]")
         self.num_candidates, self.slate_size = num_candidates, slate_size
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self, seed: int | None = None) -> None:
-        self.rng = np.random.default_rng(seed)
+        self.reset(seed)
 
     def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         keys = self.rng.random((_num_users(observation), self.num_candidates))
@@ -132,6 +145,34 @@ class MyopicAgent:
         slates = np.empty_like(ranked)
         slates[:, np.argsort(-self.core.position_bias, kind="stable")] = ranked
         return slates
+
+
+class QualityAgent(SeededAgent):
+    """Rank candidates by hidden ``quality + interest - appeal`` plus Gumbel noise of scale ``temperature``.
+
+    A decent but imperfect recommender (``noisy_quality``, temperature 1) that knows the
+    hidden quality and the user's interest and avoids clickbait; at temperature 0 the
+    ranking is exact (``quality_aware``) and no noise is drawn.
+    """
+
+    privileged = True
+
+    def __init__(self, core: BatchedSimulator, temperature: float = 1.0, seed: SeedLike = 0) -> None:
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature!r} must be >= 0")
+        self.core = core
+        self.temperature = temperature
+        self.reset(seed)
+
+    def act(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        core = self.core
+        ids, catalog = core.candidate_item_ids, core.catalog
+        interest = np.take_along_axis(core.hidden_state()["interest"], catalog.topic[ids], axis=1)
+        score = catalog.quality[ids] + interest - catalog.appeal[ids]
+        if self.temperature > 0:
+            gumbel = -np.log(-np.log(self.rng.random(score.shape) + 1e-12) + 1e-12)
+            score = score + self.temperature * gumbel
+        return top_k_indices(score, core.slate_size)
 
 
 @dataclass(frozen=True)
@@ -319,10 +360,66 @@ def distinct_slates(slates: np.ndarray, logits: np.ndarray) -> np.ndarray:
     return slates
 
 
-def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> Agent:
-    """Build baseline ``name`` for ``env`` (a ``BatchedSimulator`` or any longrec view).
+def _given_or_loaded(name: str, what: str, given: Any, path: Any, load: Callable[[Any], Any]) -> Any:
+    """``given``, else ``load(path)``; a ValueError naming both arguments when neither is there."""
+    if given is not None:
+        return given
+    if path is None:
+        raise ValueError(f"make_baseline({name!r}, ...) needs {what}= or path=")
+    return load(path)
 
-    * ``random``, ``popularity``, ``myopic``: no arguments.
+
+def _load_llm_policy(path: Any) -> Any:
+    from llm_policy import LLMSlatePolicy
+
+    return LLMSlatePolicy.from_pretrained(path)
+
+
+def _load_sb3_ppo(path: Any) -> Any:
+    from stable_baselines3 import PPO
+
+    return PPO.load(path, device="cpu")
+
+
+def _pctr_greedy(core: BatchedSimulator, seed: int, policy: Any = None, path: Any = None, **kwargs: Any) -> Agent:
+    policy = _given_or_loaded("pctr_greedy", "policy", policy, path, _load_llm_policy)
+    return PolicyAgent(policy, deterministic=True, seed=seed, **kwargs)
+
+
+def _slateq(core: BatchedSimulator, seed: int, agent: Any = None, path: Any = None) -> Agent:
+    from agents.slateq import SlateQAgent
+
+    agent = _given_or_loaded("slateq", "agent", agent, path, SlateQAgent.load)
+    agent.attach(core)
+    return agent
+
+
+def _ppo_mlp(core: BatchedSimulator, seed: int, model: Any = None, path: Any = None, **kwargs: Any) -> Agent:
+    model = _given_or_loaded("ppo_mlp", "model", model, path, _load_sb3_ppo)
+    return PolicyAgent(model.policy, deterministic=True, seed=seed, **kwargs)
+
+
+_BUILDERS: dict[str, Callable[..., Agent]] = {
+    "random": lambda core, seed, **kw: RandomAgent(core.num_candidates, core.slate_size, seed=seed, **kw),
+    "popularity": lambda core, seed, **kw: PopularityAgent(core.catalog.popularity, core.slate_size, **kw),
+    "myopic": lambda core, seed, **kw: MyopicAgent(core, **kw),
+    "noisy_quality": lambda core, seed, **kw: QualityAgent(core, seed=seed, **kw),
+    "quality_aware": lambda core, seed, **kw: QualityAgent(core, temperature=0.0, seed=seed, **kw),
+    "oracle": lambda core, seed, **kw: OracleAgent(core, **kw),
+    "pctr_greedy": _pctr_greedy,
+    "slateq": _slateq,
+    "ppo_mlp": _ppo_mlp,
+}
+
+BASELINES: tuple[str, ...] = tuple(_BUILDERS)
+"""every name ``make_baseline`` builds: agents of ``agents.registry`` and the ``BEHAVIOURS``"""
+
+
+def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> Agent:
+    """Build baseline ``name`` (one of ``BASELINES``) for ``env`` (a ``BatchedSimulator`` or any longrec view).
+
+    * ``random``, ``popularity``, ``myopic``, ``quality_aware``: no arguments.
+    * ``noisy_quality``: optional ``temperature=`` (default 1).
     * ``oracle``: optional ``config=OracleConfig(...)``.
     * ``pctr_greedy``: ``policy=`` an SB3 policy (e.g. a CE-pretrained ``LLMSlatePolicy``)
       or ``path=`` a folder saved by ``LLMSlatePolicy.save_pretrained``.
@@ -330,42 +427,6 @@ def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> Agent:
       ``SlateQAgent.save`` (it is re-attached to this env's core).
     * ``ppo_mlp``: ``model=`` a trained SB3 PPO, or ``path=`` a saved one (``PPO.load``).
     """
-    core = as_core(env)
-    if name == "random":
-        return RandomAgent(core.num_candidates, core.slate_size, seed=seed, **kwargs)
-    if name == "popularity":
-        return PopularityAgent(core.catalog.popularity, core.slate_size, **kwargs)
-    if name == "myopic":
-        return MyopicAgent(core, **kwargs)
-    if name == "oracle":
-        return OracleAgent(core, **kwargs)
-    if name == "pctr_greedy":
-        policy = kwargs.pop("policy", None)
-        if policy is None:
-            if "path" not in kwargs:
-                raise ValueError("make_baseline('pctr_greedy', ...) needs policy= or path=")
-            from llm_policy import LLMSlatePolicy
-
-            policy = LLMSlatePolicy.from_pretrained(kwargs.pop("path"))
-        return PolicyAgent(policy, deterministic=True, seed=seed, **kwargs)
-    if name == "slateq":
-        from agents.slateq import SlateQAgent
-
-        agent = kwargs.pop("agent", None)
-        if agent is None:
-            if "path" not in kwargs:
-                raise ValueError("make_baseline('slateq', ...) needs agent= or path=")
-            agent = SlateQAgent.load(kwargs.pop("path"), core)
-        else:
-            agent.attach(core)
-        return agent
-    if name == "ppo_mlp":
-        model = kwargs.pop("model", None)
-        if model is None:
-            if "path" not in kwargs:
-                raise ValueError("make_baseline('ppo_mlp', ...) needs model= or path=")
-            from stable_baselines3 import PPO
-
-            model = PPO.load(kwargs.pop("path"), device="cpu")
-        return PolicyAgent(model.policy, deterministic=True, seed=seed, **kwargs)
-    raise ValueError(f"unknown baseline {name!r}; valid: {BASELINES}")
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+    return _BUILDERS[name](as_core(env), seed, **kwargs)

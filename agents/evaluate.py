@@ -3,15 +3,15 @@
 Each of ``num_users`` fresh users lives exactly one episode (a life of many
 sessions, until churn or the horizon) per seed; all users are simulated at once
 by the ``BatchedSimulator`` (users that finish are auto-reset by the core and
-their replacements are ignored, as in ``envs.logging_policy.simulate_lives``).
-The same agent, env and seed give the same numbers.
+their replacements are ignored; ``agents.logs`` records behaviour policies'
+lives the same way). The same agent, env and seed give the same numbers.
 
 Per user it records the long-term return (the sum of rewards of the life),
 sessions lived, return rate (the fraction of the user's session ends followed
 by a return the next day: retention), CTR (clicked slates / slates), mean
-consumption of clicked items, final satisfaction (hidden state at the end of
-the life), intra-slate diversity (distinct topics / K, averaged over the user's
-slates); and per seed the catalog coverage (fraction of items ever shown).
+consumption of clicked items, final satisfaction (hidden state after the last
+step of the life), intra-slate diversity (distinct topics / K, averaged over the
+user's slates); and per seed the catalog coverage (fraction of items ever shown).
 Every metric gets a 95% confidence interval: normal-approximation over users
 (pooled over seeds; bootstrap over users for coverage), and, when S > 1, a
 Student-t interval over the S per-seed means (``<metric>_seed_ci95``). This is
@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines import Agent, make_baseline
+from agents.baselines import Agent, SeedLike, make_baseline
+from agents.registry import FIXED_AGENTS, display_name
 from agents.stats import mean_ci95, t_ci95
-from envs.core import BatchedSimulator
+from envs.core import BatchedSimulator, StepResult
 from envs.registration import make_core
 
 USER_METRICS = (
@@ -49,6 +50,9 @@ USER_METRICS = (
 AgentSpec = Agent | str | Callable[[BatchedSimulator], Agent]
 """an agent, a baseline name (``make_baseline``), or a factory called with the evaluation core"""
 
+StepCallback = Callable[[np.ndarray, dict[str, np.ndarray], np.ndarray, StepResult], None]
+"""``on_step(rows, observation, slates, result)`` of ``run_lives``"""
+
 
 @dataclass
 class LivesRecord:
@@ -60,8 +64,6 @@ class LivesRecord:
     """(num_users, num_items) bool: item ever shown to the user (for coverage)"""
     steps: int
     """environment steps taken by users still in their first life"""
-    final_satisfaction_exact: bool
-    """False when the core gave no final hidden state (the value is the one before the last step)"""
 
 
 @dataclass
@@ -99,15 +101,22 @@ def run_lives(
     seed: int,
     progress: Any = None,
     max_steps: int = 1_000_000,
+    *,
+    agent_seed: SeedLike = None,
+    all_rows: bool = False,
+    on_step: StepCallback | None = None,
 ) -> LivesRecord:
     """Run ``agent`` on every user of ``core`` for one whole life; ``core.reset(seed)`` first.
 
-    Non-privileged agents see only the users still in their first life (the
-    finished rows get a placeholder slate that is never counted), so a costly
-    policy is not run on the replacement users.
+    The agent is reset with ``agent_seed`` (default ``seed``). Non-privileged agents
+    see only the users still in their first life (the finished rows get a
+    placeholder slate that is never counted), so a costly policy is not run on the
+    replacement users; ``all_rows=True`` asks the agent for every row, as privileged
+    agents always are. ``on_step(rows, observation, slates, result)`` sees each step,
+    with ``rows`` the users still in their first life before it.
     """
     observation = core.reset(seed=seed)
-    agent.reset(seed)
+    agent.reset(seed if agent_seed is None else agent_seed)
     n, k = core.num_users, core.slate_size
     catalog = core.catalog
     alive = np.ones(n, dtype=bool)
@@ -115,19 +124,19 @@ def run_lives(
     length = np.zeros(n, dtype=np.int64)
     sessions = np.zeros(n)
     final_satisfaction = np.full(n, np.nan)
-    exact = True
     seen = np.zeros((n, catalog.num_items), dtype=bool)
     placeholder = np.tile(np.arange(k, dtype=np.int64), (n, 1))
     steps = 0
     for _ in range(max_steps):
         rows = np.flatnonzero(alive)
-        if agent.privileged:
+        if agent.privileged or all_rows:
             slates = np.asarray(agent.act(observation), dtype=np.int64)
         else:
             slates = placeholder.copy()
             slates[rows] = agent.act({key: value[rows] for key, value in observation.items()})
-        satisfaction_before = core.hidden_state()["satisfaction"]
         result = core.step(slates)
+        if on_step is not None:
+            on_step(rows, observation, slates, result)
         info = result.info
         slate_items = np.take_along_axis(observation["candidate_item_ids"], slates, axis=1)[rows]
         steps += len(rows)
@@ -145,12 +154,7 @@ def run_lives(
         finished = alive & done
         if finished.any():
             sessions[finished] = info["day"][finished]
-            final_hidden = getattr(result, "final_hidden_state", None)
-            if final_hidden is not None:
-                final_satisfaction[finished] = final_hidden["satisfaction"][finished]
-            else:
-                exact = False
-                final_satisfaction[finished] = satisfaction_before[finished]
+            final_satisfaction[finished] = result.final_hidden_state["satisfaction"][finished]
             alive &= ~finished
             if progress is not None:
                 progress.update(int(finished.sum()))
@@ -171,7 +175,7 @@ def run_lives(
             "diversity": totals["diversity"] / length,
             "length": length.astype(np.float64),
         }
-    return LivesRecord(seed, values, seen, steps, exact)
+    return LivesRecord(seed, values, seen, steps)
 
 
 def _build_agent(agent: AgentSpec, core: BatchedSimulator, seed: int) -> Agent:
@@ -247,14 +251,13 @@ def evaluate_agent(
     row["coverage_ci95"] = float(np.mean(halves))
     if len(seeds) > 1:
         row["coverage_seed_ci95"] = t_ci95(coverages)[1]
-    row["final_satisfaction_exact"] = all(r.final_satisfaction_exact for r in records)
     return Evaluation(row, records)
 
 
 def format_row(row: dict[str, Any]) -> str:
-    """One-line summary ``agent: return m ± h | ctr ... | return rate ...``."""
+    """One-line summary ``agent: return m ± h | ctr ... | return rate ...`` (privileged agents marked)."""
     return (
-        f"{row['agent']}: return {row['return']:.1f} ± {row['return_ci95']:.1f} | "
+        f"{display_name(row['agent'])}: return {row['return']:.1f} ± {row['return_ci95']:.1f} | "
         f"sessions {row['sessions']:.2f} | return rate {row['return_rate']:.3f} | ctr {row['ctr']:.3f} | "
         f"coverage {row['coverage']:.3f}"
     )
@@ -266,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Evaluate baselines on a longrec environment (JSON rows).")
     parser.add_argument("--env", default="longrec/Video-v0")
-    parser.add_argument("--agents", nargs="+", default=["random", "popularity", "myopic", "oracle"])
+    parser.add_argument("--agents", nargs="+", choices=FIXED_AGENTS, default=list(FIXED_AGENTS))
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args(argv)

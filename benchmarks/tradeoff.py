@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
 import envs
+from agents.logs import behaviour_lives
 from agents.stats import mean_ci95
-from envs.logging_policy import BEHAVIOURS, simulate_lives
 from envs.text import text_quality_auc
 
 POLICIES = ("random", "myopic", "quality_aware")
@@ -40,11 +38,10 @@ def main() -> None:
         row: dict[str, dict] = {}
         for policy in POLICIES:
             core = envs.make_core(env_id, num_users=args.users)
-            lives = simulate_lives(core, BEHAVIOURS[policy], seed=args.seed)
-            ret, ret_ci = mean_ci95(lives.total_reward)
-            ctr_per_user = lives.clicks / np.maximum(lives.slates, 1)
-            ctr, ctr_ci = mean_ci95(ctr_per_user)
-            sessions, _ = mean_ci95(lives.sessions)
+            lives = behaviour_lives(core, policy, seed=args.seed).values
+            ret, ret_ci = mean_ci95(lives["return"])
+            ctr, ctr_ci = mean_ci95(lives["ctr"])
+            sessions, _ = mean_ci95(lives["sessions"])
             row[policy] = {
                 "return": ret,
                 "return_ci95": ret_ci,

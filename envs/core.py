@@ -82,7 +82,9 @@ class UserModel(Protocol):
     # of numpy scalars: row 0 of ``transition`` at B = 1, computed on Python numbers. The core's
     # one-user step (``BatchedSimulator.step_one_user``) uses it when the model has it.
 
-    def hidden_state(self, state: Any) -> dict[str, np.ndarray]: ...
+    def hidden_state(self, state: Any) -> dict[str, np.ndarray]:
+        """Copies of the hidden state arrays (the core keeps them across a reset of the users)."""
+        ...
 
     def sessions(self, state: Any) -> np.ndarray: ...
 
@@ -98,6 +100,8 @@ class StepResult:
     info: dict[str, np.ndarray]
     final_observation: dict[str, np.ndarray] | None
     """observation of the users whose episode ended (rows where terminated | truncated), else None"""
+    final_hidden_state: dict[str, np.ndarray] | None
+    """``hidden_state()`` taken before the users whose episode ended were replaced (read those rows), else None"""
 
 
 def sample_distinct_candidates(
@@ -327,15 +331,17 @@ class BatchedSimulator:
             "episode_return": self.episode_return,
             "episode_length": self.episode_length,
         }
-        final_observation = None
+        final_observation = final_hidden_state = None
         done = transition.terminated | transition.truncated
         # one user: .item(); count_nonzero: cheaper than .any() on small arrays
         if done.item() if self.num_users == 1 else np.count_nonzero(done):
             final_observation = self.observation()
+            final_hidden_state = self.hidden_state()  # the models return copies: the reset below leaves them
             self._reset_users(done)
         self.candidate_item_ids = sample_distinct_candidates(self.rng, self.catalog.num_items, self._candidate_shape)
         return StepResult(
-            self.observation(), reward, transition.terminated, transition.truncated, info, final_observation
+            self.observation(), reward, transition.terminated, transition.truncated, info, final_observation,
+            final_hidden_state,
         )
 
     def step_one_user(

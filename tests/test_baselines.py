@@ -10,17 +10,22 @@ import pytest
 import envs
 from agents.baselines import (
     BASELINES,
+    BEHAVIOURS,
     MyopicAgent,
     OracleAgent,
     PopularityAgent,
+    QualityAgent,
     RandomAgent,
     distinct_slates,
     make_baseline,
+    top_k_indices,
 )
+from agents.registry import AGENT_INFO, FIXED_AGENTS
 from agents.slateq import greedy_mnl_slate, slate_value, topk_mnl_slate
 
 ALL_IDS = envs.registered_ids()
-SIMPLE = ("random", "popularity", "myopic", "oracle")
+SIMPLE = (*FIXED_AGENTS, "noisy_quality", "quality_aware")
+"""the baselines built from the core alone"""
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -149,7 +154,40 @@ def test_make_baseline_errors_name_the_valid_choices():
         make_baseline("pctr_greedy", core)
     with pytest.raises(ValueError, match="slate_size=6"):
         RandomAgent(5, 6)
-    assert set(SIMPLE) < set(BASELINES)
+    with pytest.raises(ValueError, match="temperature=-1"):
+        make_baseline("noisy_quality", core, temperature=-1)
+
+
+def test_every_baseline_is_listed_in_the_registry_or_the_behaviours():
+    assert set(BASELINES) <= set(AGENT_INFO) | set(BEHAVIOURS)
+    assert set(SIMPLE) | set(BEHAVIOURS) < set(BASELINES)
+    core = envs.make_core("longrec/Video-v0", num_users=2)
+    for name in SIMPLE:
+        expected = AGENT_INFO[name].privileged if name in AGENT_INFO else True  # the behaviours read hidden state
+        assert make_baseline(name, core).privileged is expected, name
+
+
+def test_top_k_indices_ranks_best_first_and_breaks_ties_by_lower_index():
+    scores = np.array([[0.1, 0.9, 0.5, 0.9, 0.3], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(top_k_indices(scores, 3), [[1, 3, 2], [0, 1, 2]])
+
+
+def test_quality_agents_rank_by_hidden_quality_interest_and_appeal():
+    core = envs.make_core("longrec/Video-v0", num_users=64)
+    observation = core.reset(seed=2)
+    ids, catalog = core.candidate_item_ids, core.catalog
+    interest = np.take_along_axis(core.hidden_state()["interest"], catalog.topic[ids], axis=1)
+    score = catalog.quality[ids] + interest - catalog.appeal[ids]
+    aware = make_baseline("quality_aware", core)
+    np.testing.assert_array_equal(aware.act(observation), top_k_indices(score, core.slate_size))
+    noisy = QualityAgent(core, temperature=1.0)
+    noisy.reset(7)
+    first = noisy.act(observation)
+    noisy.reset(7)
+    np.testing.assert_array_equal(noisy.act(observation), first)  # seeded
+    assert not np.array_equal(first, aware.act(observation))  # the noise changes some slates ...
+    shown = lambda s: np.take_along_axis(score, s, axis=1).mean()  # noqa: E731
+    assert shown(aware.act(observation)) >= shown(first) > shown(MyopicAgent(core).act(observation))  # ... a little
 
 
 def test_slateq_trains_acts_and_round_trips(tmp_path):

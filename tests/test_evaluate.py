@@ -1,4 +1,4 @@
-"""Long-term evaluation: determinism, agreement with simulate_lives, CIs, metric ranges, agent ordering."""
+"""Long-term evaluation: determinism, final satisfaction, CIs, metric ranges, agent ordering, table marks."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import envs
-from agents.baselines import RandomAgent
-from agents.evaluate import coverage_ci95, evaluate_agent, run_lives
+from agents.baselines import MyopicAgent, RandomAgent
+from agents.evaluate import coverage_ci95, evaluate_agent, format_row, main, run_lives
+from agents.registry import PRIVILEGED_MARK
 from agents.stats import mean_ci95, t_ci95
-from envs.logging_policy import myopic_behaviour, simulate_lives
 
 
 def without_timing(row):
@@ -27,14 +27,22 @@ def test_evaluation_is_deterministic_for_a_seed():
     assert first.row["return"] != other.row["return"]
 
 
-def test_returns_agree_with_simulate_lives_for_the_same_policy():
-    core = envs.make_core("longrec/Video-v0", num_users=48)
-    lives = simulate_lives(core, myopic_behaviour, seed=11)
-    record = evaluate_agent("myopic", "longrec/Video-v0", num_users=48, seeds=[11], progress=False).records[0]
-    np.testing.assert_allclose(record.values["return"], lives.total_reward)
-    np.testing.assert_array_equal(record.values["sessions"], lives.sessions)
-    np.testing.assert_allclose(record.values["ctr"], lives.clicks / lives.slates)
-    assert record.steps == lives.slates.sum()
+@pytest.mark.parametrize("env_id", ["longrec/News-v0", "longrec/MovieLens-v0"])
+def test_final_satisfaction_is_the_hidden_state_after_the_last_step_of_each_life(env_id):
+    core = envs.make_core(env_id, num_users=24)
+    truth = np.full(24, np.nan)
+    replace_users = core._reset_users  # what a step calls to replace the users whose episode ended
+
+    def spy(mask):  # their satisfaction, once per first life
+        first_life = mask & np.isnan(truth)
+        truth[first_life] = core.hidden_state()["satisfaction"][first_life]
+        replace_users(mask)
+
+    core._reset_users = spy
+    record = run_lives(MyopicAgent(core), core, seed=3)
+    assert not np.isnan(truth).any()
+    np.testing.assert_array_equal(record.values["final_satisfaction"], truth)
+    assert "final_satisfaction_exact" not in evaluate_agent("random", "longrec/News-v0", num_users=2, progress=False).row
 
 
 def test_metric_ranges_and_row_keys():
@@ -106,3 +114,14 @@ def test_evaluate_rejects_bad_arguments():
         evaluate_agent("random", "longrec/Video-v0", num_users=2, seeds=[])
     with pytest.raises(ValueError, match="unknown environment id"):
         evaluate_agent("random", "longrec/Nope-v0", num_users=2)
+
+
+def test_tables_mark_privileged_agents(capsys):
+    row = evaluate_agent("myopic", "longrec/Video-v0", num_users=4, progress=False).row
+    assert format_row(row).startswith(f"myopic{PRIVILEGED_MARK}: return")
+    assert format_row({**row, "agent": "random"}).startswith("random: return")
+    main(["--agents", "popularity", "oracle", "--users", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("popularity: ") and lines[2].startswith(f"oracle{PRIVILEGED_MARK}: ")
+    with pytest.raises(SystemExit):
+        main(["--agents", "ce_ppo"])

@@ -16,7 +16,7 @@ TINY = SlatePolicyConfig(d_model=32, n_encoder_layers=1, n_decoder_layers=1, n_e
 
 
 def synthetic_log(num_users=60, steps=12, seed=0):
-    """A log in the envs.logging_policy format with a learnable behaviour policy.
+    """A log in the ``agents.logs`` format with a learnable behaviour policy.
 
     Each user likes one of 4 taste directions; their history holds items close to it.
     The behaviour slate = top-K candidates by ``quality + 2 * taste affinity`` (+ small noise),
@@ -115,13 +115,14 @@ def test_click_target_on_full_catalog_learns_taste():
 
 
 def test_pretrain_on_simulator_logs(tmp_path):
-    logging_policy = pytest.importorskip("envs.logging_policy")
+    from agents.logs import generate_logs, load_logs
+
     path = tmp_path / "logs.npz"
-    logging_policy.generate_logs("longrec/Video-v0", num_users=6, seed=0, path=path, behaviour="noisy_quality")
-    data = logging_policy.load_logs(path)
+    generate_logs("longrec/Video-v0", num_users=6, seed=0, path=path, behaviour="noisy_quality")
+    data = load_logs(path)
     emb = torch.randn(data.meta["num_items"], 8, generator=torch.Generator().manual_seed(0))
     cfg = PretrainConfig(target="slate", epochs=1, max_batches_per_epoch=3, batch_size=64, val_fraction=0.2)
-    result = pretrain(path, emb, config=cfg, model_config=TINY, output_dir=tmp_path / "run", progress=False)
+    result = pretrain(data, emb, config=cfg, model_config=TINY, output_dir=tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert np.isfinite(result.metrics["val/loss"]) and 0 <= result.metrics["val/ndcg@10"] <= 1
 
