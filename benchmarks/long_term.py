@@ -3,7 +3,7 @@
 Pipeline (one process, CPU by default):
 
 1. item text embeddings of the catalog (``llm_policy.ItemTextEncoder``, all-MiniLM-L6-v2, cached);
-2. logs of a behaviour policy (``envs.logging_policy.generate_logs``, ``noisy_quality``) and
+2. logs of a behaviour policy (``agents.logs.generate_logs``, ``noisy_quality``) and
    cross-entropy pretraining of the LLM slate policy on them (``llm_policy.pretrain``);
 3. the learning agents, each within ``--budget-steps`` environment steps: SlateQ
    (``agents.slateq``), PPO with the item-id MLP policy, PPO with the LLM policy from
@@ -85,8 +85,8 @@ def main(argv=None) -> dict:
 def pretrain_policy(args: argparse.Namespace, wanted: set[str], out: Path, timings: dict[str, float]) -> Path | None:
     """Item embeddings, behaviour logs and CE pretraining (when an agent needs the pretrained policy)."""
     import envs
+    from agents.logs import generate_logs
     from agents.ppo import LLM_SIZES
-    from envs.logging_policy import generate_logs
     from llm_policy import ItemTextEncoder, SlatePolicyConfig
     from llm_policy.pretrain import PretrainConfig, pretrain
 

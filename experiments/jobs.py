@@ -39,11 +39,11 @@ import torch
 
 from agents.baselines import make_baseline
 from agents.evaluate import evaluate_agent
+from agents.logs import generate_logs, load_logs
 from agents.movielens_pretrain import pretrain_movielens
 from agents.ppo import train_ppo
 from agents.registry import FIXED_AGENTS, PRETRAINED_AGENTS, agent_info
 from agents.slateq import train_slateq
-from envs.logging_policy import generate_logs, load_logs
 from envs.registration import make_core
 from experiments.config import ConfigError, ExperimentConfig
 from llm_policy.device import resolve_device

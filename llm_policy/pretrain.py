@@ -77,11 +77,10 @@ class LogTensors:
 
     @classmethod
     def from_logs(cls, logs: Any) -> LogTensors:
-        """From ``envs.logging_policy.LoggedData``, a path to its ``.npz``, or a mapping with the same arrays."""
+        """From ``agents.logs.LoggedData`` or a mapping with the same arrays."""
         if isinstance(logs, str | os.PathLike):
-            from envs.logging_policy import load_logs
-
-            logs = load_logs(logs)
+            raise TypeError(f"pretrain takes the logged data, not a path ({str(logs)!r}): load it first with "
+                            "agents.logs.load_logs(path)")
         get = (lambda k: logs[k]) if isinstance(logs, Mapping) else (lambda k: getattr(logs, k))
         needed = (*OBS_KEYS, "slate", "clicked_position", "clicked_item_id", "user_id")
         missing = []
@@ -245,7 +244,8 @@ def pretrain(
     """Train the slate model with cross-entropy on logged data.
 
     Args:
-        logs: ``envs.logging_policy.LoggedData``, a path to its ``.npz``, or a mapping with the same arrays.
+        logs: ``agents.logs.LoggedData`` (``agents.logs.load_logs(path)`` reads a saved one) or a mapping with
+            the same arrays.
         item_embeddings: ``(N, d)`` item text embeddings (needed unless ``model`` is given).
         config: training settings.
         model_config: model sizes for a new model (default :class:`SlatePolicyConfig`).

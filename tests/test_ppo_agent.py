@@ -12,8 +12,8 @@ import envs
 from agents.baselines import PolicyAgent, make_baseline
 from agents.evaluate import evaluate_agent
 from agents.kl import KLConfig, kl_estimate
+from agents.logs import generate_logs
 from agents.ppo import PPOConfig, build_ppo, train_ppo
-from envs.logging_policy import generate_logs
 
 ENV = "longrec/Video-v0"
 ENV_KWARGS = {"num_items": 120, "horizon_days": 3}
