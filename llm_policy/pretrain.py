@@ -28,7 +28,6 @@ The best folder loads straight into the PPO policy:
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from envs.atomic_file import atomic_write_bytes
 from llm_policy import metrics as M
 from llm_policy.config import PretrainConfig, SlatePolicyConfig
 from llm_policy.device import resolve_device
+from llm_policy.early_stopping import BestOnValidation
 from llm_policy.model import OBS_KEYS, SlateModel
 
 __all__ = ["PretrainConfig", "PretrainResult", "LogTensors", "pretrain", "evaluate", "split_users"]
@@ -288,7 +288,7 @@ def pretrain(
     for epoch in range(1, config.epochs + 1):
         order = torch.as_tensor(train_idx)[torch.randperm(len(train_idx), generator=gen)]
         train_loss = _train_epoch(model, config, train, order, n_batches, optimizer, params, text_encoder, texts,
-                                  torch_device, bar, epoch, run.best_score)
+                                  torch_device, bar, epoch, run.best.best_score)
         if texts:
             _refresh_item_embeddings(model, text_encoder, texts)
         if run.after_epoch(epoch, train_loss):
@@ -367,7 +367,7 @@ def _train_epoch(model: SlateModel, config: PretrainConfig, train: LogTensors, o
 
 
 class _EarlyStopping:
-    """Validation after each epoch; keeps (and saves) the best model by NDCG@K, stops after ``patience`` worse epochs."""
+    """Validation after each epoch: the best model by NDCG@K is kept (``BestOnValidation``) and saved."""
 
     def __init__(self, model: SlateModel, config: PretrainConfig, val: LogTensors,
                  output_dir: str | os.PathLike[str] | None, text_encoder: Any) -> None:
@@ -376,10 +376,10 @@ class _EarlyStopping:
         self.text_encoder = text_encoder  # saved next to the best model when it is fine-tuned
         self.key = f"ndcg@{config.eval_k}"
         self.before = evaluate(model, val, config)
-        self.best_score, self.best_epoch, self.best_val = self.before[self.key], 0, self.before
-        self.best_state = copy.deepcopy(model.state_dict())
+        self.best = BestOnValidation(model, config.patience, initial_score=self.before[self.key])
+        self.best_val = self.before
         self.history: list[dict[str, float]] = []
-        self.epochs_run, self.stale = 0, 0
+        self.epochs_run = 0
         self.best_dir = self.output_dir / "best" if self.output_dir is not None else None
         if self.best_dir is not None:
             model.save_pretrained(self.best_dir)
@@ -389,26 +389,22 @@ class _EarlyStopping:
         val_metrics = evaluate(self.model, self.val, self.config)
         self.epochs_run = epoch
         self.history.append({"epoch": epoch, "train/loss": train_loss, **{f"val/{k}": v for k, v in val_metrics.items()}})
-        if val_metrics[self.key] > self.best_score:
-            self.best_score, self.best_epoch, self.best_val, self.stale = val_metrics[self.key], epoch, val_metrics, 0
-            self.best_state = copy.deepcopy(self.model.state_dict())
+        if self.best.record(val_metrics[self.key], epoch):
+            self.best_val = val_metrics
             if self.best_dir is not None:
                 self.model.save_pretrained(self.best_dir)
                 if self.text_encoder is not None:
                     self.text_encoder.model.save_pretrained(self.output_dir / "best_text_encoder")
                     self.text_encoder.tokenizer.save_pretrained(self.output_dir / "best_text_encoder")
-            return False
-        self.stale += 1
-        return self.stale > self.config.patience
+        return self.best.should_stop
 
     def finish(self, train_steps: int, config: dict[str, Any]) -> dict[str, Any]:
         """Load the best weights (eval mode); the result metrics, written to ``output_dir/metrics.json``."""
-        self.model.load_state_dict(self.best_state)
-        self.model.eval()
+        self.best.restore_best()
         metrics: dict[str, Any] = {
             **{f"val_before/{k}": v for k, v in self.before.items()},
             **{f"val/{k}": v for k, v in self.best_val.items()},
-            "best_epoch": self.best_epoch,
+            "best_epoch": self.best.best_epoch,
             "epochs_run": self.epochs_run,
             "train_steps": train_steps,
             "val_users": int(len(np.unique(self.val.user_id))),
