@@ -50,7 +50,7 @@ examples:
 examples:
   longrec eval agent=myopic eval.num_users=2000
   longrec eval -c smoke_eval agent=random                 # seconds: 20 users
-  longrec eval agent=ce_ppo_kl --checkpoint runs/Video-v0__ce_ppo_kl__0__<time>/checkpoints/final
+  longrec eval agent=ce_ppo_kl --checkpoint runs/Video-v0__ce_ppo_kl__0__<time>/checkpoints/final_policy
   longrec eval agent=oracle eval.seeds=[1000,1001,1002] env.id=longrec/Music-v0""",
     "quickstart": """\
 examples:
@@ -218,14 +218,22 @@ def _print_keys() -> None:
         print(f"{key:<{width}}  {tname} = {default!r}\n{'':<{width}}  {' '.join(doc.split())}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """train / pretrain / eval: one run folder."""
+def _config_to_run(args: argparse.Namespace) -> ExperimentConfig | None:
+    """The run's config, or None when ``--list-keys`` / ``--dry-run`` only printed something."""
     if args.list_keys:
         _print_keys()
-        return 0
+        return None
     cfg = _config_from_args(args)
     if args.dry_run:
         print(cfg.to_yaml(), end="")
+        return None
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """train / pretrain / eval: one run folder."""
+    cfg = _config_to_run(args)
+    if cfg is None:
         return 0
     from experiments import jobs
     from experiments.run import Run
@@ -239,12 +247,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    if args.list_keys:
-        _print_keys()
-        return 0
-    cfg = _config_from_args(args)
-    if args.dry_run:
-        print(cfg.to_yaml(), end="")
+    """The README's main job (``experiments.jobs.run_quickstart``)."""
+    cfg = _config_to_run(args)
+    if cfg is None:
         return 0
     from experiments import jobs
 

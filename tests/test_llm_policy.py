@@ -185,7 +185,7 @@ def video_ppo():
     return venv, model
 
 
-def test_ppo_learns_on_video_and_changes_parameters(video_ppo):
+def test_ppo_update_reaches_every_part_of_the_policy_and_keeps_slates_distinct(video_ppo):
     venv, model = video_ppo
     before = {k: p.detach().clone() for k, p in model.policy.named_parameters() if p.requires_grad}
     model.learn(512)
