@@ -1,23 +1,25 @@
-"""Long-term benchmark: every agent on fresh users, with 95% CIs and learning curves.
+"""Long-term benchmark: every agent on the same fresh users, over training seeds, with paired differences.
 
-Pipeline (one process, CPU by default):
+Each (seed, agent) is one ``longrec train`` run (``experiments.jobs.run_train``: the CLI's code path,
+its run folder, metrics and checkpoints), so the benchmark adds no pipeline of its own:
 
-1. item text embeddings of the catalog (``llm_policy.ItemTextEncoder``, all-MiniLM-L6-v2, cached);
-2. logs of a behaviour policy (``agents.logs.generate_logs``, ``noisy_quality``) and
-   cross-entropy pretraining of the LLM slate policy on them (``llm_policy.pretrain``);
-3. the learning agents, each within ``--budget-steps`` environment steps: SlateQ
-   (``agents.slateq``), PPO with the item-id MLP policy, PPO with the LLM policy from
-   scratch, CE -> PPO, CE -> PPO with a KL penalty to the pretrained policy (``agents.ppo``);
-4. every agent (plus random, popularity, myopic, pCTR-greedy = the pretrained policy
-   used greedily, and the hidden-state oracle) evaluated on ``--eval-users`` fresh users
-   (``agents.evaluate``; a seed no training run used).
+1. per seed, logs of ``--behaviour`` on ``--pretrain-users`` users (``agents.logs.generate_logs``, users
+   seeded ``seed + 1000``) and one CE pretraining run on them (``longrec pretrain data.path=<logs>``);
+2. per seed and agent, ``longrec train agent=<agent>`` (the pretrained agents with ``init_from=`` that
+   policy), evaluated on ``--eval-users`` fresh users seeded ``seed + 10000`` (no log or training run saw
+   them; every agent of a seed meets the same users);
+3. the merge step reads every finished run: mean return across seeds with a 95% CI (Student-t across
+   seeds; with one seed, over users), and for each RL agent the paired difference to its CE start
+   (``pctr_greedy``), per user within a seed, then across seeds (``agents.stats.paired_difference``).
 
-Prints a table with 95% CIs, saves the learning curves as PNG, and prints one JSON object
-last: ``{agent: {"return", "ci95", "ctr", "retention", "sessions"}}``. The logged data used
-for pretraining is offline data and is reported separately from the step budget.
+Every finished (seed, agent) is recorded in ``<out>/seed_<s>/<agent>.json`` as it ends, so an interrupted
+or split benchmark resumes where it stopped: run seeds or agents in separate processes (or sessions) with
+the same ``--out`` and finish with ``--merge-only``. The last line printed is JSON::
 
-    python benchmarks/long_term.py --env longrec/Video-v0 --budget-steps 500000
-    python benchmarks/long_term.py --env longrec/InterestEvolution-v0 --budget-steps 200000
+    {"agents": {name: {"return", "ci95", "privileged", ...}}, "paired": {name: {"vs", "diff", "ci95"}}, "steps": N}
+
+    python benchmarks/long_term.py --env longrec/Video-v0 --budget-steps 30000 --seeds 0
+    python benchmarks/long_term.py --seeds 0-4 --agents ce_ppo pctr_greedy random   # then --merge-only
 """
 
 from __future__ import annotations
@@ -26,23 +28,41 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
-from agents.registry import AGENTS, FIXED_AGENTS, LEARNING_AGENTS
+from agents.registry import AGENT_INFO, AGENTS, FIXED_AGENTS, PRETRAINED_AGENTS, display_name
 
+CE_START = "pctr_greedy"
+"""the CE-pretrained policy used greedily: the starting point every fine-tuned agent is paired with"""
 SLATEQ_NUM_ENVS = 256
 """users in parallel while SlateQ collects experience (PPO uses ``--num-envs``)"""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> ``[0, 1, 2, 3, 4]``; ``"0,2,5"`` -> ``[0, 2, 5]``; ``"3"`` -> ``[3]``."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            low, dash, high = part.strip().partition("-")
+            seeds.extend(range(int(low), int(high) + 1) if dash else [int(low)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected a range (0-4), a list (0,1,2) or one seed") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds must be >= 0")
+    return list(dict.fromkeys(seeds))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="longrec/Video-v0")
     parser.add_argument("--budget-steps", type=int, default=500_000, help="env steps per learning agent")
-    parser.add_argument("--eval-users", type=int, default=2000, help="fresh users per agent")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-users", type=int, default=2000, help="fresh users per agent and seed")
+    parser.add_argument("--seeds", type=parse_seeds, default=[0], help="training seeds: 0-4, 0,1,2 or 3 (default 0)")
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument("--behaviour", default="noisy_quality", help="behaviour policy of the pretraining logs")
+    parser.add_argument("--target", default="slate", choices=("slate", "click"), help="CE pretraining target")
     parser.add_argument("--model", default="tiny", choices=("tiny", "small", "base"), help="LLM policy size")
     parser.add_argument("--pretrain-users", type=int, default=400, help="logged users for CE pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
@@ -52,183 +72,205 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ce-learning-rate", type=float, default=1e-4, help="PPO step size from the CE policy")
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="PPO step size from scratch")
     parser.add_argument("--kl-coef", type=float, default=0.05)
+    parser.add_argument("--kl-estimator", default="k3", choices=("k1", "k2", "k3"))
     parser.add_argument("--kl-target", type=float, default=None, help="adaptive KL target (default: fixed)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--wandb", action="store_true", help="log every run to W&B (offline unless logged in)")
     parser.add_argument("--out", default=None, help="output folder (default runs/long_term/<env>)")
+    parser.add_argument("--merge-only", action="store_true", help="only aggregate the finished runs under --out")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     out = Path(args.out or f"runs/long_term/{args.env.replace('/', '_')}")
-    out.mkdir(parents=True, exist_ok=True)
-    wanted = set(args.agents)
-    timings: dict[str, float] = {}
-    pretrained_dir = pretrain_policy(args, wanted, out, timings)
-    trained, curves = train_agents(args, wanted, pretrained_dir, timings)
-    rows = evaluate_agents(args, wanted, pretrained_dir, trained, out, timings)
-    print_table(args, rows, timings)
-    if curves:
-        plot_curves(curves, out / "learning_curves.png", args.env)
-        print(f"learning curves: {out / 'learning_curves.png'}")
-    summary = {
-        name: {"return": row["return"], "ci95": row["return_ci95"], "ctr": row["ctr"],
-               "retention": row["return_rate"], "sessions": row["sessions"]}
-        for name, row in rows.items()
-    }
+    if not args.merge_only:
+        for seed in args.seeds:
+            run_seed(args, seed, out / f"seed_{seed}")
+    return merge(args, out)
+
+
+# --------------------------------------------------------------------------- one seed
+
+
+def common_overrides(args: argparse.Namespace, seed: int, runs_dir: Path) -> list[str]:
+    """Keys every run of a seed shares (environment, seed, device, run folders)."""
+    return [f"env.id={args.env}", f"seed={seed}", f"device={args.device}", f"torch_threads={args.threads}",
+            f"logging.runs_dir={runs_dir}", f"logging.wandb={str(args.wandb).lower()}", "logging.progress=false"]
+
+
+def policy_overrides(args: argparse.Namespace) -> list[str]:
+    from agents.ppo import LLM_SIZES
+
+    return [f"policy.{key}={value}" for key, value in LLM_SIZES[args.model].items()]
+
+
+def agent_overrides(args: argparse.Namespace, agent: str, seed: int, policy_dir: Path | None) -> list[str]:
+    """What ``longrec train agent=<agent>`` reads beyond the common keys (it refuses anything else)."""
+    info = AGENT_INFO[agent]
+    keys = [f"agent={agent}", f"eval.num_users={args.eval_users}", f"eval.seeds=[{seed + 10_000}]", "eval.baselines=[]"]
+    if info.from_pretrained:
+        keys.append(f"init_from={policy_dir}")
+    if info.trainer == "slateq":
+        keys += [f"total_timesteps={args.budget_steps}", f"env.num_envs={SLATEQ_NUM_ENVS}"]
+    elif info.trainer == "ppo":
+        learning_rate = args.ce_learning_rate if info.from_pretrained else args.learning_rate
+        keys += [f"total_timesteps={args.budget_steps}", f"env.num_envs={args.num_envs}",
+                 f"ppo.n_steps={args.n_steps}", "ppo.batch_size=512", "ppo.n_epochs=4",
+                 f"ppo.learning_rate={learning_rate}"]
+        if agent == "ppo_scratch":
+            keys += policy_overrides(args)
+        if agent == "ce_ppo_kl":
+            keys += [f"kl.coef={args.kl_coef}", f"kl.estimator={args.kl_estimator}",
+                     f"kl.target={'null' if args.kl_target is None else args.kl_target}"]
+    return keys
+
+
+def run_job(job: str, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    """``longrec <job> <overrides>`` in this process: the run folder and the job's result."""
+    from experiments import jobs
+    from experiments.config import load_config
+    from experiments.run import Run
+
+    cfg = load_config("default", overrides, check_env_id=True)
+    jobs.check_config(job, cfg)
+    with Run.create(cfg, job_type=job) as run:
+        result = jobs.JOBS[job](cfg, run)
+    return run.path, result
+
+
+def pretrain_for_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> Path:
+    """The CE-pretrained policy folder of ``seed`` (logs and pretraining run made once, then reused)."""
+    from agents.logs import generate_logs
+
+    record = seed_dir / "pretrain.json"
+    if record.exists():
+        return Path(json.loads(record.read_text())["policy_dir"])
+    start = time.perf_counter()
+    logs = seed_dir / "logs.npz"
+    generate_logs(args.env, num_users=args.pretrain_users, seed=seed + 1000, path=logs, behaviour=args.behaviour)
+    overrides = [*common_overrides(args, seed, seed_dir / "runs"), f"data.path={logs}", *policy_overrides(args),
+                 f"pretrain.target={args.target}", f"pretrain.epochs={args.pretrain_epochs}",
+                 "pretrain.batch_size=256", "pretrain.val_fraction=0.2", "pretrain.patience=3",
+                 f"pretrain.max_batches_per_epoch={args.pretrain_batches}"]
+    run_dir, result = run_job("pretrain", overrides)
+    metrics = result["metrics"]
+    seconds = time.perf_counter() - start
+    print(f"seed {seed}: CE pretraining ({args.behaviour} logs, target {args.target}): val ndcg@10 "
+          f"{metrics['pretrain/val_before/ndcg@10']:.3f} -> {metrics['pretrain/val/ndcg@10']:.3f} ({seconds:.0f} s)",
+          flush=True)
+    _write_json(record, {"policy_dir": str(result["policy_dir"]), "run": str(run_dir), "seconds": seconds})
+    return Path(result["policy_dir"])
+
+
+def run_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> None:
+    """Every wanted agent of ``seed`` not finished yet, each saved as it ends."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    wanted = [agent for agent in AGENTS if agent in args.agents]
+    policy_dir = pretrain_for_seed(args, seed, seed_dir) if set(wanted) & set(PRETRAINED_AGENTS) else None
+    for agent in wanted:
+        record = seed_dir / f"{agent}.json"
+        if record.exists():
+            continue
+        start = time.perf_counter()
+        overrides = [*common_overrides(args, seed, seed_dir / "runs"), *agent_overrides(args, agent, seed, policy_dir)]
+        run_dir, result = run_job("train", overrides)
+        seconds = time.perf_counter() - start
+        row = result["agents"][agent]
+        steps = 0 if agent in FIXED_AGENTS or agent == CE_START else args.budget_steps
+        print(f"seed {seed}: {agent} return {row['return']:.1f} ± {row['return_ci95']:.1f} "
+              f"({steps} training steps, {seconds:.0f} s)", flush=True)
+        _write_json(record, {"agent": agent, "seed": seed, "run": str(run_dir), "row": row, "steps": steps,
+                             "seconds": seconds})
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from envs.atomic_file import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def finished_runs(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """``{agent: {seed: record}}`` of every finished (seed, agent) under ``out``."""
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted(out.glob("seed_*/*.json")):
+        record = json.loads(path.read_text())
+        if "agent" in record:
+            runs.setdefault(record["agent"], {})[int(record["seed"])] = record
+    return runs
+
+
+def per_user_returns(record: dict[str, Any]) -> np.ndarray:
+    from experiments.jobs import load_per_user
+
+    return load_per_user(record["run"])[f"{record['agent']}/return"]
+
+
+def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Aggregate the finished runs under ``out``: table, learning curves, paired differences, JSON line."""
+    from agents.stats import paired_difference, t_ci95
+
+    runs = finished_runs(out)
+    agents: dict[str, dict[str, Any]] = {}
+    for agent in (a for a in AGENTS if a in runs):
+        by_seed = runs[agent]
+        rows = [record["row"] for record in by_seed.values()]
+        mean, half = t_ci95([row["return"] for row in rows])
+        if len(rows) == 1:
+            half = rows[0]["return_ci95"]
+        agents[agent] = {"return": mean, "ci95": half, "privileged": AGENT_INFO[agent].privileged,
+                         "seeds": sorted(by_seed), **{m: float(np.mean([row[m] for row in rows]))
+                                                       for m in ("ctr", "retention", "sessions", "final_satisfaction")}}
+    paired = {}
+    for agent in (a for a in agents if AGENT_INFO[a].from_pretrained and a != CE_START and CE_START in runs):
+        seeds = sorted(set(runs[agent]) & set(runs[CE_START]))
+        if not seeds:
+            continue
+        result = paired_difference([per_user_returns(runs[agent][s]) for s in seeds],
+                                   [per_user_returns(runs[CE_START][s]) for s in seeds])
+        paired[agent] = {"vs": CE_START, "diff": result.diff, "ci95": result.ci95, "seeds": seeds,
+                         "positive_in_every_seed": result.positive_in_every_seed}
+    print_table(args, agents, paired)
+    plot_learning_curves(runs, out)
+    steps = max((record["steps"] for by_seed in runs.values() for record in by_seed.values()), default=0)
+    summary = {"agents": agents, "paired": paired, "steps": steps}
     print(json.dumps(summary))
     return summary
 
 
-def pretrain_policy(args: argparse.Namespace, wanted: set[str], out: Path, timings: dict[str, float]) -> Path | None:
-    """Item embeddings, behaviour logs and CE pretraining (when an agent needs the pretrained policy)."""
-    import envs
-    from agents.logs import generate_logs
-    from agents.ppo import LLM_SIZES
-    from llm_policy import ItemTextEncoder, SlatePolicyConfig
-    from llm_policy.pretrain import PretrainConfig, pretrain
-
-    pretrained_dir = None
-    if not wanted & {"pctr_greedy", "ppo_scratch", "ce_ppo", "ce_ppo_kl"}:
-        return None
-    start = time.perf_counter()
-    embeddings = ItemTextEncoder(show_progress=False).encode_catalog(envs.make_core(args.env).catalog)
-    timings["item_embeddings"] = time.perf_counter() - start
-    if wanted & {"pctr_greedy", "ce_ppo", "ce_ppo_kl"}:
-        start = time.perf_counter()
-        logs = generate_logs(args.env, num_users=args.pretrain_users, seed=args.seed + 1000,
-                             behaviour="noisy_quality")
-        result = pretrain(
-            logs,
-            embeddings,
-            config=PretrainConfig(epochs=args.pretrain_epochs, batch_size=256, val_fraction=0.2, patience=3,
-                                  max_batches_per_epoch=args.pretrain_batches),
-            model_config=SlatePolicyConfig(**LLM_SIZES[args.model]),
-            output_dir=out / "pretrain",
-            seed=args.seed,
-            device=args.device,
-            progress=False,
-        )
-        pretrained_dir = result.best_dir
-        timings["pretrain"] = time.perf_counter() - start
-        print(f"CE pretraining on {len(logs)} logged steps of {args.pretrain_users} users: "
-              f"val ndcg@10 {result.metrics['val_before/ndcg@10']:.3f} -> {result.metrics['val/ndcg@10']:.3f}",
-              flush=True)
-    np.save(out / "item_embeddings.npy", embeddings.numpy())
-    return pretrained_dir
-
-
-def train_agents(args: argparse.Namespace, wanted: set[str], pretrained_dir: Path | None,
-                 timings: dict[str, float]) -> tuple[dict[str, object], dict[str, list[tuple[int, float]]]]:
-    """Each wanted learning agent trained for ``--budget-steps``: ``{name: policy or agent}`` and learning curves."""
-    from agents.kl import KLConfig
-    from agents.ppo import LLM_SIZES, PPOConfig, train_ppo
-    from agents.slateq import SlateQConfig, train_slateq
-
-    curves: dict[str, list[tuple[int, float]]] = {}
-    trained: dict[str, object] = {}
-
-    def sink_for(name: str):
-        curve = curves.setdefault(name, [])
-
-        def sink(metrics: dict, step: int) -> None:
-            if "charts/episodic_return" in metrics:
-                curve.append((step, metrics["charts/episodic_return"]))
-
-        return sink
-
-    pretrained = str(pretrained_dir) if pretrained_dir else None
-    ppo_runs = {  # (learning rate, build_ppo arguments)
-        "ppo_mlp": (args.learning_rate, dict(policy="mlp")),
-        "ppo_scratch": (args.learning_rate, dict(policy="llm", model_config=LLM_SIZES[args.model], text_encoder=None)),
-        "ce_ppo": (args.ce_learning_rate, dict(policy="llm", pretrained_path=pretrained)),
-        "ce_ppo_kl": (args.ce_learning_rate, dict(policy="llm", pretrained_path=pretrained,
-                                                  kl=KLConfig(coef=args.kl_coef, estimator="k3", target=args.kl_target))),
-    }
-    for name in LEARNING_AGENTS:
-        if name not in wanted:
-            continue
-        start = time.perf_counter()
-        if name == "slateq":
-            trained[name] = train_slateq(args.env, args.budget_steps, SlateQConfig(), num_envs=SLATEQ_NUM_ENVS,
-                                         seed=args.seed, metrics_sink=sink_for(name),
-                                         log_interval=max(args.budget_steps // 40, 1), device="cpu")
-        else:
-            learning_rate, setup = ppo_runs[name]
-            config = PPOConfig(n_steps=args.n_steps, batch_size=512, n_epochs=4, learning_rate=learning_rate)
-            trained[name] = train_ppo(config, args.budget_steps, env_id=args.env, num_envs=args.num_envs,
-                                      seed=args.seed, device=args.device, metrics_sink=sink_for(name),
-                                      **setup).model.policy
-        timings[f"train_{name}"] = time.perf_counter() - start
-        print(f"trained {name}: {args.budget_steps} steps in {timings[f'train_{name}']:.0f}s", flush=True)
-    return trained, curves
-
-
-def evaluate_agents(args: argparse.Namespace, wanted: set[str], pretrained_dir: Path | None,
-                    trained: dict[str, object], out: Path, timings: dict[str, float]) -> dict[str, dict]:
-    """Every wanted agent on ``--eval-users`` fresh users of a seed no training run used; rows also in rows.jsonl."""
-    from agents.baselines import PolicyAgent, make_baseline
-    from agents.evaluate import evaluate_agent
-
-    def factory(name: str):
-        if name in FIXED_AGENTS:
-            return name
-        if name == "pctr_greedy":
-            return lambda core: make_baseline("pctr_greedy", core, path=pretrained_dir)
-        if name == "slateq":
-            return lambda core: make_baseline("slateq", core, agent=trained[name])
-        return PolicyAgent(trained[name])
-
-    eval_seed = args.seed + 10_000  # users no training run or log has seen
-    rows = {}
-    for name in AGENTS:
-        if name not in wanted:
-            continue
-        start = time.perf_counter()
-        rows[name] = evaluate_agent(factory(name), args.env, num_users=args.eval_users, seeds=[eval_seed],
-                                    name=name).row
-        timings[f"eval_{name}"] = time.perf_counter() - start
-        with open(out / "rows.jsonl", "a") as handle:
-            handle.write(json.dumps(rows[name]) + "\n")
-    return rows
-
-
-def print_table(args: argparse.Namespace, rows: dict[str, dict], timings: dict[str, float]) -> None:
-    print(f"\n{args.env}: {args.eval_users} fresh users per agent, budget {args.budget_steps} env steps, "
-          f"LLM size {args.model}, seed {args.seed}")
-    header = f"{'agent':<13}{'return':>20}{'sessions':>10}{'retention':>11}{'CTR':>8}{'final sat':>11}{'coverage':>10}"
+def print_table(args: argparse.Namespace, agents: dict[str, dict[str, Any]], paired: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{args.env}: {args.eval_users} fresh users per agent and seed, budget {args.budget_steps} env steps; "
+          "return: mean over seeds, 95% CI across seeds (over users with one seed); † = privileged")
+    header = f"{'agent':<14}{'seeds':>6}{'return':>20}{'sessions':>10}{'retention':>11}{'CTR':>8}{'final sat':>11}"
     print(header)
     print("-" * len(header))
-    for name, row in rows.items():
-        print(f"{name:<13}{row['return']:>11.1f} ± {row['return_ci95']:<6.1f}{row['sessions']:>10.2f}"
-              f"{row['return_rate']:>11.3f}{row['ctr']:>8.3f}{row['final_satisfaction']:>11.3f}{row['coverage']:>10.3f}")
-    if "myopic" in rows:
-        for name in ("ce_ppo", "ce_ppo_kl", "pctr_greedy"):
-            if name in rows:
-                print(f"{name} / myopic return = {rows[name]['return'] / rows['myopic']['return']:.2f}")
-    print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    for name, row in agents.items():
+        print(f"{display_name(name):<14}{len(row['seeds']):>6}{row['return']:>11.1f} ± {row['ci95']:<6.1f}"
+              f"{row['sessions']:>10.2f}{row['retention']:>11.3f}{row['ctr']:>8.3f}{row['final_satisfaction']:>11.3f}")
+    for name, row in paired.items():
+        print(f"{name} - {row['vs']} (paired per user, {len(row['seeds'])} seed(s)): {row['diff']:+.1f} ± "
+              f"{row['ci95']:.1f}; positive in every seed: {row['positive_in_every_seed']}")
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, env_id: str) -> None:
-    import matplotlib
+def plot_learning_curves(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> None:
+    """``learning_curves.png``: the training curves of the learning agents' runs (``experiments.compare``)."""
+    from experiments.compare import CompareError, load_records, plot_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, points in curves.items():
-        if points:
-            steps, returns = zip(*points, strict=True)
-            ax.plot(steps, returns, label=name)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("episodic return (lives finished in the window)")
-    ax.set_title(f"learning curves, {env_id}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    folders = [record["run"] for agent, by_seed in runs.items() if AGENT_INFO[agent].trainer != "none"
+               for record in by_seed.values()]
+    if not folders:
+        return
+    try:
+        records, _ = load_records(folders)
+    except CompareError:
+        return
+    path = plot_curves(records, "charts/episodic_return", out / "learning_curves.png")
+    if path is not None:
+        print(f"learning curves: {path}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from agents.movielens_pretrain import pretrain_movielens
 from agents.ppo import train_ppo
 from agents.registry import FIXED_AGENTS, PRETRAINED_AGENTS, agent_info
 from agents.slateq import train_slateq
+from envs.atomic_file import atomic_open
 from envs.registration import make_core
 from experiments.config import ConfigError, ExperimentConfig
 from llm_policy.device import resolve_device
@@ -330,12 +331,16 @@ def _evaluate(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
     names = [n for n in dict.fromkeys([cfg.agent, *cfg.eval.baselines]) if n in FIXED_AGENTS or n in paths]
     skipped = [n for n in dict.fromkeys(cfg.eval.baselines) if n not in names]
     rows: dict[str, dict[str, float]] = {}
+    per_user: dict[str, np.ndarray] = {}
     for name in names:
         spec = ready[name] if name in ready else agent_spec(name, paths.get(name), cfg.seed)
         result = evaluate_agent(agent=spec, env_id=cfg.env.id, num_users=cfg.eval.num_users,
                                 seeds=list(cfg.eval.seeds), env_kwargs=dict(cfg.env.kwargs), name=name,
                                 progress=cfg.logging.progress)
         rows[name] = metric_row(result.row)
+        for metric in PER_USER_METRICS:
+            per_user[f"{name}/{metric}"] = np.concatenate([record.values[metric] for record in result.records])
+    save_per_user(run.path / PER_USER_FILE, per_user)
     own = {f"eval/{k}": v for k, v in rows[cfg.agent].items()}
     run.log(own, step=None)
     run.log_table("eval/agents", [{"agent": name, **row} for name, row in rows.items()])
@@ -345,6 +350,25 @@ def _evaluate(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
     if plot is not None:
         run.log_plot("plots/eval_agents", plot)
     return {"metrics": own, "agents": rows}
+
+
+PER_USER_FILE = "eval_per_user.npz"
+"""Per-user outcomes of every agent a run evaluated, ``<agent>/<metric>`` -> ``(users,)``: the users of
+``eval.seeds`` in order, the same users for every agent and run with these seeds (for paired differences)."""
+PER_USER_METRICS = ("return", "sessions")
+
+
+def save_per_user(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write :data:`PER_USER_FILE` atomically."""
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    return path
+
+
+def load_per_user(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """``<agent>/<metric>`` -> per-user values of a finished run (see :data:`PER_USER_FILE`)."""
+    with np.load(Path(run_dir) / PER_USER_FILE) as archive:
+        return {key: archive[key] for key in archive.files}
 
 
 def agent_spec(name: str, checkpoint: str | None, seed: int) -> Any:

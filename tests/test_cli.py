@@ -137,6 +137,12 @@ def test_eval_run_end_to_end(tmp_path, capsys):
     assert summary["agents"]["myopic"]["ctr"] > summary["agents"]["random"]["ctr"]
     assert summary["metrics"]["eval/return"] == summary["agents"]["myopic"]["return"]
     assert (run_dir / "plots" / "eval_agents.png").exists() and (run_dir / "tables" / "eval_agents.csv").exists()
+    # per-user outcomes of the same 16 users under every agent (for paired differences); their mean is the row's
+    from experiments.jobs import load_per_user
+
+    per_user = load_per_user(run_dir)
+    assert per_user["myopic/return"].shape == per_user["random/return"].shape == (16,)
+    assert per_user["random/return"].mean() == pytest.approx(summary["agents"]["random"]["return"])
 
 
 @pytest.mark.expensive
