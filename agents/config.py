@@ -71,12 +71,13 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class KLConfig:
-    """KL penalty to the reference policy (the ``kl`` section of an experiment config; used by ``ce_ppo_kl``)."""
+    """KL penalty to the reference policy as a shaped reward (the ``kl`` section of an experiment config; agent
+    ``ce_ppo_kl``)."""
 
     coef: float = param(0.05, ge=0.0)
-    """initial (or fixed) penalty coefficient beta; 0 disables the penalty"""
-    estimator: KLEstimator = "k3"
-    """per-sample estimator: k1 (log p - log q), k2 ((log r)^2 / 2) or k3 ((r - 1) - log r)"""
+    """initial (or fixed) penalty coefficient beta; 0 disables the penalty. Each step's reward becomes
+    ``r - beta * (log p(a) - log q(a))`` (k1 on the sampled slate, as in RLHF): its policy gradient is
+    ``grad E[r] - beta * grad KL(p || q)``; k2/k3 as a reward would not be (``agents.kl``)"""
     target: float | None = param(None, gt=0.0)
     """target KL per step for the adaptive controller; None keeps beta fixed"""
     horizon: int = param(10_000, ge=1)

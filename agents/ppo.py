@@ -15,13 +15,15 @@ The algorithm is Stable-Baselines3's PPO (Schulman et al. 2017) on
 
 KL penalty to the reference policy (RLHF, Ziegler et al. 2019; Stiennon et al.
 2020): a frozen copy of the initial (pretrained) policy ``q``; after each
-rollout every step's reward is shaped as ``r - beta * kl(p, q)`` with the
-per-sample estimator of ``agents.kl`` on the action actually sampled from the
-rollout policy ``p``, and the returns and advantages are recomputed. Shaping
-rewards (rather than adding a loss term) keeps SB3's ``train()`` untouched and
-is the per-token penalty of InstructGPT; ``beta`` is fixed or adapted toward a
-target KL after every rollout. Logged as ``kl/ref`` (mean per-step estimate)
-and ``kl/coef``.
+rollout every step's (scaled) reward is shaped as ``r - beta * (log p(a) - log q(a))``,
+Schulman's k1 on the slate actually sampled from the rollout policy ``p``, and the
+returns and advantages are recomputed. k1 is the estimator whose policy gradient as
+a reward is ``grad KL(p || q)`` (``E_p[grad log p * (log p - log q)]``); k3 as a
+reward would push with ``grad KL(p||q) - grad KL(q||p)``, about zero near the
+reference. Shaping rewards (rather than adding a loss term) keeps SB3's
+``train()`` untouched and is the per-token penalty of InstructGPT; ``beta`` is
+fixed or adapted toward a target KL after every rollout. Logged as ``kl/ref``
+(mean per-step k1, the KL estimate the penalty uses) and ``kl/coef``.
 
 Metrics go to SB3's logger and, through ``MetricsCallback``, to a
 ``metrics_sink(metrics: dict, step: int)`` with stable keys
@@ -223,7 +225,7 @@ class LongrecPPO(PPO):
             ref_logp.append(self.reference.evaluate_actions(obs, act)[1].reshape(-1))
         logq = torch.cat(ref_logp)
         logp = torch.as_tensor(buffer.log_probs.reshape(-1), device=self.device)
-        kl = kl_estimate(logp, logq, self.kl_config.estimator).cpu().numpy().reshape(n_steps, n_envs)
+        kl = kl_estimate(logp, logq, "k1").cpu().numpy().reshape(n_steps, n_envs)  # the one with the right gradient
         coef = self.kl_controller.value
         buffer.rewards -= (coef * kl).astype(buffer.rewards.dtype)
         last_values = self.policy.predict_values(obs_as_tensor(self._last_obs, self.device))

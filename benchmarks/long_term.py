@@ -72,7 +72,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ce-learning-rate", type=float, default=1e-4, help="PPO step size from the CE policy")
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="PPO step size from scratch")
     parser.add_argument("--kl-coef", type=float, default=0.05)
-    parser.add_argument("--kl-estimator", default="k3", choices=("k1", "k2", "k3"))
     parser.add_argument("--kl-target", type=float, default=None, help="adaptive KL target (default: fixed)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--device", default="auto")
@@ -122,8 +121,7 @@ def agent_overrides(args: argparse.Namespace, agent: str, seed: int, policy_dir:
         if agent == "ppo_scratch":
             keys += policy_overrides(args)
         if agent == "ce_ppo_kl":
-            keys += [f"kl.coef={args.kl_coef}", f"kl.estimator={args.kl_estimator}",
-                     f"kl.target={'null' if args.kl_target is None else args.kl_target}"]
+            keys += [f"kl.coef={args.kl_coef}", f"kl.target={'null' if args.kl_target is None else args.kl_target}"]
     return keys
 
 

@@ -37,7 +37,7 @@ def test_shipped_configs_load_and_inherit():
 SHARED = {
     "ppo.n_epochs": 4, "ppo.learning_rate": 3e-4, "ppo.gamma": 0.99, "ppo.gae_lambda": 0.95, "ppo.clip_range": 0.2,
     "ppo.ent_coef": 0.0, "ppo.vf_coef": 0.5, "ppo.max_grad_norm": 0.5, "ppo.reward_scale": 0.1, "ppo.target_kl": None,
-    "ppo.log_interval_steps": 0, "kl.coef": 0.05, "kl.estimator": "k3", "kl.target": None, "kl.horizon": 10_000,
+    "ppo.log_interval_steps": 0, "kl.coef": 0.05, "kl.target": None, "kl.horizon": 10_000,
     "pretrain.weight_decay": 0.01, "pretrain.val_fraction": 0.1, "pretrain.patience": 2, "pretrain.grad_clip": 1.0,
     "pretrain.eval_k": 10, "slateq.learning_rate": 1e-3, "slateq.batch_size": 1024, "slateq.buffer_size": 100_000,
     "slateq.learning_starts": 5_000, "slateq.gradient_steps": 2, "eval.seeds": [1000],
@@ -129,7 +129,6 @@ def test_config_is_frozen_and_override_returns_a_copy():
         ("eval.baselines=[randon]", "config key 'eval.baselines[0]' must be one of"),
         ("ppo=3", "config key 'ppo' must be a section (mapping), got 3"),
         ("policy.n_decoder_heads=5", "config section 'policy': d_model=64 must be divisible by n_decoder_heads=5"),
-        ("kl.estimator=k4", "config key 'kl.estimator' must be one of 'k1', 'k2', 'k3'; got 'k4'"),
         ("slateq.td_target=td0", "config key 'slateq.td_target' must be one of 'sarsa', 'q_learning'"),
         ("pretrain.val_fraction=1", "config key 'pretrain.val_fraction' must be > 0.0 and < 1.0; got 1.0"),
         ("pretrain.full_catalog=true", "config section 'pretrain': full_catalog=True needs target='click'"),

@@ -61,7 +61,7 @@ def test_ce_pretrain_then_ppo_with_kl_end_to_end(pretrained):
     assert pretrained.metrics["val/ndcg@10"] > pretrained.metrics["val_before/ndcg@10"]  # CE learned the logs
     logged = []
     config = dataclasses.replace(TINY_PPO, learning_rate=3e-3)
-    result = train_ppo(config, 256, pretrained_path=str(pretrained.best_dir), kl=KLConfig(coef=0.1, estimator="k3"),
+    result = train_ppo(config, 256, pretrained_path=str(pretrained.best_dir), kl=KLConfig(coef=0.1),
                        metrics_sink=lambda metrics, step: logged.append((step, metrics)), **SETUP)
     assert result.num_timesteps == 256 and not result.interrupted
     steps = [step for step, _ in logged]
@@ -121,7 +121,7 @@ def test_reference_equals_initial_policy_and_kl_shapes_rewards(pretrained):
     with torch.no_grad():
         logq = model.reference.evaluate_actions(obs, torch.as_tensor(recorded["actions"].reshape(n, -1)))[1]
     logp = torch.as_tensor(recorded["log_probs"].reshape(-1))
-    expected_kl = kl_estimate(logp, logq.reshape(-1), kl.estimator).numpy().reshape(recorded["raw"].shape)
+    expected_kl = kl_estimate(logp, logq.reshape(-1), "k1").numpy().reshape(recorded["raw"].shape)
     assert expected_kl.mean() > 0.01  # the policies differ, so the penalty is not trivially 0
     np.testing.assert_allclose(recorded["shaped"], recorded["raw"] - kl.coef * expected_kl, rtol=1e-5, atol=1e-5)
     assert model.kl_metrics["kl/ref"] == pytest.approx(float(expected_kl.mean()), rel=1e-4)
