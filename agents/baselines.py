@@ -46,7 +46,7 @@ from envs.core import BatchedSimulator
 from envs.interest_evolution import InterestEvolutionUserModel
 from envs.user import LongTermUserModel
 
-BEHAVIOURS = ("random", "myopic", "noisy_quality", "quality_aware")
+BEHAVIOURS = ("logger", "random", "myopic", "noisy_quality", "quality_aware")
 """the behaviour (logging) policies of ``agents.logs``; ``noisy_quality`` and ``quality_aware`` are
 behaviour policies only, so they are not in ``agents.registry`` (not offered as ``agent=``)"""
 
@@ -399,6 +399,16 @@ def _ppo_mlp(core: BatchedSimulator, seed: int, model: Any = None, path: Any = N
     return PolicyAgent(model.policy, deterministic=True, seed=seed, **kwargs)
 
 
+def _logger(core: BatchedSimulator, seed: int, **kwargs: Any) -> Agent:
+    from agents.logger import ProductionLogger
+
+    return ProductionLogger(core, **kwargs)
+
+
+WATCH_GREEDY = OracleConfig(satisfaction_weight=0.0, leave_weight=0.0, refund_weight=0.0)
+"""the oracle's item value reduced to this step's expected reward: one-step expected-reward greedy"""
+
+
 _BUILDERS: dict[str, Callable[..., Agent]] = {
     "random": lambda core, seed, **kw: RandomAgent(core.num_candidates, core.slate_size, seed=seed, **kw),
     "popularity": lambda core, seed, **kw: PopularityAgent(core.catalog.popularity, core.slate_size, **kw),
@@ -406,6 +416,8 @@ _BUILDERS: dict[str, Callable[..., Agent]] = {
     "noisy_quality": lambda core, seed, **kw: QualityAgent(core, seed=seed, **kw),
     "quality_aware": lambda core, seed, **kw: QualityAgent(core, temperature=0.0, seed=seed, **kw),
     "oracle": lambda core, seed, **kw: OracleAgent(core, **kw),
+    "watch_greedy": lambda core, seed, **kw: OracleAgent(core, WATCH_GREEDY, **kw),
+    "logger": _logger,
     "pctr_greedy": _pctr_greedy,
     "slateq": _slateq,
     "ppo_mlp": _ppo_mlp,
@@ -420,7 +432,10 @@ def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> Agent:
 
     * ``random``, ``popularity``, ``myopic``, ``quality_aware``: no arguments.
     * ``noisy_quality``: optional ``temperature=`` (default 1).
-    * ``oracle``: optional ``config=OracleConfig(...)``.
+    * ``oracle``: optional ``config=OracleConfig(...)``; ``watch_greedy``: the oracle valuing only this
+      step's expected reward (privileged, the true model's one-step greedy).
+    * ``logger``: the production logger (``agents.logger.ProductionLogger``, a click model on visible
+      features); optional ``config=LoggerConfig(...)``.
     * ``pctr_greedy``: ``policy=`` an SB3 policy (e.g. a CE-pretrained ``LLMSlatePolicy``)
       or ``path=`` a folder saved by ``LLMSlatePolicy.save_pretrained``.
     * ``slateq``: ``agent=`` a trained ``SlateQAgent`` or ``path=`` a file saved by

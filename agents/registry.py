@@ -44,6 +44,8 @@ AGENT_INFO: dict[str, AgentInfo] = {row.name: row for row in (
     AgentInfo("ppo_scratch", "ppo", False, False, "PPO with the LLM policy from random initialisation"),
     AgentInfo("ce_ppo", "ppo", True, False, "PPO fine-tuning of the CE-pretrained LLM policy"),
     AgentInfo("ce_ppo_kl", "ppo", True, False, "CE -> PPO with a KL penalty to the pretrained policy"),
+    AgentInfo("logger", "none", False, False, "the production logger: pCTR ranking by a click model on visible features"),
+    AgentInfo("watch_greedy", "none", False, True, "maximises this step's expected reward under the true model"),
     AgentInfo("oracle", "none", False, True, "hidden-state oracle (upper reference)"),
 )}
 
