@@ -60,6 +60,11 @@ class PPOConfig:
     """environment steps between periodic checkpoints (taken at the next rollout boundary)"""
     log_interval_steps: int = param(0, ge=0)
     """environment steps between metrics emissions (0 = after every update)"""
+    eval_every: int = param(0, ge=0)
+    """environment steps between evaluations of the greedy policy on fixed held-out users, logged as
+    ``heldout/return`` and ``heldout/return_ci95`` (the learning curve); 0 = none"""
+    eval_users: int = param(200, ge=1)
+    """held-out users of each periodic evaluation (one life each, the same users every time)"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mlp_net_arch", tuple(self.mlp_net_arch))

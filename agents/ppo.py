@@ -306,6 +306,56 @@ class MetricsCallback(BaseCallback):
         return metrics
 
 
+class HeldOutEvaluation(BaseCallback):
+    """The learning curve: the greedy policy on fixed held-out users every ``every`` steps (and at both ends).
+
+    Every evaluation meets the same ``num_users`` users (seeded ``seed``, one life each, never
+    trained on), so the curve compares policies, not the lives that happened to end in a
+    window. Emits ``heldout/return`` and its 95% CI half-width ``heldout/return_ci95`` (over
+    users) to ``metrics_sink`` at the step count.
+    """
+
+    def __init__(self, metrics_sink: MetricsSink | None, every: int, env_id: str, env_kwargs: Mapping[str, Any],
+                 num_users: int, seed: int) -> None:
+        super().__init__()
+        self.metrics_sink, self.every = metrics_sink, every
+        self.env_id, self.env_kwargs, self.num_users, self.seed = env_id, dict(env_kwargs), num_users, seed
+        self.history: list[tuple[int, float, float]] = []
+        self._last = -1
+
+    def evaluate(self) -> None:
+        from agents.baselines import PolicyAgent
+        from agents.evaluate import evaluate_agent
+
+        step = int(self.model.num_timesteps)
+        if step == self._last:
+            return
+        training = self.model.policy.training
+        row = evaluate_agent(PolicyAgent(self.model.policy), self.env_id, num_users=self.num_users,
+                             seeds=[self.seed], env_kwargs=self.env_kwargs, progress=False).row
+        self.model.policy.set_training_mode(training)
+        self._last = step
+        self.history.append((step, row["return"], row["return_ci95"]))
+        metrics = {"heldout/return": row["return"], "heldout/return_ci95": row["return_ci95"]}
+        for key, value in metrics.items():
+            self.model.logger.record(key, value)
+        if self.metrics_sink is not None:
+            self.metrics_sink(metrics, step)
+
+    def _on_training_start(self) -> None:
+        self.evaluate()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.model.num_timesteps - self._last >= self.every:
+            self.evaluate()
+
+    def _on_training_end(self) -> None:
+        self.evaluate()
+
+
 class CheckpointCallback(BaseCallback):
     """Save an atomic checkpoint every ``every`` steps, at rollout boundaries (after an update)."""
 
@@ -445,6 +495,7 @@ def train_ppo(
     resume: bool = True,
     callbacks: Sequence[BaseCallback] = (),
     progress: bool = False,
+    eval_seed: int | None = None,
     **setup: Any,
 ) -> PPOResult:
     """Train PPO with ``config`` for ``total_timesteps`` environment steps; returns the model and where it stopped.
@@ -454,7 +505,10 @@ def train_ppo(
     (``last.pt``) go to ``checkpoint_dir`` every ``config.checkpoint_every`` steps (None = no
     checkpoints). With ``resume`` and a ``last.pt`` there, training continues from it (policy,
     optimizer, step count, RNG and simulator state) up to ``total_timesteps``. Ctrl-C saves a
-    checkpoint (when a folder is set) and returns with ``interrupted=True``.
+    checkpoint (when a folder is set) and returns with ``interrupted=True``. With
+    ``config.eval_every`` > 0, the greedy policy is evaluated on ``config.eval_users`` held-out
+    users seeded ``eval_seed`` (default: ``seed + 10_000``) every ``eval_every`` steps
+    (:class:`HeldOutEvaluation`).
     """
     if total_timesteps < 1:
         raise ValueError(f"total_timesteps={total_timesteps!r} must be >= 1")
@@ -483,6 +537,10 @@ def train_ppo(
     metrics = MetricsCallback(metrics_sink, config.log_interval_steps)
     checkpointer = None
     all_callbacks: list[BaseCallback] = [metrics, *callbacks]
+    if config.eval_every > 0:
+        held_out_seed = setup.get("seed", 0) + 10_000 if eval_seed is None else eval_seed
+        all_callbacks.append(HeldOutEvaluation(metrics_sink, config.eval_every, setup["env_id"],
+                                               setup.get("env_kwargs") or {}, config.eval_users, held_out_seed))
     if checkpoint_dir is not None:
         checkpointer = CheckpointCallback(checkpoint_dir, config.checkpoint_every, meta, extra)
         all_callbacks.insert(0, checkpointer)

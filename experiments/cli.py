@@ -178,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", metavar="KEYS",
                    help="group runs by 'agent', 'run', or config keys, e.g. kl.coef,ppo.learning_rate "
                         "(default: agent; for a sweep folder, the swept keys other than seed)")
-    p.add_argument("--curve-metric", default="charts/episodic_return", metavar="NAME",
-                   help="metrics.jsonl key of the learning curves (default: charts/episodic_return)")
+    p.add_argument("--curve-metric", default="heldout/return", metavar="NAME",
+                   help="metrics.jsonl key of the learning curves (default: heldout/return, the periodic evaluation on held-out users; runs without it fall back to charts/episodic_return)")
     p.add_argument("--metrics", default="return,retention,sessions,ctr", metavar="A,B",
                    help="metrics of the bar charts, those present (default: return,retention,sessions,ctr)")
     p.add_argument("--allow-mixed-envs", action="store_true", help="compare runs of different environments")

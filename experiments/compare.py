@@ -31,7 +31,12 @@ MAIN_METRICS = ("return", "retention", "sessions", "ctr", "consumption", "final_
                 "length")
 """Shown first, in this order; bar plots use the first three present: long-term return, retention, CTR."""
 BAR_METRICS = ("return", "retention", "sessions", "ctr")
-DEFAULT_CURVE = "charts/episodic_return"
+DEFAULT_CURVE = "heldout/return"
+CURVE_LABELS = {
+    "heldout/return": "long-term return on fixed held-out users",
+    "charts/episodic_return": "return of the lives that ended (secondary)",
+}
+"""axis labels of the learning-curve metrics"""
 BOOKKEEPING = ("num_users", "seconds", "env_steps")
 """Numbers in evaluation rows that are not metrics to compare."""
 
@@ -306,30 +311,34 @@ def plot_bars(stats: Mapping[str, Mapping[str, AgentStat]], path: Path, metrics:
     return path
 
 
-def curve_data(records: Sequence[RunRecord], metric: str) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """``{label: [(steps, values) per run]}`` of one metric logged with a step."""
-    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+Curve = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""one run's ``(steps, values, 95% CI half-widths)``; the half-widths are NaN unless ``<metric>_ci95`` was logged"""
+
+
+def curve_data(records: Sequence[RunRecord], metric: str) -> dict[str, list[Curve]]:
+    """``{label: [(steps, values, ci95) per run]}`` of one metric logged with a step."""
+    curves: dict[str, list[Curve]] = defaultdict(list)
     for record in records:
-        points = [(row["step"], row[metric]) for row in read_metrics(record.path)
+        points = [(row["step"], row[metric], row.get(f"{metric}_ci95", math.nan)) for row in read_metrics(record.path)
                   if row.get("step") is not None and _is_number(row.get(metric))]
         if points:
-            steps, vals = map(np.asarray, zip(*sorted(points), strict=True))
-            curves[record.label].append((steps.astype(float), vals.astype(float)))
+            steps, vals, halves = map(np.asarray, zip(*sorted(points), strict=True))
+            curves[record.label].append((steps.astype(float), vals.astype(float), halves.astype(float)))
     return dict(curves)
 
 
-def band(runs: Sequence[tuple[np.ndarray, np.ndarray]], num_points: int = 200
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and t-CI band of several curves on a common step grid (the range all runs cover)."""
+def band(runs: Sequence[Curve], num_points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and t-CI band of several curves on a common step grid (the range all runs cover); one run
+    keeps its own logged CI (over its evaluation users)."""
     if len(runs) == 1:
-        steps, vals = runs[0]
-        return steps, vals, np.full_like(vals, np.nan)
-    lo = max(s[0] for s, _ in runs)
-    hi = min(s[-1] for s, _ in runs)
+        steps, vals, halves = runs[0]
+        return steps, vals, halves
+    lo = max(s[0] for s, _, _ in runs)
+    hi = min(s[-1] for s, _, _ in runs)
     if hi <= lo:
-        lo, hi = min(s[0] for s, _ in runs), max(s[-1] for s, _ in runs)
+        lo, hi = min(s[0] for s, _, _ in runs), max(s[-1] for s, _, _ in runs)
     grid = np.linspace(lo, hi, num_points)
-    ys = np.stack([np.interp(grid, s, v) for s, v in runs])
+    ys = np.stack([np.interp(grid, s, v) for s, v, _ in runs])
     half = t_quantile(len(runs) - 1) * ys.std(axis=0, ddof=1) / math.sqrt(len(runs))
     return grid, ys.mean(axis=0), half
 
@@ -346,9 +355,10 @@ def plot_curves(records: Sequence[RunRecord], metric: str, path: Path) -> Path |
         if np.isfinite(half).any():
             ax.fill_between(steps, mean - half, mean + half, alpha=0.2, color=line.get_color())
     ax.set_xlabel("environment steps")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(CURVE_LABELS.get(metric, metric))
     seeds = max(len(runs) for runs in curves.values())
-    ax.set_title(f"{metric}: mean and 95% CI across seeds" if seeds > 1 else metric)
+    ax.set_title(f"{metric}: mean and 95% CI across seeds" if seeds > 1
+                 else f"{metric}" + (": 95% CI over held-out users" if metric == "heldout/return" else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -380,8 +390,10 @@ def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent",
     result = Comparison(env=env, stats=stats, metrics=metrics, records=records, skipped=skipped, markdown=markdown)
     (out / "compare.md").write_text(markdown)
     result.files = [out / "compare.md", write_csv(stats, metrics, agents, out / "compare.csv")]
-    for plot in (plot_curves(records, curve_metric, out / "plots" / "learning_curves.png"),
-                 plot_bars(stats, out / "plots" / "final_metrics.png", bar_metrics, title=env)):
+    curves = plot_curves(records, curve_metric, out / "plots" / "learning_curves.png")
+    if curves is None and curve_metric == DEFAULT_CURVE:  # runs without periodic evaluation: the secondary curve
+        curves = plot_curves(records, "charts/episodic_return", out / "plots" / "learning_curves.png")
+    for plot in (curves, plot_bars(stats, out / "plots" / "final_metrics.png", bar_metrics, title=env)):
         if plot is not None:
             result.files.append(plot)
     return result

@@ -275,7 +275,8 @@ def train_with_ppo(cfg: ExperimentConfig, run: Any, init_from: str | None, devic
         text_encoder=text_encoder_path(cfg, run) if from_scratch else None,
         kl=cfg.kl if cfg.agent == "ce_ppo_kl" and cfg.kl.coef > 0 else None, seed=cfg.seed, device=device,
         checkpoint_dir=str(Path(cfg.resume) if cfg.resume else run.checkpoints_dir / "ppo"),
-        metrics_sink=run.log, resume=cfg.resume is not None, progress=cfg.logging.progress)
+        metrics_sink=run.log, resume=cfg.resume is not None, progress=cfg.logging.progress,
+        eval_seed=cfg.eval.seeds[0])
     model = result.model
     if policy == "llm":
         checkpoint = model.policy.save_pretrained(run.checkpoints_dir / "final_policy")
@@ -423,13 +424,23 @@ def save_agent_bars(rows: Mapping[str, Mapping[str, float]], path: Path, title: 
     return plot_bars(stats, path, title=title)
 
 
-def save_learning_curve(run: Any, metric: str = "charts/episodic_return") -> Path | None:
-    """``plots/learning_curve.png`` of this run's training curve (None when it logged none)."""
+def save_learning_curve(run: Any) -> Path | None:
+    """``plots/learning_curve.png``: held-out return against steps (``ppo.eval_every``), else the
+    finished-episode average (labelled as such); None when the run logged neither."""
     from experiments.compare import RunRecord, plot_curves
 
     record = RunRecord(path=run.path, env=run.cfg.env.id, label=run.cfg.agent, agent=run.cfg.agent,
                        seed=run.cfg.seed, status="running", metrics={}, agents={})
-    return plot_curves([record], metric, run.plots_dir / "learning_curve.png")
+    for metric in CURVE_METRICS:
+        path = plot_curves([record], metric, run.plots_dir / "learning_curve.png")
+        if path is not None:
+            return path
+    return None
+
+
+CURVE_METRICS = ("heldout/return", "charts/episodic_return")
+"""learning-curve metrics, preferred first: periodic evaluation on held-out users, then the average
+return of the episodes that ended in each window (a secondary curve: it favours short lives early)"""
 
 
 def _is_number(value: Any) -> bool:

@@ -74,9 +74,13 @@ def test_t_interval_and_band_match_hand_computation():
     import numpy as np
 
     steps = np.array([0.0, 10.0])
-    grid, m, h = band([(steps, np.array([0.0, 10.0])), (steps, np.array([2.0, 12.0]))], num_points=3)
+    nan = np.full(2, np.nan)
+    grid, m, h = band([(steps, np.array([0.0, 10.0]), nan), (steps, np.array([2.0, 12.0]), nan)], num_points=3)
     assert grid.tolist() == [0.0, 5.0, 10.0] and m.tolist() == [1.0, 6.0, 11.0]
     assert h == pytest.approx(np.full(3, T_975_DF1))
+    # one run keeps the CI it logged (over its held-out users)
+    _, m1, h1 = band([(steps, np.array([3.0, 4.0]), np.array([0.5, 0.25]))])
+    assert m1.tolist() == [3.0, 4.0] and h1.tolist() == [0.5, 0.25]
 
 
 def test_grouping_by_config_key_and_sweep_folders(tmp_path):

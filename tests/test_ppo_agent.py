@@ -169,3 +169,23 @@ def test_config_errors_name_valid_values():
         PPOConfig(n_steps=0)
     with pytest.raises(ValueError, match="total_timesteps=0 must be >= 1"):
         train_ppo(TINY_PPO, 0, policy="mlp", **SETUP)
+
+
+def test_periodic_evaluation_meets_the_same_held_out_users_every_time(pretrained):
+    """``ppo.eval_every``: the learning curve is the greedy policy on fixed held-out users, at 0, every k steps and the end."""
+    config = dataclasses.replace(TINY_PPO, eval_every=256, eval_users=12)
+    rows = []
+    result = train_ppo(config, 512, pretrained_path=str(pretrained.best_dir), eval_seed=77,
+                       metrics_sink=lambda metrics, step: rows.append((step, metrics)), **SETUP)
+    curve = [(step, m["heldout/return"], m["heldout/return_ci95"]) for step, m in rows if "heldout/return" in m]
+    steps = [step for step, _, _ in curve]
+    assert steps[0] == 0 and steps[-1] == result.num_timesteps and len(steps) >= 3 and steps == sorted(set(steps))
+    assert all(np.isfinite(ret) and half >= 0 for _, ret, half in curve)
+    # the first point is the pretrained policy on those users; the last, the trained one
+    from llm_policy import LLMSlatePolicy
+
+    start = LLMSlatePolicy.from_pretrained(pretrained.best_dir)
+    first = evaluate_agent(PolicyAgent(start), ENV, num_users=12, seeds=[77], env_kwargs=ENV_KWARGS, progress=False)
+    last = evaluate_agent(PolicyAgent(result.model.policy), ENV, num_users=12, seeds=[77], env_kwargs=ENV_KWARGS,
+                          progress=False)
+    assert curve[0][1] == pytest.approx(first.row["return"]) and curve[-1][1] == pytest.approx(last.row["return"])
