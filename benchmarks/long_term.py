@@ -61,8 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-users", type=int, default=2000, help="fresh users per agent and seed")
     parser.add_argument("--seeds", type=parse_seeds, default=[0], help="training seeds: 0-4, 0,1,2 or 3 (default 0)")
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
-    parser.add_argument("--behaviour", default="noisy_quality", help="behaviour policy of the pretraining logs")
-    parser.add_argument("--target", default="slate", choices=("slate", "click"), help="CE pretraining target")
+    parser.add_argument("--behaviour", default="logger",
+                        help="behaviour policy of the pretraining logs (default: the production logger, non-privileged)")
+    parser.add_argument("--target", default="click", choices=("slate", "click"), help="CE pretraining target")
     parser.add_argument("--model", default="tiny", choices=("tiny", "small", "base"), help="LLM policy size")
     parser.add_argument("--pretrain-users", type=int, default=400, help="logged users for CE pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
@@ -71,6 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-steps", type=int, default=32, help="PPO rollout length per user")
     parser.add_argument("--ce-learning-rate", type=float, default=1e-4, help="PPO step size from the CE policy")
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="PPO step size from scratch")
+    parser.add_argument("--ent-coef", type=float, default=0.01, help="PPO entropy bonus (the slate's summed entropy)")
+    parser.add_argument("--eval-every", type=int, default=50_000,
+                        help="steps between held-out evaluations of PPO agents (the learning curve; 0 = off)")
+    parser.add_argument("--curve-users", type=int, default=200, help="held-out users of each curve point")
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--kl-target", type=float, default=None, help="adaptive KL target (default: fixed)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -117,7 +122,8 @@ def agent_overrides(args: argparse.Namespace, agent: str, seed: int, policy_dir:
         learning_rate = args.ce_learning_rate if info.from_pretrained else args.learning_rate
         keys += [f"total_timesteps={args.budget_steps}", f"env.num_envs={args.num_envs}",
                  f"ppo.n_steps={args.n_steps}", "ppo.batch_size=512", "ppo.n_epochs=4",
-                 f"ppo.learning_rate={learning_rate}"]
+                 f"ppo.learning_rate={learning_rate}", f"ppo.ent_coef={args.ent_coef}",
+                 f"ppo.eval_every={args.eval_every}", f"ppo.eval_users={args.curve_users}"]
         if agent == "ppo_scratch":
             keys += policy_overrides(args)
         if agent == "ce_ppo_kl":
@@ -231,7 +237,15 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         result = paired_difference([per_user_returns(runs[agent][s]) for s in seeds],
                                    [per_user_returns(runs[CE_START][s]) for s in seeds])
         paired[agent] = {"vs": CE_START, "diff": result.diff, "ci95": result.ci95, "seeds": seeds,
-                         "positive_in_every_seed": result.positive_in_every_seed}
+                         "positive_in_every_seed": result.positive_in_every_seed,
+                         "ratio_to_start": agents[agent]["return"] / agents[CE_START]["return"]}
+    references = [a for a in agents if AGENT_INFO[a].trainer == "none" and not AGENT_INFO[a].privileged
+                  and a != CE_START]
+    if references:
+        best = max(references, key=lambda a: agents[a]["return"])
+        for agent, row in paired.items():
+            row["best_baseline"] = best
+            row["ratio_to_best_baseline"] = agents[agent]["return"] / agents[best]["return"]
     print_table(args, agents, paired)
     plot_learning_curves(runs, out)
     steps = max((record["steps"] for by_seed in runs.values() for record in by_seed.values()), default=0)
@@ -251,12 +265,16 @@ def print_table(args: argparse.Namespace, agents: dict[str, dict[str, Any]], pai
               f"{row['sessions']:>10.2f}{row['retention']:>11.3f}{row['ctr']:>8.3f}{row['final_satisfaction']:>11.3f}")
     for name, row in paired.items():
         print(f"{name} - {row['vs']} (paired per user, {len(row['seeds'])} seed(s)): {row['diff']:+.1f} ± "
-              f"{row['ci95']:.1f}; positive in every seed: {row['positive_in_every_seed']}")
+              f"{row['ci95']:.1f}; positive in every seed: {row['positive_in_every_seed']}; "
+              f"{row['ratio_to_start']:.2f}x its CE start"
+              + (f", {row['ratio_to_best_baseline']:.2f}x the best non-privileged baseline ({row['best_baseline']})"
+                 if "best_baseline" in row else ""))
 
 
 def plot_learning_curves(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> None:
     """``learning_curves.png``: the training curves of the learning agents' runs (``experiments.compare``)."""
     from experiments.compare import CompareError, load_records, plot_curves
+    from experiments.jobs import CURVE_METRICS
 
     folders = [record["run"] for agent, by_seed in runs.items() if AGENT_INFO[agent].trainer != "none"
                for record in by_seed.values()]
@@ -266,9 +284,11 @@ def plot_learning_curves(runs: dict[str, dict[int, dict[str, Any]]], out: Path) 
         records, _ = load_records(folders)
     except CompareError:
         return
-    path = plot_curves(records, "charts/episodic_return", out / "learning_curves.png")
-    if path is not None:
-        print(f"learning curves: {path}")
+    for metric in CURVE_METRICS:  # held-out evaluation first; the finished-episode average only without it
+        path = plot_curves(records, metric, out / "learning_curves.png")
+        if path is not None:
+            print(f"learning curves ({metric}): {path}")
+            return
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.registry import PRIVILEGED_MARK, display_name
 from agents.stats import t_ci95, t_quantile
 from experiments.config import flatten
 from experiments.run import read_json, read_metrics
@@ -238,7 +239,10 @@ def markdown_table(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequen
                 cells.append(f"{_fmt(stat.mean)} ± {_fmt(stat.ci95)}")
             else:
                 cells.append(_fmt(stat.mean))
-        lines.append("| " + " | ".join([agent, str(n), *cells]) + " |")
+        lines.append("| " + " | ".join([display_name(agent), str(n), *cells]) + " |")
+    if any(display_name(agent) != agent for agent in agents):
+        lines.append(f"\n{PRIVILEGED_MARK} privileged: reads the simulator's hidden state or true model (a reference, "
+                     "not a deployable recommender)")
     return "\n".join(lines)
 
 
@@ -298,7 +302,7 @@ def plot_bars(stats: Mapping[str, Mapping[str, AgentStat]], path: Path, metrics:
         errs = [stats[a][metric].ci95 if math.isfinite(stats[a][metric].ci95) else 0.0 for a in names]
         ax.bar(range(len(names)), means, yerr=errs, capsize=4,
                color=[colors(agents.index(a) % 10) for a in names])
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_xticks(range(len(names)), [display_name(n) for n in names], rotation=30, ha="right")
         ax.set_title({"return": "long-term return", "retention": "retention", "sessions": "sessions per user",
                       "ctr": "CTR"}.get(metric, metric))
         ax.grid(axis="y", alpha=0.3)

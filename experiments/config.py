@@ -82,8 +82,10 @@ class DataConfig:
     """folder in ml-latest-small format (``movielens``), or an existing ``.npz`` log file"""
     num_users: int = param(2000, ge=1)
     """users simulated by the behaviour policy when generating logs"""
-    behaviour: str = "noisy_quality"
-    """behaviour (logging) policy name passed to ``agents.logs.generate_logs``"""
+    behaviour: str = "logger"
+    """behaviour policy that writes the logs (``agents.logs.generate_logs``): ``logger``, the production click
+    model on visible features (the default: what a real system logs), or ``myopic``, ``random``, and the
+    privileged ``noisy_quality`` / ``quality_aware`` (they read hidden quality: references only)"""
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.baselines import make_baseline
+from agents.baselines import BEHAVIOURS, make_baseline
 from agents.evaluate import evaluate_agent
 from agents.logs import generate_logs, load_logs
 from agents.movielens_pretrain import pretrain_movielens
@@ -64,6 +64,10 @@ def check_config(job: str, cfg: ExperimentConfig) -> None:
         resolve_device(cfg.device)
     except ValueError as exc:
         raise ConfigError(f"config key 'device': {exc}") from None
+    if (job in ("pretrain", "train", "quickstart") and _pretrains(job, cfg) and cfg.data.source == "simulator"
+            and not cfg.data.path and cfg.data.behaviour not in BEHAVIOURS):
+        raise ConfigError(f"config key 'data.behaviour' must be one of {', '.join(map(repr, BEHAVIOURS))}; "
+                          f"got {cfg.data.behaviour!r}")
     if job in ("pretrain", "train", "quickstart") and _pretrains(job, cfg) and cfg.data.source == "movielens":
         if cfg.data.path and not Path(cfg.data.path).is_dir():
             raise ConfigError(f"config key 'data.path' must name a MovieLens folder (ratings.csv, movies.csv) or be "

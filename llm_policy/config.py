@@ -114,8 +114,8 @@ class SlatePolicyConfig:
 class PretrainConfig:
     """Cross-entropy pretraining settings (the ``pretrain`` section of an experiment config)."""
 
-    target: Literal["slate", "click"] = "slate"
-    """``slate``: behaviour cloning of the logged slate; ``click``: the clicked item (next item)"""
+    target: Literal["slate", "click"] = "click"
+    """``click``: the clicked item (what the user chose; the default), ``slate``: behaviour cloning of the logged slate"""
     epochs: int = param(5, ge=1)
     """maximum passes over the training users' steps"""
     batch_size: int = param(256, ge=1)

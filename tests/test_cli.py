@@ -128,7 +128,8 @@ def test_eval_run_end_to_end(tmp_path, capsys):
                      "env.kwargs.num_items=200", "--runs-dir", str(tmp_path), "--quiet"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "| myopic |" in out and "| random |" in out and "run folder:" in out
+    assert "| myopic† |" in out and "| random |" in out and "run folder:" in out
+    assert "† privileged: reads the simulator's hidden state or true model" in out
     (run_dir,) = list(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["job_type"] == "eval"

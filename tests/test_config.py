@@ -27,13 +27,13 @@ def test_shipped_configs_load_and_inherit():
     default, video, quick, movielens = (load_config(n) for n in ("default", "video", "quickstart", "movielens"))
     assert video.total_timesteps == 500_000 and default.total_timesteps == 200_000
     assert video.ppo.learning_rate == default.ppo.learning_rate  # inherited through `extends: default`
-    assert quick.name == "quickstart" and quick.env.num_envs == 32 and quick.eval.baselines == default.eval.baselines
+    assert quick.name == "quickstart" and quick.env.num_envs == 64 and "logger" in quick.eval.baselines
+    assert quick.ppo.learning_rate == default.ppo.learning_rate  # inherited
     assert movielens.data.source == "movielens" and movielens.movielens.train.model.causal_encoder
 
 
-# Effective values of the shipped configs before the experiment sections became the libraries' config classes
-# (ppo.total_timesteps -> total_timesteps, ppo.kl_* -> kl.*, policy.text_encoder -> text.encoder), together with
-# the library defaults the jobs used for the knobs the old sections did not have: the same runs, key for key.
+# Effective values of the shipped configs, key for key: the runs they define. The experiment sections are the
+# libraries' config classes, so these pin the library defaults the configs rely on as well.
 SHARED = {
     "ppo.n_epochs": 4, "ppo.learning_rate": 3e-4, "ppo.gamma": 0.99, "ppo.gae_lambda": 0.95, "ppo.clip_range": 0.2,
     "ppo.ent_coef": 0.0, "ppo.vf_coef": 0.5, "ppo.max_grad_norm": 0.5, "ppo.reward_scale": 0.1, "ppo.target_kl": None,
@@ -45,14 +45,16 @@ SHARED = {
 BEFORE = {
     "default": {"total_timesteps": 200_000, "env.num_envs": 64, "data.num_users": 2000, "text.encoder": "minilm",
                 "policy.d_model": 64, "policy.n_encoder_layers": 2, "policy.n_decoder_layers": 2,
-                "pretrain.target": "slate", "pretrain.epochs": 5, "pretrain.batch_size": 256,
+                "data.behaviour": "logger", "pretrain.target": "click", "pretrain.epochs": 5, "pretrain.batch_size": 256,
                 "pretrain.learning_rate": 1e-3, "pretrain.max_batches_per_epoch": None, "ppo.n_steps": 128,
                 "ppo.batch_size": 1024, "ppo.checkpoint_every": 50_000, "eval.num_users": 2000},
-    "quickstart": {"total_timesteps": 8192, "env.num_envs": 32, "data.num_users": 100, "text.encoder": "minilm",
-                   "policy.d_model": 64, "policy.n_encoder_layers": 1, "policy.n_decoder_layers": 1,
-                   "pretrain.target": "slate", "pretrain.epochs": 3, "pretrain.batch_size": 256,
-                   "pretrain.learning_rate": 1e-3, "pretrain.max_batches_per_epoch": 10, "ppo.n_steps": 64,
-                   "ppo.batch_size": 512, "ppo.checkpoint_every": 50_000, "eval.num_users": 100, "torch_threads": 2},
+    "quickstart": {"agent": "ce_ppo", "total_timesteps": 300_000, "env.num_envs": 64, "data.num_users": 400,
+                   "data.behaviour": "logger", "text.encoder": "minilm", "policy.d_model": 32,
+                   "policy.n_encoder_layers": 1, "policy.n_decoder_layers": 1, "policy.value_hidden": 32,
+                   "pretrain.target": "click", "pretrain.epochs": 3, "pretrain.batch_size": 256,
+                   "pretrain.learning_rate": 1e-3, "pretrain.max_batches_per_epoch": 30, "ppo.n_steps": 32,
+                   "ppo.batch_size": 512, "ppo.ent_coef": 0.01, "ppo.eval_every": 60_000, "ppo.eval_users": 100,
+                   "ppo.checkpoint_every": 50_000, "eval.num_users": 200, "torch_threads": 2},
     "smoke": {"total_timesteps": 256, "env.num_envs": 4, "data.num_users": 20, "text.encoder": "tiny",
               "policy.d_model": 16, "policy.n_encoder_layers": 1, "policy.n_decoder_layers": 1,
               "policy.n_encoder_heads": 2, "policy.n_decoder_heads": 2, "pretrain.epochs": 1, "pretrain.batch_size": 32,
@@ -131,7 +133,6 @@ def test_config_is_frozen_and_override_returns_a_copy():
         ("policy.n_decoder_heads=5", "config section 'policy': d_model=64 must be divisible by n_decoder_heads=5"),
         ("slateq.td_target=td0", "config key 'slateq.td_target' must be one of 'sarsa', 'q_learning'"),
         ("pretrain.val_fraction=1", "config key 'pretrain.val_fraction' must be > 0.0 and < 1.0; got 1.0"),
-        ("pretrain.full_catalog=true", "config section 'pretrain': full_catalog=True needs target='click'"),
         ("ppo.kl_coef=0.1", "unknown config key 'ppo.kl_coef'"),
         ("seed", "override 'seed' is not of the form key=value"),
         ("--seed=1", "without leading dashes"),

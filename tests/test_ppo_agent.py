@@ -43,7 +43,8 @@ def pretrained(tmp_path_factory):
     result = pretrain(
         logs,
         embeddings,
-        config=PretrainConfig(epochs=2, batch_size=128, max_batches_per_epoch=6, patience=5, val_fraction=0.2),
+        config=PretrainConfig(target="slate", epochs=2, batch_size=128, max_batches_per_epoch=6, patience=5,
+                              val_fraction=0.2),
         model_config=SlatePolicyConfig(**TINY_MODEL),
         output_dir=root / "pretrain",
         progress=False,
