@@ -246,12 +246,32 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         for agent, row in paired.items():
             row["best_baseline"] = best
             row["ratio_to_best_baseline"] = agents[agent]["return"] / agents[best]["return"]
+    for agent, steps in steps_to_80_percent(runs).items():
+        agents[agent]["steps_to_80pct"] = steps
     print_table(args, agents, paired)
     plot_learning_curves(runs, out)
     steps = max((record["steps"] for by_seed in runs.values() for record in by_seed.values()), default=0)
     summary = {"agents": agents, "paired": paired, "steps": steps}
     print(json.dumps(summary))
     return summary
+
+
+def steps_to_80_percent(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, int]:
+    """For each learning agent with held-out curves: the first step at which its seed-mean curve reaches 80% of
+    its final return ("pretraining pays" when CE -> RL gets there before the same RL from scratch)."""
+    from experiments.compare import curve_data, load_records
+
+    out = {}
+    for agent, by_seed in runs.items():
+        if AGENT_INFO[agent].trainer == "none":
+            continue
+        records, _ = load_records([record["run"] for record in by_seed.values()])
+        curves = [c for runs_ in curve_data(records, "heldout/return").values() for c in runs_]
+        if not curves or any(len(c[0]) != len(curves[0][0]) for c in curves):
+            continue
+        steps, mean = curves[0][0], np.mean([c[1] for c in curves], axis=0)
+        out[agent] = int(steps[np.argmax(mean >= 0.8 * mean[-1])])
+    return out
 
 
 def print_table(args: argparse.Namespace, agents: dict[str, dict[str, Any]], paired: dict[str, dict[str, Any]]) -> None:
@@ -263,6 +283,9 @@ def print_table(args: argparse.Namespace, agents: dict[str, dict[str, Any]], pai
     for name, row in agents.items():
         print(f"{display_name(name):<14}{len(row['seeds']):>6}{row['return']:>11.1f} ± {row['ci95']:<6.1f}"
               f"{row['sessions']:>10.2f}{row['retention']:>11.3f}{row['ctr']:>8.3f}{row['final_satisfaction']:>11.3f}")
+    for name, row in agents.items():
+        if "steps_to_80pct" in row:
+            print(f"{name}: held-out return first reaches 80% of its final value at {row['steps_to_80pct']} steps")
     for name, row in paired.items():
         print(f"{name} - {row['vs']} (paired per user, {len(row['seeds'])} seed(s)): {row['diff']:+.1f} ± "
               f"{row['ci95']:.1f}; positive in every seed: {row['positive_in_every_seed']}; "
