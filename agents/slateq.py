@@ -123,19 +123,13 @@ def topk_mnl_slate(
     return slates
 
 
-def optimise_slate(
-    optimiser: str,
-    item_values: np.ndarray,
-    utilities: np.ndarray,
-    position_bias: np.ndarray,
-    no_click_utility: np.ndarray,
-    no_click_value: np.ndarray,
-) -> np.ndarray:
-    """Dispatch to ``greedy_mnl_slate`` or ``topk_mnl_slate`` by name."""
+def optimise_slate(optimiser: str, item_values: np.ndarray, *choice: np.ndarray) -> np.ndarray:
+    """``greedy_mnl_slate`` or ``topk_mnl_slate`` by name; ``choice`` = (utilities, position_bias,
+    no_click_utility, no_click_value), of which top-k reads the first two."""
     if optimiser == "greedy":
-        return greedy_mnl_slate(item_values, utilities, position_bias, no_click_utility, no_click_value)
+        return greedy_mnl_slate(item_values, *choice)
     if optimiser == "topk":
-        return topk_mnl_slate(item_values, utilities, position_bias)
+        return topk_mnl_slate(item_values, *choice[:2])
     raise ValueError(f"slate optimiser {optimiser!r} is not known; valid: {SLATE_OPTIMISERS}")
 
 

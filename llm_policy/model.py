@@ -329,20 +329,14 @@ class SlateModel(nn.Module):
         """Teacher-forced scoring of given slates ``(B, K)`` (one decoder pass)."""
         return self.decoder.teacher_forced(enc.states, enc.mask, enc.pooled, enc.candidates, slate)
 
-    def generate(
-        self,
-        enc: EncodedState,
-        slate_size: int,
-        *,
-        greedy: bool = False,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
-        forced_slate: torch.Tensor | None = None,
-    ) -> SlateOutput:
-        """Sample (or greedily decode, or follow ``forced_slate``) slates of ``slate_size`` positions."""
+    def generate(self, enc: EncodedState, slate_size: int, **options: Any) -> SlateOutput:
+        """Sample (or greedily decode, or follow ``forced_slate``) slates of ``slate_size`` positions.
+
+        ``options`` are :meth:`SlateDecoder.decode`'s keywords: ``greedy``, ``generator``,
+        ``use_cache``, ``forced_slate``.
+        """
         return self.decoder.decode(
-            enc.states, enc.mask, enc.pooled, enc.candidates, slate_size,
-            greedy=greedy, generator=generator, use_cache=use_cache, forced_slate=forced_slate,
+            enc.states, enc.mask, enc.pooled, enc.candidates, slate_size, **options,
         )
 
     def candidate_scores(self, enc: EncodedState) -> torch.Tensor:
