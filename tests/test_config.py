@@ -54,7 +54,7 @@ BEFORE = {
                    "pretrain.target": "click", "pretrain.epochs": 3, "pretrain.batch_size": 256,
                    "pretrain.learning_rate": 1e-3, "pretrain.max_batches_per_epoch": 30, "ppo.n_steps": 32,
                    "ppo.batch_size": 512, "ppo.ent_coef": 0.01, "ppo.eval_every": 60_000, "ppo.eval_users": 100,
-                   "ppo.checkpoint_every": 50_000, "eval.num_users": 200, "torch_threads": 2},
+                   "ppo.checkpoint_every": 50_000, "eval.num_users": 200, "torch_threads": 1},
     "smoke": {"total_timesteps": 256, "env.num_envs": 4, "data.num_users": 20, "text.encoder": "tiny",
               "policy.d_model": 16, "policy.n_encoder_layers": 1, "policy.n_decoder_layers": 1,
               "policy.n_encoder_heads": 2, "policy.n_decoder_heads": 2, "pretrain.epochs": 1, "pretrain.batch_size": 32,
