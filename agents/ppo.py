@@ -331,8 +331,10 @@ class HeldOutEvaluation(BaseCallback):
         if step == self._last:
             return
         training = self.model.policy.training
+        torch_state = torch.get_rng_state()  # PolicyAgent.reset seeds torch's global generator: training must not see it
         row = evaluate_agent(PolicyAgent(self.model.policy), self.env_id, num_users=self.num_users,
                              seeds=[self.seed], env_kwargs=self.env_kwargs, progress=False).row
+        torch.set_rng_state(torch_state)
         self.model.policy.set_training_mode(training)
         self._last = step
         self.history.append((step, row["return"], row["return_ci95"]))

@@ -190,3 +190,14 @@ def test_periodic_evaluation_meets_the_same_held_out_users_every_time(pretrained
     last = evaluate_agent(PolicyAgent(result.model.policy), ENV, num_users=12, seeds=[77], env_kwargs=ENV_KWARGS,
                           progress=False)
     assert curve[0][1] == pytest.approx(first.row["return"]) and curve[-1][1] == pytest.approx(last.row["return"])
+
+
+def test_periodic_evaluation_leaves_training_unchanged():
+    """The held-out evaluations do not touch the training's random streams: same parameters with or without them."""
+    def final_parameters(eval_every: int) -> list[torch.Tensor]:
+        config = dataclasses.replace(TINY_PPO, eval_every=eval_every, eval_users=4)
+        model = train_ppo(config, 512, policy="mlp", **SETUP).model
+        return [p.detach().clone() for p in model.policy.parameters()]
+
+    for with_eval, without in zip(final_parameters(128), final_parameters(0), strict=True):
+        assert torch.equal(with_eval, without)
