@@ -54,10 +54,18 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def parse_ppo_setting(text: str) -> str:
+    """``"vf_coef=0.1"`` -> itself; the key is checked by the experiment config when the run starts."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.isidentifier() or not value:
+        raise argparse.ArgumentTypeError(f"--ppo {text!r}: expected KEY=VALUE with a PPOConfig field, e.g. vf_coef=0.1")
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="longrec/Video-v0")
-    parser.add_argument("--budget-steps", type=int, default=500_000, help="env steps per learning agent")
+    parser.add_argument("--budget-steps", type=int, default=1_000_000, help="env steps per learning agent")
     parser.add_argument("--eval-users", type=int, default=2000, help="fresh users per agent and seed")
     parser.add_argument("--seeds", type=parse_seeds, default=[0], help="training seeds: 0-4, 0,1,2 or 3 (default 0)")
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
@@ -70,10 +78,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain-batches", type=int, default=150, help="max batches per pretraining epoch")
     parser.add_argument("--num-envs", type=int, default=64, help="parallel users during PPO training")
     parser.add_argument("--n-steps", type=int, default=32, help="PPO rollout length per user")
-    parser.add_argument("--ce-learning-rate", type=float, default=1e-4, help="PPO step size from the CE policy")
+    parser.add_argument("--ce-learning-rate", type=float, default=3e-4,
+                        help="PPO step size from the CE policy (default: the same as from scratch)")
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="PPO step size from scratch")
     parser.add_argument("--ent-coef", type=float, default=0.01, help="PPO entropy bonus (the slate's summed entropy)")
-    parser.add_argument("--eval-every", type=int, default=50_000,
+    parser.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE", type=parse_ppo_setting,
+                        help="any other PPO setting for every PPO agent (repeatable: --ppo vf_coef=0.1 --ppo max_grad_norm=5)")
+    parser.add_argument("--eval-every", type=int, default=100_000,
                         help="steps between held-out evaluations of PPO agents (the learning curve; 0 = off)")
     parser.add_argument("--curve-users", type=int, default=200, help="held-out users of each curve point")
     parser.add_argument("--kl-coef", type=float, default=0.05)
@@ -123,7 +134,8 @@ def agent_overrides(args: argparse.Namespace, agent: str, seed: int, policy_dir:
         keys += [f"total_timesteps={args.budget_steps}", f"env.num_envs={args.num_envs}",
                  f"ppo.n_steps={args.n_steps}", "ppo.batch_size=512", "ppo.n_epochs=4",
                  f"ppo.learning_rate={learning_rate}", f"ppo.ent_coef={args.ent_coef}",
-                 f"ppo.eval_every={args.eval_every}", f"ppo.eval_users={args.curve_users}"]
+                 f"ppo.eval_every={args.eval_every}", f"ppo.eval_users={args.curve_users}",
+                 *(f"ppo.{setting}" for setting in args.ppo)]
         if agent == "ppo_scratch":
             keys += policy_overrides(args)
         if agent == "ce_ppo_kl":

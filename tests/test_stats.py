@@ -45,3 +45,24 @@ def test_benchmark_seed_ranges_and_lists():
     assert long_term.parse_seeds("0-1,1,7") == [0, 1, 7]
     with pytest.raises(argparse.ArgumentTypeError, match="--seeds 'a-b'"):
         long_term.parse_seeds("a-b")
+
+
+def test_long_term_passes_ppo_settings_to_every_ppo_agent():
+    import importlib.util
+    from pathlib import Path
+
+    from experiments.config import ConfigError, load_config
+
+    spec = importlib.util.spec_from_file_location("long_term", Path(__file__).parent.parent / "benchmarks" / "long_term.py")
+    long_term = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(long_term)
+    args = long_term.parse_args(["--ppo", "vf_coef=0.1", "--ppo", "max_grad_norm=5"])
+    keys = long_term.agent_overrides(args, "ce_ppo", 0, Path("pretrained"))
+    assert keys[-2:] == ["ppo.vf_coef=0.1", "ppo.max_grad_norm=5"]
+    cfg = load_config("default", keys)
+    assert (cfg.ppo.vf_coef, cfg.ppo.max_grad_norm, cfg.ppo.learning_rate) == (0.1, 5.0, 3e-4)
+    assert "ppo.vf_coef=0.1" not in long_term.agent_overrides(args, "random", 0, None)
+    with pytest.raises(SystemExit):
+        long_term.parse_args(["--ppo", "vf_coef"])
+    with pytest.raises(ConfigError, match="no_such_knob"):
+        load_config("default", long_term.agent_overrides(long_term.parse_args(["--ppo", "no_such_knob=1"]), "ce_ppo", 0, None))

@@ -1,0 +1,42 @@
+"""benchmarks/lever_screen.py: one PPO variant from a CE folder, its held-out curve appended as a JSON line."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.config import ConfigError
+from llm_policy.config import SlatePolicyConfig
+from llm_policy.model import SlateModel
+
+
+def load_screen():
+    spec = importlib.util.spec_from_file_location("lever_screen", Path(__file__).parent.parent / "benchmarks" / "lever_screen.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def ce_dir(tmp_path):
+    config = SlatePolicyConfig(d_model=16, n_encoder_layers=1, n_encoder_heads=2, n_decoder_layers=1, n_decoder_heads=2,
+                               value_hidden=8)
+    torch.manual_seed(0)
+    return SlateModel(config, torch.randn(2000, 8), context_dim=4).save_pretrained(tmp_path / "ce")
+
+
+def test_screen_trains_the_variant_and_appends_its_curve(ce_dir, tmp_path, one_torch_thread):
+    out = tmp_path / "screen.jsonl"
+    argv = ["--ce-dir", str(ce_dir), "--num-envs", "8", "--max-steps", "256", "--eval-every", "128", "--eval-users", "4",
+            "--out", str(out), "--ppo", "n_steps=16", "--ppo", "batch_size=64"]
+    screen = load_screen()
+    first = screen.main([*argv, "--variant", "a"])
+    assert [step for step, _, _ in first["curve"]] == [0, 256]
+    assert first["ppo"] == ["n_steps=16", "batch_size=64"] and "losses/value_loss" in first["losses"]
+    second = screen.main([*argv, "--variant", "a"])
+    assert second["curve"] == first["curve"]  # same seed, one thread: same numbers
+    assert [json.loads(line)["variant"] for line in out.read_text().splitlines()] == ["a", "a"]
+    with pytest.raises(ConfigError, match="no_such_knob"):
+        screen.main([*argv, "--variant", "b", "--ppo", "no_such_knob=1"])
