@@ -216,3 +216,10 @@ def test_slateq_trains_acts_and_round_trips(tmp_path):
         SlateQAgent.load(tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="td_target='td0'"):
         SlateQConfig(td_target="td0")
+
+
+def test_slateq_is_privileged_in_the_registry_as_its_agent_says():
+    from agents.slateq import SlateQAgent
+
+    # it reads the simulator's true choice model (MNL utilities of hidden interest and appeal)
+    assert SlateQAgent.privileged is True and AGENT_INFO["slateq"].privileged is True
