@@ -43,7 +43,13 @@ class PPOConfig:
     clip_range: float = param(0.2, gt=0.0)
     """PPO clipping epsilon"""
     ent_coef: float = param(0.0, ge=0.0)
-    """entropy bonus coefficient"""
+    """entropy bonus coefficient (at the start, with ``ent_anneal_steps``)"""
+    ent_coef_final: float = param(0.0, ge=0.0)
+    """with ``ent_anneal_steps`` > 0: the entropy bonus reached after that many environment steps"""
+    ent_anneal_steps: int = param(0, ge=0)
+    """environment steps over which the entropy bonus moves linearly from ``ent_coef`` to
+    ``ent_coef_final`` (then stays there; counted from step 0 of the run, so a resumed run continues
+    the schedule); 0 = a constant ``ent_coef``"""
     vf_coef: float = param(0.5, ge=0.0)
     """value loss coefficient"""
     max_grad_norm: float = param(0.5, gt=0.0)

@@ -194,6 +194,8 @@ class LongrecPPO(PPO):
         self.pending_restore: dict[str, Any] | None = None
         self.core: BatchedSimulator | None = None
         self.checkpoint_meta: dict[str, Any] = {}
+        self.ppo_config = PPOConfig(ent_coef=float(self.ent_coef))
+        """the config it was built from (``build_ppo``); read for the entropy schedule"""
 
     def _setup_learn(self, *args: Any, **kwargs: Any):
         result = super()._setup_learn(*args, **kwargs)
@@ -203,6 +205,10 @@ class LongrecPPO(PPO):
             self._last_episode_starts = payload["env"]["last_episode_starts"]
             restore_rng_state(payload["rng"], self.policy)
         return result
+
+    def train(self) -> None:
+        self.ent_coef = entropy_coefficient(self.ppo_config, self.num_timesteps)
+        super().train()
 
     def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps) -> bool:
         complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
@@ -235,6 +241,15 @@ class LongrecPPO(PPO):
         self.kl_metrics = {"kl/ref": mean_kl, "kl/coef": coef}
         self.logger.record("kl/ref", mean_kl)
         self.logger.record("kl/coef", coef)
+
+
+def entropy_coefficient(config: PPOConfig, step: int) -> float:
+    """The entropy bonus at environment step ``step``: ``ent_coef``, or its linear anneal to
+    ``ent_coef_final`` over ``ent_anneal_steps`` (constant afterwards)."""
+    if config.ent_anneal_steps == 0:
+        return config.ent_coef
+    fraction = min(step / config.ent_anneal_steps, 1.0)
+    return config.ent_coef + fraction * (config.ent_coef_final - config.ent_coef)
 
 
 # -- callbacks ------------------------------------------------------------------------------------------
@@ -294,6 +309,7 @@ class MetricsCallback(BaseCallback):
             metrics["charts/episodic_length"] = float(np.mean(self._lengths))
             metrics["charts/episodes"] = float(len(self._returns))
         metrics["charts/learning_rate"] = float(model.policy.optimizer.param_groups[0]["lr"])
+        metrics["charts/ent_coef"] = float(model.ent_coef)
         metrics.update(getattr(model, "kl_metrics", {}))
         self._returns, self._lengths = [], []
         self._last_emit = model.num_timesteps
@@ -468,6 +484,7 @@ def build_ppo(
         )
         model = LongrecPPO("MultiInputPolicy", env, policy_kwargs=policy_kwargs, **common)
     model.core = env.core
+    model.ppo_config = config
     # Metrics flow through MetricsCallback; SB3's default logger would also leave an empty
     # /tmp/SB3-<time> folder behind on every learn().
     model.set_logger(Logger(folder=None, output_formats=[]))

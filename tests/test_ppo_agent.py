@@ -201,3 +201,18 @@ def test_periodic_evaluation_leaves_training_unchanged():
 
     for with_eval, without in zip(final_parameters(128), final_parameters(0), strict=True):
         assert torch.equal(with_eval, without)
+
+
+def test_entropy_bonus_anneals_linearly_by_environment_step():
+    from agents.ppo import entropy_coefficient
+
+    config = PPOConfig(ent_coef=0.02, ent_coef_final=0.004, ent_anneal_steps=1000)
+    assert [entropy_coefficient(config, step) for step in (0, 500, 1000, 5000)] == pytest.approx([0.02, 0.012, 0.004, 0.004])
+    assert entropy_coefficient(PPOConfig(ent_coef=0.01), 10**6) == 0.01  # no schedule: constant
+    # each update uses the value at its step; the metrics report it
+    rows = []
+    config = dataclasses.replace(TINY_PPO, ent_coef=0.02, ent_coef_final=0.0, ent_anneal_steps=512)
+    train_ppo(config, 512, policy="mlp", metrics_sink=lambda metrics, step: rows.append((step, metrics)), **SETUP)
+    reported = [(step, m["charts/ent_coef"]) for step, m in rows if "charts/ent_coef" in m]
+    assert [coef for _, coef in reported] == pytest.approx([0.02 * (1 - step / 512) for step, _ in reported])
+    assert len({coef for _, coef in reported}) >= 2
