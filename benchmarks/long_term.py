@@ -10,7 +10,8 @@ its run folder, metrics and checkpoints), so the benchmark adds no pipeline of i
    them; every agent of a seed meets the same users);
 3. the merge step reads every finished run: mean return across seeds with a 95% CI (Student-t across
    seeds; with one seed, over users), and for each RL agent the paired difference to its CE start
-   (``pctr_greedy``), per user within a seed, then across seeds (``agents.stats.paired_difference``).
+   (``pctr_greedy``), per user within a seed, then across seeds (``agents.stats.paired_difference``), and
+   to the same RL from scratch (``ppo_scratch``, ``vs_scratch``) when it ran: whether pretraining pays.
 
 Every finished (seed, agent) is recorded in ``<out>/seed_<s>/<agent>.json`` as it ends, so an interrupted
 or split benchmark resumes where it stopped: run seeds or agents in separate processes (or sessions) with
@@ -36,6 +37,8 @@ from agents.registry import AGENT_INFO, AGENTS, FIXED_AGENTS, PRETRAINED_AGENTS,
 
 CE_START = "pctr_greedy"
 """the CE-pretrained policy used greedily: the starting point every fine-tuned agent is paired with"""
+SCRATCH = "ppo_scratch"
+"""the same RL from random initialisation: what pretraining is paired with"""
 SLATEQ_NUM_ENVS = 256
 """users in parallel while SlateQ collects experience (PPO uses ``--num-envs``)"""
 
@@ -241,16 +244,24 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         agents[agent] = {"return": mean, "ci95": half, "privileged": AGENT_INFO[agent].privileged,
                          "seeds": sorted(by_seed), **{m: float(np.mean([row[m] for row in rows]))
                                                        for m in ("ctr", "retention", "sessions", "final_satisfaction")}}
-    paired = {}
-    for agent in (a for a in agents if AGENT_INFO[a].from_pretrained and a != CE_START and CE_START in runs):
-        seeds = sorted(set(runs[agent]) & set(runs[CE_START]))
+    def pair(agent: str, other: str) -> dict[str, Any] | None:
+        seeds = sorted(set(runs[agent]) & set(runs.get(other, {})))
         if not seeds:
-            continue
+            return None
         result = paired_difference([per_user_returns(runs[agent][s]) for s in seeds],
-                                   [per_user_returns(runs[CE_START][s]) for s in seeds])
-        paired[agent] = {"vs": CE_START, "diff": result.diff, "ci95": result.ci95, "seeds": seeds,
-                         "positive_in_every_seed": result.positive_in_every_seed,
-                         "ratio_to_start": agents[agent]["return"] / agents[CE_START]["return"]}
+                                   [per_user_returns(runs[other][s]) for s in seeds])
+        return {"vs": other, "diff": result.diff, "ci95": result.ci95, "seeds": seeds,
+                "positive_in_every_seed": result.positive_in_every_seed}
+
+    paired = {}
+    for agent in (a for a in agents if AGENT_INFO[a].from_pretrained and a != CE_START):
+        start = pair(agent, CE_START)
+        if start is None:
+            continue
+        paired[agent] = {**start, "ratio_to_start": agents[agent]["return"] / agents[CE_START]["return"]}
+        scratch = pair(agent, SCRATCH)  # does pretraining pay: the same RL from random initialisation
+        if scratch is not None:
+            paired[agent]["vs_scratch"] = {key: scratch[key] for key in ("diff", "ci95", "seeds", "positive_in_every_seed")}
     references = [a for a in agents if AGENT_INFO[a].trainer == "none" and not AGENT_INFO[a].privileged
                   and a != CE_START]
     if references:
@@ -304,6 +315,10 @@ def print_table(args: argparse.Namespace, agents: dict[str, dict[str, Any]], pai
               f"{row['ratio_to_start']:.2f}x its CE start"
               + (f", {row['ratio_to_best_baseline']:.2f}x the best non-privileged baseline ({row['best_baseline']})"
                  if "best_baseline" in row else ""))
+        if "vs_scratch" in row:
+            scratch = row["vs_scratch"]
+            print(f"{name} - {SCRATCH} (paired per user, {len(scratch['seeds'])} seed(s)): {scratch['diff']:+.1f} ± "
+                  f"{scratch['ci95']:.1f}; positive in every seed: {scratch['positive_in_every_seed']}")
 
 
 def plot_learning_curves(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> None:
