@@ -66,3 +66,43 @@ def test_long_term_passes_ppo_settings_to_every_ppo_agent():
         long_term.parse_args(["--ppo", "vf_coef"])
     with pytest.raises(ConfigError, match="no_such_knob"):
         load_config("default", long_term.agent_overrides(long_term.parse_args(["--ppo", "no_such_knob=1"]), "ce_ppo", 0, None))
+
+
+def test_long_term_merge_pairs_fine_tuned_agents_with_their_start_and_with_rl_from_scratch(tmp_path, capsys):
+    """The merge step on finished (seed, agent) records: paired differences per user, then across seeds."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from experiments.jobs import save_per_user
+
+    spec = importlib.util.spec_from_file_location("long_term", Path(__file__).parent.parent / "benchmarks" / "long_term.py")
+    long_term = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(long_term)
+    rng = np.random.default_rng(0)
+    lift = {"pctr_greedy": 0.0, "ppo_scratch": 50.0, "ce_ppo": 80.0}
+    for seed in (0, 1, 2):
+        base = rng.gamma(2.0, 40.0, size=300)  # the seed's users: shared by every agent of the seed
+        for agent, gain in lift.items():
+            run = tmp_path / f"seed_{seed}" / "runs" / f"{agent}_{seed}"
+            run.mkdir(parents=True)
+            returns = base + gain + rng.normal(0, 5, size=300)
+            save_per_user(run / "eval_per_user.npz", {f"{agent}/return": returns})
+            (run / "summary.json").write_text(json.dumps({"env": "longrec/Video-v0", "agent": agent, "seed": seed,
+                                                          "status": "finished", "metrics": {"eval/return": returns.mean()}}))
+            if agent != "pctr_greedy":  # held-out curves of the learning agents
+                curve = [{"step": step, "heldout/return": 100 + gain * step / 200} for step in (0, 100, 200)]
+                (run / "metrics.jsonl").write_text("\n".join(json.dumps(row) for row in curve))
+            row = {"return": returns.mean(), "return_ci95": 1.0, "ctr": 0.5, "retention": 0.8, "sessions": 9.0,
+                   "final_satisfaction": 0.4}
+            (tmp_path / f"seed_{seed}" / f"{agent}.json").write_text(json.dumps(
+                {"agent": agent, "seed": seed, "run": str(run), "row": row, "steps": 200}))
+    summary = long_term.merge(long_term.parse_args(["--merge-only"]), tmp_path)
+    paired = summary["paired"]["ce_ppo"]
+    assert paired["vs"] == "pctr_greedy" and paired["seeds"] == [0, 1, 2] and paired["positive_in_every_seed"]
+    assert paired["diff"] == pytest.approx(80.0, abs=2.0) and 0 < paired["ci95"] < 5
+    assert paired["vs_scratch"]["diff"] == pytest.approx(30.0, abs=2.0) and paired["vs_scratch"]["positive_in_every_seed"]
+    assert "ppo_scratch" not in summary["paired"]  # RL from scratch has no CE start to be paired with
+    assert summary["agents"]["ce_ppo"]["steps_to_80pct"] == 200  # 100 + 80 * step / 200 first reaches 80% of 180 at 200
+    out = capsys.readouterr().out
+    assert "ce_ppo - ppo_scratch (paired per user, 3 seed(s)): +" in out and json.loads(out.strip().splitlines()[-1]) == summary
