@@ -271,9 +271,11 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             row["ratio_to_best_baseline"] = agents[agent]["return"] / agents[best]["return"]
     for agent, steps in steps_to_80_percent(runs).items():
         agents[agent]["steps_to_80pct"] = steps
-    print_table(args, agents, paired)
-    plot_learning_curves(runs, out)
     steps = max((record["steps"] for by_seed in runs.values() for record in by_seed.values()), default=0)
+    users = sorted({int(record["row"].get("num_users", args.eval_users)) for by_seed in runs.values()
+                    for record in by_seed.values()})
+    print_table(args.env, users, steps, agents, paired)
+    plot_learning_curves(runs, out)
     summary = {"agents": agents, "paired": paired, "steps": steps}
     print(json.dumps(summary))
     return summary
@@ -297,8 +299,10 @@ def steps_to_80_percent(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str,
     return out
 
 
-def print_table(args: argparse.Namespace, agents: dict[str, dict[str, Any]], paired: dict[str, dict[str, Any]]) -> None:
-    print(f"\n{args.env}: {args.eval_users} fresh users per agent and seed, budget {args.budget_steps} env steps; "
+def print_table(env: str, users: list[int], steps: int, agents: dict[str, dict[str, Any]],
+                paired: dict[str, dict[str, Any]]) -> None:
+    """The merged table (``users``: the fresh users per agent and seed of the runs; ``steps``: their training budget)."""
+    print(f"\n{env}: {'/'.join(map(str, users))} fresh users per agent and seed, {steps} training steps per learning agent; "
           "return: mean over seeds, 95% CI across seeds (over users with one seed); † = privileged")
     header = f"{'agent':<14}{'seeds':>6}{'return':>20}{'sessions':>10}{'retention':>11}{'CTR':>8}{'final sat':>11}"
     print(header)
