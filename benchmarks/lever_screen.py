@@ -25,18 +25,36 @@ import json
 import time
 from pathlib import Path
 
-BENCHMARK_PPO = ["n_steps=32", "batch_size=512", "n_epochs=4", "learning_rate=3e-4", "ent_coef=0.01"]
-"""``benchmarks/long_term.py``'s PPO settings for the fine-tuned agents (the screen's control)"""
+
+def load_long_term():
+    """``benchmarks/long_term.py`` (beside this file), whose PPO settings are the screen's control."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("long_term", Path(__file__).with_name("long_term.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def benchmark_ppo_settings(long_term, ce_dir: str) -> tuple[list[str], int]:
+    """The long-term benchmark's PPO keys of its fine-tuned agent (``KEY=VALUE``, without its curve settings) and
+    its users in parallel."""
+    defaults = long_term.parse_args([])
+    keys = long_term.agent_overrides(defaults, "ce_ppo", 0, Path(ce_dir))
+    settings = [key.removeprefix("ppo.") for key in keys
+                if key.startswith("ppo.") and not key.startswith(("ppo.eval_every=", "ppo.eval_users="))]
+    return settings, defaults.num_envs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    long_term = load_long_term()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ce-dir", required=True, help="CE-pretrained policy folder (config.json + model.safetensors)")
     parser.add_argument("--variant", required=True, help="name of this variant in the results")
-    parser.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE", type=long_term.parse_ppo_setting,
                         help="PPO setting changed from the benchmark's (repeatable)")
     parser.add_argument("--env", default="longrec/Video-v0")
-    parser.add_argument("--num-envs", type=int, default=64, help="users in parallel")
+    parser.add_argument("--num-envs", type=int, default=None, help="users in parallel (default: the benchmark's)")
     parser.add_argument("--seed", type=int, default=0, help="PPO seed (sampling, users)")
     parser.add_argument("--deadline", type=float, default=420.0, help="wall-clock seconds from the start (set-up and evaluations included)")
     parser.add_argument("--max-steps", type=int, default=1_000_000)
@@ -58,8 +76,9 @@ def main(argv=None) -> dict:
     from experiments.config import load_config
 
     torch.set_num_threads(1)
-    config = load_config("default", [f"ppo.{setting}" for setting in [*BENCHMARK_PPO, *args.ppo]]).ppo
-    model = build_ppo(config, env_id=args.env, num_envs=args.num_envs, policy="llm", pretrained_path=args.ce_dir,
+    control, num_envs = benchmark_ppo_settings(load_long_term(), args.ce_dir)
+    config = load_config("default", [f"ppo.{setting}" for setting in [*control, *args.ppo]]).ppo
+    model = build_ppo(config, env_id=args.env, num_envs=args.num_envs or num_envs, policy="llm", pretrained_path=args.ce_dir,
                       seed=args.seed, device="cpu")
     last: dict[str, float] = {}
 

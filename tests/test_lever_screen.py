@@ -40,3 +40,12 @@ def test_screen_trains_the_variant_and_appends_its_curve(ce_dir, tmp_path, one_t
     assert [json.loads(line)["variant"] for line in out.read_text().splitlines()] == ["a", "a"]
     with pytest.raises(ConfigError, match="no_such_knob"):
         screen.main([*argv, "--variant", "b", "--ppo", "no_such_knob=1"])
+
+
+def test_screen_control_is_the_long_term_benchmarks_ppo_and_bad_settings_are_refused():
+    screen = load_screen()
+    control, num_envs = screen.benchmark_ppo_settings(screen.load_long_term(), "ce")
+    assert control == ["n_steps=32", "batch_size=512", "n_epochs=4", "learning_rate=0.0003", "ent_coef=0.01"]
+    assert num_envs == 64
+    with pytest.raises(SystemExit):
+        screen.parse_args(["--ce-dir", "ce", "--variant", "a", "--ppo", "vf_coef"])
