@@ -1,11 +1,21 @@
 """``agents.stats``: confidence intervals and paired differences across seeds."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agents.stats import mean_ci95, paired_difference, t_ci95
+
+
+def load_long_term():
+    """``benchmarks/long_term.py`` as a module (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("long_term", Path(__file__).parent.parent / "benchmarks" / "long_term.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_paired_difference_is_per_user_within_a_seed_then_across_seeds():
@@ -34,12 +44,7 @@ def test_paired_difference_of_one_seed_uses_the_users_ci_and_checks_shapes():
 
 def test_benchmark_seed_ranges_and_lists():
     import argparse
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("long_term", Path(__file__).parent.parent / "benchmarks" / "long_term.py")
-    long_term = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(long_term)
+    long_term = load_long_term()
     assert long_term.parse_seeds("0-4") == [0, 1, 2, 3, 4]
     assert long_term.parse_seeds("0,2,5") == [0, 2, 5] and long_term.parse_seeds("3") == [3]
     assert long_term.parse_seeds("0-1,1,7") == [0, 1, 7]
@@ -48,14 +53,9 @@ def test_benchmark_seed_ranges_and_lists():
 
 
 def test_long_term_passes_ppo_settings_to_every_ppo_agent():
-    import importlib.util
-    from pathlib import Path
-
     from experiments.config import ConfigError, load_config
 
-    spec = importlib.util.spec_from_file_location("long_term", Path(__file__).parent.parent / "benchmarks" / "long_term.py")
-    long_term = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(long_term)
+    long_term = load_long_term()
     args = long_term.parse_args(["--ppo", "vf_coef=0.1", "--ppo", "max_grad_norm=5"])
     keys = long_term.agent_overrides(args, "ce_ppo", 0, Path("pretrained"))
     assert keys[-2:] == ["ppo.vf_coef=0.1", "ppo.max_grad_norm=5"]
@@ -70,15 +70,11 @@ def test_long_term_passes_ppo_settings_to_every_ppo_agent():
 
 def test_long_term_merge_pairs_fine_tuned_agents_with_their_start_and_with_rl_from_scratch(tmp_path, capsys):
     """The merge step on finished (seed, agent) records: paired differences per user, then across seeds."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     from experiments.jobs import save_per_user
 
-    spec = importlib.util.spec_from_file_location("long_term", Path(__file__).parent.parent / "benchmarks" / "long_term.py")
-    long_term = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(long_term)
+    long_term = load_long_term()
     rng = np.random.default_rng(0)
     lift = {"pctr_greedy": 0.0, "ppo_scratch": 50.0, "ce_ppo": 80.0}
     for seed in (0, 1, 2):
