@@ -35,7 +35,13 @@ class PPOConfig:
     n_epochs: int = param(4, ge=1)
     """optimisation epochs over each rollout"""
     learning_rate: float = param(3e-4, gt=0.0)
-    """Adam learning rate"""
+    """Adam learning rate (at the start, with ``lr_anneal_steps``)"""
+    learning_rate_final: float = param(0.0, ge=0.0)
+    """with ``lr_anneal_steps`` > 0: the learning rate reached after that many environment steps"""
+    lr_anneal_steps: int = param(0, ge=0)
+    """environment steps over which the learning rate moves linearly from ``learning_rate`` to
+    ``learning_rate_final`` (CleanRL's ``anneal_lr``; counted from step 0 of the run, so a resumed run
+    continues the schedule); 0 = a constant ``learning_rate``"""
     gamma: float = param(0.99, ge=0.0, le=1.0)
     """discount factor"""
     gae_lambda: float = param(0.95, ge=0.0, le=1.0)

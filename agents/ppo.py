@@ -210,6 +210,18 @@ class LongrecPPO(PPO):
         self.ent_coef = entropy_coefficient(self.ppo_config, self.num_timesteps)
         super().train()
 
+    def _update_learning_rate(self, optimizers) -> None:
+        """The step size of ``ppo_config``'s schedule at the current step (SB3's own schedule reads the
+        progress of one ``learn`` call, which a resumed or chunked run restarts); SB3's own without a schedule."""
+        if self.ppo_config.lr_anneal_steps == 0:
+            super()._update_learning_rate(optimizers)
+            return
+        rate = learning_rate_at(self.ppo_config, self.num_timesteps)
+        self.logger.record("train/learning_rate", rate)
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+
     def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps) -> bool:
         complete = super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
         if complete and self.reference is not None and self.kl_controller is not None:
@@ -243,13 +255,25 @@ class LongrecPPO(PPO):
         self.logger.record("kl/coef", coef)
 
 
+def linear_schedule(start: float, final: float, anneal_steps: int, step: int) -> float:
+    """``start`` moved linearly to ``final`` over ``anneal_steps`` environment steps (constant
+    afterwards); ``anneal_steps`` 0 = ``start`` throughout."""
+    if anneal_steps == 0:
+        return start
+    fraction = min(step / anneal_steps, 1.0)
+    return start + fraction * (final - start)
+
+
 def entropy_coefficient(config: PPOConfig, step: int) -> float:
     """The entropy bonus at environment step ``step``: ``ent_coef``, or its linear anneal to
-    ``ent_coef_final`` over ``ent_anneal_steps`` (constant afterwards)."""
-    if config.ent_anneal_steps == 0:
-        return config.ent_coef
-    fraction = min(step / config.ent_anneal_steps, 1.0)
-    return config.ent_coef + fraction * (config.ent_coef_final - config.ent_coef)
+    ``ent_coef_final`` over ``ent_anneal_steps``."""
+    return linear_schedule(config.ent_coef, config.ent_coef_final, config.ent_anneal_steps, step)
+
+
+def learning_rate_at(config: PPOConfig, step: int) -> float:
+    """The Adam step size at environment step ``step``: ``learning_rate``, or its linear anneal to
+    ``learning_rate_final`` over ``lr_anneal_steps``."""
+    return linear_schedule(config.learning_rate, config.learning_rate_final, config.lr_anneal_steps, step)
 
 
 # -- callbacks ------------------------------------------------------------------------------------------

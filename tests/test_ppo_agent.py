@@ -216,3 +216,18 @@ def test_entropy_bonus_anneals_linearly_by_environment_step():
     reported = [(step, m["charts/ent_coef"]) for step, m in rows if "charts/ent_coef" in m]
     assert [coef for _, coef in reported] == pytest.approx([0.02 * (1 - step / 512) for step, _ in reported])
     assert len({coef for _, coef in reported}) >= 2
+
+
+def test_learning_rate_anneals_linearly_by_environment_step():
+    from agents.ppo import learning_rate_at
+
+    config = PPOConfig(learning_rate=1e-3, learning_rate_final=1e-4, lr_anneal_steps=1000)
+    assert [learning_rate_at(config, step) for step in (0, 500, 1000, 5000)] == pytest.approx([1e-3, 5.5e-4, 1e-4, 1e-4])
+    assert learning_rate_at(PPOConfig(learning_rate=2e-4), 10**6) == 2e-4  # no schedule: constant
+    # each update steps with the rate of its step (not of SB3's per-learn-call progress); the metrics report it
+    rows = []
+    config = dataclasses.replace(TINY_PPO, learning_rate=1e-3, learning_rate_final=0.0, lr_anneal_steps=512)
+    train_ppo(config, 512, policy="mlp", metrics_sink=lambda metrics, step: rows.append((step, metrics)), **SETUP)
+    reported = [(step, m["charts/learning_rate"]) for step, m in rows if "charts/learning_rate" in m]
+    assert [rate for _, rate in reported] == pytest.approx([1e-3 * (1 - step / 512) for step, _ in reported])
+    assert len({rate for _, rate in reported}) >= 2
