@@ -11,7 +11,10 @@ its run folder, metrics and checkpoints), so the benchmark adds no pipeline of i
 3. the merge step reads every finished run: mean return across seeds with a 95% CI (Student-t across
    seeds; with one seed, over users), and for each RL agent the paired difference to its CE start
    (``pctr_greedy``), per user within a seed, then across seeds (``agents.stats.paired_difference``), and
-   to the same RL from scratch (``ppo_scratch``, ``vs_scratch``) when it ran: whether pretraining pays.
+   to the same RL from scratch (``ppo_scratch``, ``vs_scratch``) when it ran: whether pretraining pays;
+   with ``--paired-with OTHER_OUT``, also to the same agent in another benchmark folder of the same
+   environment and users (``vs_other_out``): a lever's ablation, e.g. ``--ppo clip_range=0.5`` against the
+   defaults, paired user by user.
 
 Every finished (seed, agent) is recorded in ``<out>/seed_<s>/<agent>.json`` as it ends, so an interrupted
 or split benchmark resumes where it stopped: run seeds or agents in separate processes (or sessions) with
@@ -97,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--wandb", action="store_true", help="log every run to W&B (offline unless logged in)")
     parser.add_argument("--out", default=None, help="output folder (default runs/long_term/<env>)")
     parser.add_argument("--merge-only", action="store_true", help="only aggregate the finished runs under --out")
+    parser.add_argument("--paired-with", default=None, metavar="OUT",
+                        help="another benchmark folder (same seeds and users, other settings, e.g. an ablation's): the "
+                             "merge also pairs each fine-tuned agent with the same agent there")
     return parser.parse_args(argv)
 
 
@@ -244,12 +250,12 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         agents[agent] = {"return": mean, "ci95": half, "privileged": AGENT_INFO[agent].privileged,
                          "seeds": sorted(by_seed), **{m: float(np.mean([row[m] for row in rows]))
                                                        for m in ("ctr", "retention", "sessions", "final_satisfaction")}}
-    def pair(agent: str, other: str) -> dict[str, Any] | None:
-        seeds = sorted(set(runs[agent]) & set(runs.get(other, {})))
+    def pair(agent: str, other: str, other_runs: dict[str, dict[int, dict[str, Any]]] = runs) -> dict[str, Any] | None:
+        seeds = sorted(set(runs[agent]) & set(other_runs.get(other, {})))
         if not seeds:
             return None
         result = paired_difference([per_user_returns(runs[agent][s]) for s in seeds],
-                                   [per_user_returns(runs[other][s]) for s in seeds])
+                                   [per_user_returns(other_runs[other][s]) for s in seeds])
         return {"vs": other, "diff": result.diff, "ci95": result.ci95, "seeds": seeds,
                 "positive_in_every_seed": result.positive_in_every_seed}
 
@@ -262,6 +268,11 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         scratch = pair(agent, SCRATCH)  # does pretraining pay: the same RL from random initialisation
         if scratch is not None:
             paired[agent]["vs_scratch"] = {key: scratch[key] for key in ("diff", "ci95", "seeds", "positive_in_every_seed")}
+        if args.paired_with:  # an ablation: the same agent, seeds and users, other settings
+            other = pair(agent, agent, finished_runs(Path(args.paired_with)))
+            if other is not None:
+                paired[agent]["vs_other_out"] = {"out": args.paired_with, **{
+                    key: other[key] for key in ("diff", "ci95", "seeds", "positive_in_every_seed")}}
     references = [a for a in agents if AGENT_INFO[a].trainer == "none" and not AGENT_INFO[a].privileged
                   and a != CE_START]
     if references:
@@ -319,10 +330,11 @@ def print_table(env: str, users: list[int], steps: int, agents: dict[str, dict[s
               f"{row['ratio_to_start']:.2f}x its CE start"
               + (f", {row['ratio_to_best_baseline']:.2f}x the best non-privileged baseline ({row['best_baseline']})"
                  if "best_baseline" in row else ""))
-        if "vs_scratch" in row:
-            scratch = row["vs_scratch"]
-            print(f"{name} - {SCRATCH} (paired per user, {len(scratch['seeds'])} seed(s)): {scratch['diff']:+.1f} ± "
-                  f"{scratch['ci95']:.1f}; positive in every seed: {scratch['positive_in_every_seed']}")
+        for key, versus in (("vs_scratch", SCRATCH), ("vs_other_out", f"{name} of {row.get('vs_other_out', {}).get('out')}")):
+            if key in row:
+                other = row[key]
+                print(f"{name} - {versus} (paired per user, {len(other['seeds'])} seed(s)): {other['diff']:+.1f} ± "
+                      f"{other['ci95']:.1f}; positive in every seed: {other['positive_in_every_seed']}")
 
 
 def plot_learning_curves(runs: dict[str, dict[int, dict[str, Any]]], out: Path) -> None:

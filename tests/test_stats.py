@@ -68,21 +68,20 @@ def test_long_term_passes_ppo_settings_to_every_ppo_agent():
         load_config("default", long_term.agent_overrides(long_term.parse_args(["--ppo", "no_such_knob=1"]), "ce_ppo", 0, None))
 
 
-def test_long_term_merge_pairs_fine_tuned_agents_with_their_start_and_with_rl_from_scratch(tmp_path, capsys):
-    """The merge step on finished (seed, agent) records: paired differences per user, then across seeds."""
+def write_finished_runs(out: Path, lift: dict[str, float], noise_seed: int = 0) -> None:
+    """Finished (seed, agent) records of a benchmark folder, as ``long_term.run_seed`` leaves them: seeds 0-2,
+    each with 300 users shared by every agent (and every folder), each agent's returns lifted by ``lift``."""
     import json
 
     from experiments.jobs import save_per_user
 
-    long_term = load_long_term()
-    rng = np.random.default_rng(0)
-    lift = {"pctr_greedy": 0.0, "ppo_scratch": 50.0, "ce_ppo": 80.0}
+    noise = np.random.default_rng(noise_seed)
     for seed in (0, 1, 2):
-        base = rng.gamma(2.0, 40.0, size=300)  # the seed's users: shared by every agent of the seed
+        base = np.random.default_rng(seed).gamma(2.0, 40.0, size=300)  # the seed's users: shared by every agent
         for agent, gain in lift.items():
-            run = tmp_path / f"seed_{seed}" / "runs" / f"{agent}_{seed}"
+            run = out / f"seed_{seed}" / "runs" / f"{agent}_{seed}"
             run.mkdir(parents=True)
-            returns = base + gain + rng.normal(0, 5, size=300)
+            returns = base + gain + noise.normal(0, 5, size=300)
             save_per_user(run / "eval_per_user.npz", {f"{agent}/return": returns})
             (run / "summary.json").write_text(json.dumps({"env": "longrec/Video-v0", "agent": agent, "seed": seed,
                                                           "status": "finished", "metrics": {"eval/return": returns.mean()}}))
@@ -91,8 +90,16 @@ def test_long_term_merge_pairs_fine_tuned_agents_with_their_start_and_with_rl_fr
                 (run / "metrics.jsonl").write_text("\n".join(json.dumps(row) for row in curve))
             row = {"return": returns.mean(), "return_ci95": 1.0, "ctr": 0.5, "retention": 0.8, "sessions": 9.0,
                    "final_satisfaction": 0.4}
-            (tmp_path / f"seed_{seed}" / f"{agent}.json").write_text(json.dumps(
+            (out / f"seed_{seed}" / f"{agent}.json").write_text(json.dumps(
                 {"agent": agent, "seed": seed, "run": str(run), "row": row, "steps": 200}))
+
+
+def test_long_term_merge_pairs_fine_tuned_agents_with_their_start_and_with_rl_from_scratch(tmp_path, capsys):
+    """The merge step on finished (seed, agent) records: paired differences per user, then across seeds."""
+    import json
+
+    long_term = load_long_term()
+    write_finished_runs(tmp_path, {"pctr_greedy": 0.0, "ppo_scratch": 50.0, "ce_ppo": 80.0})
     summary = long_term.merge(long_term.parse_args(["--merge-only"]), tmp_path)
     paired = summary["paired"]["ce_ppo"]
     assert paired["vs"] == "pctr_greedy" and paired["seeds"] == [0, 1, 2] and paired["positive_in_every_seed"]
@@ -102,3 +109,17 @@ def test_long_term_merge_pairs_fine_tuned_agents_with_their_start_and_with_rl_fr
     assert summary["agents"]["ce_ppo"]["steps_to_80pct"] == 200  # 100 + 80 * step / 200 first reaches 80% of 180 at 200
     out = capsys.readouterr().out
     assert "ce_ppo - ppo_scratch (paired per user, 3 seed(s)): +" in out and json.loads(out.strip().splitlines()[-1]) == summary
+
+
+def test_long_term_merge_pairs_each_agent_with_the_same_agent_of_another_folder(tmp_path, capsys):
+    """``--paired-with``: an ablation run in its own folder (same seeds and users) is paired user by user."""
+    long_term = load_long_term()
+    write_finished_runs(tmp_path / "lever", {"pctr_greedy": 0.0, "ce_ppo": 110.0}, noise_seed=1)
+    write_finished_runs(tmp_path / "control", {"pctr_greedy": 0.0, "ce_ppo": 80.0}, noise_seed=2)
+    args = long_term.parse_args(["--merge-only", "--paired-with", str(tmp_path / "control")])
+    other = long_term.merge(args, tmp_path / "lever")["paired"]["ce_ppo"]["vs_other_out"]
+    assert other["out"] == str(tmp_path / "control") and other["seeds"] == [0, 1, 2] and other["positive_in_every_seed"]
+    assert other["diff"] == pytest.approx(30.0, abs=2.0) and 0 < other["ci95"] < 5  # the shared users' spread cancels
+    assert f"ce_ppo - ce_ppo of {tmp_path / 'control'} (paired per user, 3 seed(s)): +" in capsys.readouterr().out
+    without = long_term.merge(long_term.parse_args(["--merge-only"]), tmp_path / "lever")
+    assert "vs_other_out" not in without["paired"]["ce_ppo"]
