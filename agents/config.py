@@ -77,10 +77,17 @@ class PPOConfig:
     ``heldout/return`` and ``heldout/return_ci95`` (the learning curve); 0 = none"""
     eval_users: int = param(200, ge=1)
     """held-out users of each periodic evaluation (one life each, the same users every time)"""
+    keep_best: bool = False
+    """with ``eval_every`` > 0: the run ends with the weights whose periodic evaluation scored the highest
+    return, not the last ones (model selection, as SB3's ``EvalCallback`` keeps its best model). The
+    periodic evaluation then meets *validation* users, seeded apart from the final evaluation's
+    (``agents.ppo.VALIDATION_SEED_OFFSET``), so the choice never sees the users it is scored on"""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mlp_net_arch", tuple(self.mlp_net_arch))
         check_fields(self)
+        if self.keep_best and self.eval_every == 0:
+            raise ValueError("keep_best=True needs eval_every > 0 (the periodic evaluation picks the weights kept)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -106,6 +106,8 @@ class PPOResult:
     """the last checkpoint written (or resumed from)"""
     resumed_from: int | None
     """step count of the checkpoint the run resumed from (None = fresh start)"""
+    selected_step: int | None = None
+    """with ``config.keep_best``: the step whose weights the model ends with (None = the last ones)"""
 
 
 # -- environment ----------------------------------------------------------------------------------
@@ -346,6 +348,11 @@ class MetricsCallback(BaseCallback):
         return metrics
 
 
+VALIDATION_SEED_OFFSET = 500_000
+"""with ``ppo.keep_best``, the periodic evaluation's users are seeded ``eval_seed + VALIDATION_SEED_OFFSET``:
+validation users, never those of the final evaluation (seeded ``eval_seed``)"""
+
+
 class HeldOutEvaluation(BaseCallback):
     """The learning curve: the greedy policy on fixed held-out users every ``every`` steps (and at both ends).
 
@@ -353,15 +360,45 @@ class HeldOutEvaluation(BaseCallback):
     trained on), so the curve compares policies, not the lives that happened to end in a
     window. Emits ``heldout/return`` and its 95% CI half-width ``heldout/return_ci95`` (over
     users) to ``metrics_sink`` at the step count.
+
+    With ``keep_best``, the weights of the best evaluation so far are kept (in memory, and in
+    ``best_file`` when given, so that a resumed run still knows them); :meth:`restore_best` loads them.
     """
 
     def __init__(self, metrics_sink: MetricsSink | None, every: int, env_id: str, env_kwargs: Mapping[str, Any],
-                 num_users: int, seed: int) -> None:
+                 num_users: int, seed: int, keep_best: bool = False, best_file: Path | None = None) -> None:
         super().__init__()
         self.metrics_sink, self.every = metrics_sink, every
         self.env_id, self.env_kwargs, self.num_users, self.seed = env_id, dict(env_kwargs), num_users, seed
         self.history: list[tuple[int, float, float]] = []
         self._last = -1
+        self.keep_best, self.best_file = keep_best, best_file
+        self.best: dict[str, Any] | None = None
+        """``{"step", "return", "state"}`` of the best evaluation so far (with ``keep_best``)"""
+        if keep_best and best_file is not None and best_file.is_file():
+            self.best = torch.load(best_file, map_location="cpu", weights_only=True)
+
+    def _remember_if_best(self, step: int, value: float) -> None:
+        if self.best is not None and value <= self.best["return"]:
+            return
+        state = {key: tensor.detach().cpu().clone() for key, tensor in self.model.policy.state_dict().items()}
+        self.best = {"step": step, "return": value, "state": state}
+        if self.best_file is not None:
+            import io
+
+            from envs.atomic_file import atomic_write_bytes
+
+            buffer = io.BytesIO()
+            torch.save(self.best, buffer)
+            self.best_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.best_file, buffer.getvalue())
+
+    def restore_best(self, policy: nn.Module) -> int | None:
+        """Load the best evaluation's weights into ``policy``; returns its step (None: nothing evaluated)."""
+        if self.best is None:
+            return None
+        policy.load_state_dict(self.best["state"])
+        return int(self.best["step"])
 
     def evaluate(self) -> None:
         from agents.baselines import PolicyAgent
@@ -378,6 +415,8 @@ class HeldOutEvaluation(BaseCallback):
         self.model.policy.set_training_mode(training)
         self._last = step
         self.history.append((step, row["return"], row["return_ci95"]))
+        if self.keep_best:
+            self._remember_if_best(step, float(row["return"]))
         metrics = {"heldout/return": row["return"], "heldout/return_ci95": row["return_ci95"]}
         for key, value in metrics.items():
             self.model.logger.record(key, value)
@@ -551,7 +590,9 @@ def train_ppo(
     checkpoint (when a folder is set) and returns with ``interrupted=True``. With
     ``config.eval_every`` > 0, the greedy policy is evaluated on ``config.eval_users`` held-out
     users seeded ``eval_seed`` (default: ``seed + 10_000``) every ``eval_every`` steps
-    (:class:`HeldOutEvaluation`).
+    (:class:`HeldOutEvaluation`); with ``config.keep_best``, they are validation users seeded
+    ``eval_seed + VALIDATION_SEED_OFFSET`` and the model ends with the weights of the best evaluation
+    (``PPOResult.selected_step``; kept in ``checkpoint_dir/best.pt`` across a resume).
     """
     if total_timesteps < 1:
         raise ValueError(f"total_timesteps={total_timesteps!r} must be >= 1")
@@ -580,10 +621,15 @@ def train_ppo(
     metrics = MetricsCallback(metrics_sink, config.log_interval_steps)
     checkpointer = None
     all_callbacks: list[BaseCallback] = [metrics, *callbacks]
+    held_out = None
     if config.eval_every > 0:
         held_out_seed = setup.get("seed", 0) + 10_000 if eval_seed is None else eval_seed
-        all_callbacks.append(HeldOutEvaluation(metrics_sink, config.eval_every, setup["env_id"],
-                                               setup.get("env_kwargs") or {}, config.eval_users, held_out_seed))
+        if config.keep_best:
+            held_out_seed += VALIDATION_SEED_OFFSET
+        best_file = Path(checkpoint_dir) / "best.pt" if checkpoint_dir is not None and config.keep_best else None
+        held_out = HeldOutEvaluation(metrics_sink, config.eval_every, setup["env_id"], setup.get("env_kwargs") or {},
+                                     config.eval_users, held_out_seed, keep_best=config.keep_best, best_file=best_file)
+        all_callbacks.append(held_out)
     if checkpoint_dir is not None:
         checkpointer = CheckpointCallback(checkpoint_dir, config.checkpoint_every, meta, extra)
         all_callbacks.insert(0, checkpointer)
@@ -601,5 +647,6 @@ def train_ppo(
             interrupted = True
     saved = existing
     if checkpointer is not None and (interrupted or remaining > 0):
-        saved = checkpointer.save()
-    return PPOResult(model, int(model.num_timesteps), interrupted, saved, resumed_from)
+        saved = checkpointer.save()  # the last weights: what a resumed run continues from
+    selected = held_out.restore_best(model.policy) if held_out is not None and config.keep_best and not interrupted else None
+    return PPOResult(model, int(model.num_timesteps), interrupted, saved, resumed_from, selected)

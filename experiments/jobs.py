@@ -291,8 +291,10 @@ def train_with_ppo(cfg: ExperimentConfig, run: Any, init_from: str | None, devic
     def trained(core: Any) -> Any:
         return make_baseline("ppo_mlp", core, model=model, seed=cfg.seed)  # PolicyAgent over any SB3 policy
 
-    return {"checkpoint": checkpoint, "metrics": {"num_timesteps": result.num_timesteps},
-            "interrupted": result.interrupted, "agents": {cfg.agent: trained}}
+    metrics = {"num_timesteps": result.num_timesteps}
+    if result.selected_step is not None:  # ppo.keep_best: the weights of the best validation evaluation
+        metrics["ppo/selected_step"] = result.selected_step
+    return {"checkpoint": checkpoint, "metrics": metrics, "interrupted": result.interrupted, "agents": {cfg.agent: trained}}
 
 
 def text_encoder_path(cfg: ExperimentConfig, run: Any) -> str | None:

@@ -192,6 +192,28 @@ def test_periodic_evaluation_meets_the_same_held_out_users_every_time(pretrained
     assert curve[0][1] == pytest.approx(first.row["return"]) and curve[-1][1] == pytest.approx(last.row["return"])
 
 
+def test_keep_best_ends_with_the_weights_of_the_best_validation_evaluation(tmp_path):
+    """``ppo.keep_best``: model selection on validation users (seeded apart from the final evaluation's)."""
+    from agents.ppo import VALIDATION_SEED_OFFSET
+
+    with pytest.raises(ValueError, match="keep_best=True needs eval_every > 0"):
+        PPOConfig(keep_best=True)
+    config = dataclasses.replace(TINY_PPO, eval_every=64, eval_users=8, keep_best=True)
+    rows = []
+    result = train_ppo(config, 512, policy="mlp", eval_seed=77, checkpoint_dir=tmp_path,
+                       metrics_sink=lambda metrics, step: rows.append((step, metrics)), **SETUP)
+    curve = [(step, m["heldout/return"]) for step, m in rows if "heldout/return" in m]
+    best_step, best_return = max(curve, key=lambda point: point[1])
+    assert result.selected_step == best_step and best_step != curve[-1][0]  # here the last weights are not the best
+    validation = evaluate_agent(PolicyAgent(result.model.policy), ENV, num_users=8, seeds=[77 + VALIDATION_SEED_OFFSET],
+                                env_kwargs=ENV_KWARGS, progress=False)
+    assert validation.row["return"] == pytest.approx(best_return)  # the model now holds the best weights
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert saved["step"] == best_step and saved["return"] == pytest.approx(best_return)
+    plain = train_ppo(dataclasses.replace(config, keep_best=False), 512, policy="mlp", eval_seed=77, **SETUP)
+    assert plain.selected_step is None
+
+
 def test_periodic_evaluation_leaves_training_unchanged():
     """The held-out evaluations do not touch the training's random streams: same parameters with or without them."""
     def final_parameters(eval_every: int) -> list[torch.Tensor]:
