@@ -214,6 +214,22 @@ def test_keep_best_ends_with_the_weights_of_the_best_validation_evaluation(tmp_p
     assert plain.selected_step is None
 
 
+def test_keep_best_remembers_the_best_weights_across_a_resume(tmp_path):
+    """A run resumed from its checkpoint still knows the best evaluation before the stop (``best.pt``)."""
+    config = dataclasses.replace(TINY_PPO, eval_every=64, eval_users=8, keep_best=True, checkpoint_every=64)
+    whole = train_ppo(config, 512, policy="mlp", eval_seed=77, **SETUP)
+    rows = []
+    first = train_ppo(config, 384, policy="mlp", eval_seed=77, checkpoint_dir=tmp_path,
+                      metrics_sink=lambda metrics, step: rows.append((step, metrics)), **SETUP)
+    resumed = train_ppo(config, 512, policy="mlp", eval_seed=77, checkpoint_dir=tmp_path,
+                        metrics_sink=lambda metrics, step: rows.append((step, metrics)), **SETUP)
+    assert resumed.resumed_from == first.num_timesteps == 384
+    curve = {step: m["heldout/return"] for step, m in rows if "heldout/return" in m}
+    assert resumed.selected_step == max(curve, key=curve.get) == whole.selected_step < 384  # chosen before the stop
+    for kept, uninterrupted in zip(resumed.model.policy.parameters(), whole.model.policy.parameters(), strict=True):
+        assert torch.equal(kept, uninterrupted)
+
+
 def test_periodic_evaluation_leaves_training_unchanged():
     """The held-out evaluations do not touch the training's random streams: same parameters with or without them."""
     def final_parameters(eval_every: int) -> list[torch.Tensor]:
