@@ -57,6 +57,7 @@ from stable_baselines3.common.vec_env import VecEnvWrapper
 from torch import nn
 
 from agents.checkpoint import (
+    atomic_torch_save,
     checkpoint_path,
     find_checkpoint,
     load_checkpoint,
@@ -384,14 +385,8 @@ class HeldOutEvaluation(BaseCallback):
         state = {key: tensor.detach().cpu().clone() for key, tensor in self.model.policy.state_dict().items()}
         self.best = {"step": step, "return": value, "state": state}
         if self.best_file is not None:
-            import io
-
-            from envs.atomic_file import atomic_write_bytes
-
-            buffer = io.BytesIO()
-            torch.save(self.best, buffer)
             self.best_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.best_file, buffer.getvalue())
+            atomic_torch_save(self.best, self.best_file)
 
     def restore_best(self, policy: nn.Module) -> int | None:
         """Load the best evaluation's weights into ``policy``; returns its step (None: nothing evaluated)."""

@@ -259,6 +259,10 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         return {"vs": other, "diff": result.diff, "ci95": result.ci95, "seeds": seeds,
                 "positive_in_every_seed": result.positive_in_every_seed}
 
+    def summary(result: dict[str, Any]) -> dict[str, Any]:
+        return {key: result[key] for key in ("diff", "ci95", "seeds", "positive_in_every_seed")}
+
+    other_out = finished_runs(Path(args.paired_with)) if args.paired_with else {}
     paired = {}
     for agent in (a for a in agents if AGENT_INFO[a].from_pretrained and a != CE_START):
         start = pair(agent, CE_START)
@@ -267,12 +271,10 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         paired[agent] = {**start, "ratio_to_start": agents[agent]["return"] / agents[CE_START]["return"]}
         scratch = pair(agent, SCRATCH)  # does pretraining pay: the same RL from random initialisation
         if scratch is not None:
-            paired[agent]["vs_scratch"] = {key: scratch[key] for key in ("diff", "ci95", "seeds", "positive_in_every_seed")}
-        if args.paired_with:  # an ablation: the same agent, seeds and users, other settings
-            other = pair(agent, agent, finished_runs(Path(args.paired_with)))
-            if other is not None:
-                paired[agent]["vs_other_out"] = {"out": args.paired_with, **{
-                    key: other[key] for key in ("diff", "ci95", "seeds", "positive_in_every_seed")}}
+            paired[agent]["vs_scratch"] = summary(scratch)
+        other = pair(agent, agent, other_out)  # --paired-with: the same agent, seeds and users, other settings
+        if other is not None:
+            paired[agent]["vs_other_out"] = {"out": args.paired_with, **summary(other)}
     references = [a for a in agents if AGENT_INFO[a].trainer == "none" and not AGENT_INFO[a].privileged
                   and a != CE_START]
     if references:
