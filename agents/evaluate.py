@@ -31,7 +31,7 @@ import numpy as np
 
 from agents.baselines import Agent, SeedLike, make_baseline
 from agents.registry import FIXED_AGENTS, display_name
-from agents.stats import mean_ci95, t_ci95
+from agents.stats import coverage_ci95, mean_ci95, t_ci95
 from envs.core import BatchedSimulator, StepResult
 from envs.registration import make_core
 
@@ -72,22 +72,6 @@ class Evaluation:
 
     row: dict[str, Any]
     records: list[LivesRecord] = field(default_factory=list)
-
-
-def coverage_ci95(seen: np.ndarray, rng: np.random.Generator, resamples: int = 100) -> tuple[float, float]:
-    """Catalog coverage of ``seen`` (users x items) and a bootstrap-over-users 95% CI half-width."""
-    coverage = float(seen.any(axis=0).mean())
-    num_users = len(seen)
-    if num_users < 2:
-        return coverage, 0.0
-    seen_float = seen.astype(np.float32)
-    samples = []
-    for start in range(0, resamples, 25):
-        count = min(25, resamples - start)
-        weights = rng.multinomial(num_users, np.full(num_users, 1.0 / num_users), size=count).astype(np.float32)
-        samples.append(((weights @ seen_float) > 0).mean(axis=1))
-    low, high = np.percentile(np.concatenate(samples), [2.5, 97.5])
-    return coverage, float((high - low) / 2)
 
 
 def _distinct_per_row(values: np.ndarray) -> np.ndarray:

@@ -9,9 +9,9 @@ import pytest
 
 import envs
 from agents.baselines import MyopicAgent, RandomAgent
-from agents.evaluate import coverage_ci95, evaluate_agent, format_row, main, run_lives
+from agents.evaluate import evaluate_agent, format_row, main, run_lives
 from agents.registry import PRIVILEGED_MARK
-from agents.stats import mean_ci95, t_ci95
+from agents.stats import coverage_ci95, mean_ci95, t_ci95
 
 
 def without_timing(row):

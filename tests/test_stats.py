@@ -123,3 +123,67 @@ def test_long_term_merge_pairs_each_agent_with_the_same_agent_of_another_folder(
     assert f"ce_ppo - ce_ppo of {tmp_path / 'control'} (paired per user, 3 seed(s)): +" in capsys.readouterr().out
     without = long_term.merge(long_term.parse_args(["--merge-only"]), tmp_path / "lever")
     assert "vs_other_out" not in without["paired"]["ce_ppo"]
+
+
+# --------------------------------------------------------------------------- rliable aggregates
+
+
+def test_iqm_is_the_interquartile_mean_with_a_bootstrap_interval_around_it():
+    from scipy.stats import trim_mean
+
+    from agents.stats import iqm_ci95
+
+    runs = {"a": [1.0, 2.0, 3.0, 4.0, 100.0], "b": [10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0]}
+    result = iqm_ci95(runs, reps=500)
+    assert result["a"].value == pytest.approx(trim_mean(runs["a"], 0.25))  # the outlier run barely moves it
+    assert result["b"].value == pytest.approx(13.5)
+    for name, interval in result.items():
+        assert interval.low <= interval.value <= interval.high
+        assert min(runs[name]) <= interval.low and interval.high <= max(runs[name])
+    assert iqm_ci95(runs, reps=500) == result  # seeded: the same interval every time
+    assert math.isnan(iqm_ci95({"one": [5.0]})["one"].low)
+
+
+def test_probability_of_improvement_is_the_mann_whitney_share_of_winning_pairs():
+    from agents.stats import probability_of_improvement
+
+    x, y = [3.0, 4.0, 5.0], [1.0, 2.0, 3.0]
+    result = probability_of_improvement(x, y, reps=500)
+    assert result.value == pytest.approx(8.5 / 9)  # 3 vs 3 is a tie: half a win
+    assert 0.0 <= result.low <= result.value <= result.high <= 1.0
+    assert probability_of_improvement(y, x, reps=500).value == pytest.approx(0.5 / 9)
+    assert probability_of_improvement(x, x, reps=500).value == pytest.approx(0.5)
+    before = np.random.get_state()  # noqa: NPY002 (rliable draws from numpy's legacy global generator)
+    probability_of_improvement(x, y, reps=50)
+    after = np.random.get_state()  # noqa: NPY002
+    assert (after[1] == before[1]).all() and after[2] == before[2]  # the caller's global stream is left as it was
+    with pytest.raises(ValueError, match="runs on both sides"):
+        probability_of_improvement([], y)
+
+
+def test_performance_profile_counts_runs_above_each_threshold():
+    from agents.stats import performance_profile
+
+    profile = performance_profile({"a": [1.0, 2.0, 3.0, 4.0], "b": [3.0, 4.0, 5.0, 6.0]},
+                                  taus=np.array([0.0, 2.5, 4.5, 10.0]), reps=200)
+    assert profile.fractions["a"].tolist() == [1.0, 0.5, 0.0, 0.0]
+    assert profile.fractions["b"].tolist() == [1.0, 1.0, 0.5, 0.0]
+    assert (profile.lows["b"] <= profile.fractions["b"]).all() and (profile.fractions["b"] <= profile.highs["b"]).all()
+    default = performance_profile({"a": [1.0, 2.0]}, reps=50)
+    assert default.taus[0] < 1.0 and default.taus[-1] > 2.0 and len(default.taus) == 101
+
+
+def test_paired_bootstrap_averages_seeds_per_user_then_resamples_users():
+    from agents.stats import paired_bootstrap_ci95
+
+    rng = np.random.default_rng(0)
+    users = rng.gamma(2.0, 0.05, size=600)  # per-user NDCG-like levels shared by both models
+    control = np.stack([users + rng.normal(0, 0.01, 600) for _ in range(3)])
+    better = control + 0.01 + rng.normal(0, 0.01, control.shape)
+    result = paired_bootstrap_ci95(better, control, reps=500)
+    assert result.value == pytest.approx(float((better - control).mean()))
+    assert result.excludes_zero and result.low > 0.008
+    same = paired_bootstrap_ci95(control + rng.normal(0, 0.01, control.shape), control, reps=500)
+    assert not same.excludes_zero
+    with pytest.raises(ValueError, match="same users"):
+        paired_bootstrap_ci95(np.zeros((3, 5)), np.zeros((2, 5)))
