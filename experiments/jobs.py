@@ -106,23 +106,28 @@ def _pretrains(job: str, cfg: ExperimentConfig) -> bool:
     return job in ("train", "quickstart") and agent_info(cfg.agent).from_pretrained and cfg.init_from is None
 
 
+SEEDS_TRAIN_ONLY = "only `longrec train` launches one run per seed"
+
+
 def unread_keys(job: str, cfg: ExperimentConfig) -> list[tuple[str, str]]:
     """``(key or section, why)`` of everything ``job`` does not read for ``cfg.agent`` and ``data.source``."""
     agent = cfg.agent
     if job == "pretrain":
         why = "`longrec pretrain` stops after pretraining"
         keys = ("agent", "total_timesteps", "init_from", "resume", "env.num_envs", "ppo", "kl", "slateq", "eval")
-        return [(key, why) for key in keys] + _unread_by_pretraining(job, cfg)
+        return [(key, why) for key in keys] + [("seeds", SEEDS_TRAIN_ONLY)] + _unread_by_pretraining(job, cfg)
     if job == "eval":
         why = "`longrec eval` evaluates a trained policy (--checkpoint)"
         keys = ("total_timesteps", "init_from", "resume", "env.num_envs", "data", "text", "policy", "pretrain", "ppo",
                 "kl", "slateq")
-        out = [(key, why) for key in keys]
+        out = [(key, why) for key in keys] + [("seeds", SEEDS_TRAIN_ONLY)]
         if agent in FIXED_AGENTS:
             out.append(("eval.checkpoint", f"agent {agent} has no checkpoint"))
         return out
     info = agent_info(agent)
     out = [("eval.checkpoint", f"`longrec {job}` evaluates the policy it trains")]
+    if job != "train":
+        out.append(("seeds", SEEDS_TRAIN_ONLY))
     if not info.from_pretrained:
         out.append(("init_from", f"agent {agent} does not start from a pretrained policy"))
     if _pretrains(job, cfg):
@@ -345,8 +350,10 @@ def _evaluate(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
                                 seeds=list(cfg.eval.seeds), env_kwargs=dict(cfg.env.kwargs), name=name,
                                 progress=cfg.logging.progress)
         rows[name] = metric_row(result.row)
-        for metric in PER_USER_METRICS:
-            per_user[f"{name}/{metric}"] = np.concatenate([record.values[metric] for record in result.records])
+        for metric, source in PER_USER_METRICS.items():
+            per_user[f"{name}/{metric}"] = np.concatenate([record.values[source] for record in result.records])
+        per_user[EVAL_SEED_KEY] = np.concatenate([np.full(len(record.values["return"]), record.seed)
+                                                  for record in result.records])
     save_per_user(run.path / PER_USER_FILE, per_user)
     own = {f"eval/{k}": v for k, v in rows[cfg.agent].items()}
     run.log(own, step=None)
@@ -361,8 +368,12 @@ def _evaluate(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
 
 PER_USER_FILE = "eval_per_user.npz"
 """Per-user outcomes of every agent a run evaluated, ``<agent>/<metric>`` -> ``(users,)``: the users of
-``eval.seeds`` in order, the same users for every agent and run with these seeds (for paired differences)."""
-PER_USER_METRICS = ("return", "sessions")
+``eval.seeds`` in order, the same users for every agent and run with these seeds (for paired differences);
+``eval_seed`` -> ``(users,)`` the evaluation seed each user was drawn with."""
+PER_USER_METRICS = {"return": "return", "retention": "return_rate", "sessions": "sessions"}
+"""saved name -> ``agents.evaluate.run_lives`` value: long-term return, share of sessions the user came
+back after, sessions lived"""
+EVAL_SEED_KEY = "eval_seed"
 
 
 def save_per_user(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import cli
@@ -144,6 +145,9 @@ def test_eval_run_end_to_end(tmp_path, capsys):
     per_user = load_per_user(run_dir)
     assert per_user["myopic/return"].shape == per_user["random/return"].shape == (16,)
     assert per_user["random/return"].mean() == pytest.approx(summary["agents"]["random"]["return"])
+    assert per_user["myopic/sessions"].mean() == pytest.approx(summary["agents"]["myopic"]["sessions"])
+    assert np.nanmean(per_user["random/retention"]) == pytest.approx(summary["agents"]["random"]["retention"])
+    assert per_user["eval_seed"].tolist() == [1000] * 16  # smoke_eval's evaluation seed, per user
 
 
 @pytest.mark.expensive
