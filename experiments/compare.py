@@ -25,7 +25,9 @@ import numpy as np
 
 from agents.registry import PRIVILEGED_MARK, display_name
 from agents.stats import t_ci95, t_quantile
+from experiments import robust
 from experiments.config import flatten
+from experiments.robust import RobustReport, UserOutcomes
 from experiments.run import read_json, read_metrics
 
 MAIN_METRICS = ("return", "retention", "sessions", "ctr", "consumption", "final_satisfaction", "diversity", "coverage",
@@ -80,7 +82,10 @@ class Comparison:
     records: list[RunRecord]
     skipped: list[tuple[Path, str]]
     markdown: str = ""
+    robust: RobustReport | None = None
+    """IQM, probability of improvement, paired differences and the performance profile (``experiments.robust``)"""
     files: list[Path] = field(default_factory=list)
+    wandb_url: str | None = None
 
 
 # --------------------------------------------------------------------------- loading
@@ -171,15 +176,18 @@ def _strip(name: str) -> str:
     return name[len("eval/"):] if name.startswith("eval/") else name
 
 
-def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, AgentStat]]:
-    """``{agent label: {metric: AgentStat}}`` over runs: the run's own agent and the agents it evaluated."""
+def agent_tables(record: RunRecord) -> list[tuple[str, str, dict[str, float]]]:
+    """``(label, agent name, metrics)`` of the run's own agent and of each agent it evaluated beside it."""
+    tables = [(record.label, record.agent, {_strip(k): v for k, v in record.metrics.items()})]
+    return tables + [(name, name, row) for name, row in record.agents.items() if name != record.agent]
+
+
+def run_values(records: Sequence[RunRecord]) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]:
+    """``({label: {metric: one value per run}}, {label: {metric: the within-run CI of the last run}})``."""
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     within: dict[str, dict[str, float]] = defaultdict(dict)
     for record in records:
-        own = {_strip(k): v for k, v in record.metrics.items()}
-        tables = [(record.label, own)]
-        tables += [(name, row) for name, row in record.agents.items() if name != record.agent]
-        for label, row in tables:
+        for label, _, row in agent_tables(record):
             for metric, value in row.items():
                 if metric in BOOKKEEPING or metric.endswith("_seed_ci95"):
                     continue
@@ -187,6 +195,12 @@ def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, AgentStat]]:
                     within[label][metric[:-5]] = value
                 else:
                     values[label][metric].append(value)
+    return values, within
+
+
+def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, AgentStat]]:
+    """``{agent label: {metric: AgentStat}}`` over runs: the run's own agent and the agents it evaluated."""
+    values, within = run_values(records)
     stats: dict[str, dict[str, AgentStat]] = {}
     for label, metrics in values.items():
         stats[label] = {}
@@ -196,6 +210,26 @@ def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, AgentStat]]:
                 half = within[label][metric]
             stats[label][metric] = AgentStat(mean, half, len(xs))
     return stats
+
+
+USER_KEYS = ("env.id", "env.kwargs.", "eval.seeds", "eval.num_users")
+"""config keys (or prefixes) that fix which users an evaluation meets"""
+
+
+def user_outcomes(records: Sequence[RunRecord], metric: str) -> dict[str, list[UserOutcomes]]:
+    """``{label: per-user values of metric in each run that kept them}`` (``eval_per_user.npz``)."""
+    from experiments.jobs import PER_USER_FILE, load_per_user
+
+    out: dict[str, list[UserOutcomes]] = defaultdict(list)
+    for record in records:
+        if not (record.path / PER_USER_FILE).exists():
+            continue
+        per_user = load_per_user(record.path)
+        users = tuple(sorted((k, str(v)) for k, v in record.config.items() if k.startswith(USER_KEYS)))
+        for label, name, _ in agent_tables(record):
+            if f"{name}/{metric}" in per_user:
+                out[label].append(UserOutcomes(record.path, record.seed, users, per_user[f"{name}/{metric}"]))
+    return dict(out)
 
 
 def metric_order(stats: Mapping[str, Mapping[str, AgentStat]]) -> list[str]:
@@ -376,31 +410,79 @@ def plot_curves(records: Sequence[RunRecord], metric: str, path: Path) -> Path |
 
 
 def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent", curve_metric: str = DEFAULT_CURVE,
-            bar_metrics: Sequence[str] = BAR_METRICS, allow_mixed_envs: bool = False) -> Comparison:
-    """Load, aggregate and write ``compare.md``, ``compare.csv`` and ``plots/*.png`` under ``out_dir``."""
+            bar_metrics: Sequence[str] = BAR_METRICS, allow_mixed_envs: bool = False, metric: str = "return",
+            reference: str | None = None, wandb: bool = False) -> Comparison:
+    """Load, aggregate and write ``compare.md``, ``compare.csv``, ``compare_robust.csv`` and ``plots/*.png``
+    under ``out_dir`` (and, with ``wandb``, the tables and plots to a W&B run of job type ``compare``).
+
+    ``metric`` is the score of the robust aggregates (IQM, probability of improvement over ``reference``,
+    paired differences, performance profile); ``reference`` defaults to ``pctr_greedy``, else ``random``.
+    """
     records, skipped = load_records(paths, by=by, allow_mixed_envs=allow_mixed_envs)
     stats = aggregate(records)
     metrics = metric_order(stats)
-    agents = sort_agents(stats, metrics[0] if metrics else None)
+    if metric not in metrics:
+        raise CompareError(f"--metric {metric!r} is not a metric of these runs; available: {', '.join(metrics)}")
+    agents = sort_agents(stats, metric)
     env = records[0].env if len({r.env for r in records}) == 1 else "mixed environments"
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     seeds = sorted({r.seed for r in records})
+    values, _ = run_values(records)
+    scores = {label: values[label][metric] for label in agents if metric in stats[label]}
+    try:
+        report = robust.robust_report(scores, user_outcomes(records, metric), metric, reference)
+    except ValueError as exc:
+        raise CompareError(str(exc)) from None
     table = markdown_table(stats, metrics, agents)
     markdown = (f"## {env}: {len(records)} run(s), seeds {', '.join(map(str, seeds))}\n\n{table}\n\n"
-                "mean ± 95% CI (Student t across seeds; with n = 1 the evaluator's CI over users)\n")
+                "mean ± 95% CI (Student t across seeds; with n = 1 the evaluator's CI over users)\n\n"
+                + robust.markdown(report))
     if skipped:
         markdown += "\nleft out: " + ", ".join(f"{p.name} ({why})" for p, why in skipped) + "\n"
-    result = Comparison(env=env, stats=stats, metrics=metrics, records=records, skipped=skipped, markdown=markdown)
+    result = Comparison(env=env, stats=stats, metrics=metrics, records=records, skipped=skipped, markdown=markdown,
+                        robust=report)
     (out / "compare.md").write_text(markdown)
-    result.files = [out / "compare.md", write_csv(stats, metrics, agents, out / "compare.csv")]
+    result.files = [out / "compare.md", write_csv(stats, metrics, agents, out / "compare.csv"),
+                    write_rows(out / "compare_robust.csv", robust.CSV_COLUMNS, robust.csv_rows(report))]
     curves = plot_curves(records, curve_metric, out / "plots" / "learning_curves.png")
     if curves is None and curve_metric == DEFAULT_CURVE:  # runs without periodic evaluation: the secondary curve
         curves = plot_curves(records, "charts/episodic_return", out / "plots" / "learning_curves.png")
-    for plot in (curves, plot_bars(stats, out / "plots" / "final_metrics.png", bar_metrics, title=env)):
+    for plot in (curves, plot_bars(stats, out / "plots" / "final_metrics.png", bar_metrics, title=env),
+                 robust.plot_profile(report, out / "plots" / "performance_profile.png", title=f"{env}: {metric}")):
         if plot is not None:
             result.files.append(plot)
+    if wandb:
+        result.wandb_url = log_comparison(result, out)
     return result
+
+
+def write_rows(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    return path
+
+
+def log_comparison(result: Comparison, out: Path) -> str | None:
+    """The comparison as a W&B run (job type ``compare``; offline unless logged in): both tables and the plots."""
+    from experiments.wandb_logging import WandbLogger
+
+    logger = WandbLogger.open(name=f"compare__{out.name}", group="compare", job_type="compare",
+                              tags=[result.env.split("/")[-1], "compare"], run_dir=out,
+                              config={"runs": [str(r.path) for r in result.records], "metric": result.robust.metric,
+                                      "reference": result.robust.reference})
+    rows = [[agent, metric, stat.mean, stat.ci95, stat.n] for agent, row in result.stats.items()
+            for metric, stat in row.items()]
+    logger.log_table("compare/agents", ["agent", "metric", "mean", "ci95", "n"], rows)
+    logger.log_table("compare/robust", robust.CSV_COLUMNS, robust.csv_rows(result.robust))
+    for path in result.files:
+        if path.suffix == ".png":
+            logger.log_image(f"compare/{path.stem}", path)
+    url = logger.url
+    logger.finish()
+    return url
 
 
 def _is_number(value: Any) -> bool:

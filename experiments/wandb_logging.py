@@ -69,28 +69,32 @@ class WandbLogger:
         self.run: Any = None
         self.mode = "disabled"
         self.error: str | None = None
-        if not cfg.logging.wandb:
-            return
-        mode = resolve_mode(cfg.logging.mode)
+        if cfg.logging.wandb:
+            self._start(resolve_mode(cfg.logging.mode), project=cfg.logging.project, entity=cfg.logging.entity,
+                        name=run_name, group=run_group(cfg), job_type=job_type,
+                        tags=list(dict.fromkeys([cfg.env.id.split("/")[-1], cfg.agent, job_type, *cfg.logging.tags])),
+                        config=cfg.flat(), dir=str(run_dir))
+
+    @classmethod
+    def open(cls, name: str, group: str, job_type: str, tags: Sequence[str], run_dir: str | Path,
+             config: Mapping[str, Any], project: str = "longrec", entity: str | None = None,
+             mode: str = "auto") -> WandbLogger:
+        """A W&B run that is not an experiment run (e.g. ``longrec compare``'s report)."""
+        logger = cls.__new__(cls)
+        logger.run, logger.mode, logger.error = None, "disabled", None
+        logger._start(resolve_mode(mode), project=project, entity=entity, name=name, group=group, job_type=job_type,
+                      tags=list(tags), config=dict(config), dir=str(run_dir))
+        return logger
+
+    def _start(self, mode: str, **init: Any) -> None:
         if mode == "disabled":
             return
         os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own terminal chatter; the CLI prints what matters
         try:
             import wandb
 
-            self.run = wandb.init(
-                project=cfg.logging.project,
-                entity=cfg.logging.entity,
-                name=run_name,
-                group=run_group(cfg),
-                job_type=job_type,
-                tags=list(dict.fromkeys([cfg.env.id.split("/")[-1], cfg.agent, job_type, *cfg.logging.tags])),
-                config=cfg.flat(),
-                dir=str(run_dir),
-                mode=mode,
-                reinit="create_new",
-                settings=wandb.Settings(console="off", x_disable_stats=True, quiet=True),
-            )
+            self.run = wandb.init(**init, mode=mode, reinit="create_new",
+                                  settings=wandb.Settings(console="off", x_disable_stats=True, quiet=True))
             self.mode = mode
         except Exception as exc:  # W&B must never cost the run
             self._fail("init", exc)

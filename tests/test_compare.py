@@ -122,3 +122,83 @@ def test_cli_compare_prints_table_and_reports_errors(tmp_path, capsys):
     assert "compare.csv" in out and (runs / "compare" / "plots" / "final_metrics.png").exists()
     assert cli.main(["compare", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def make_seeded_runs(root: Path, agent: str, lift: float, seeds=range(5), eval_seed: int = 1000) -> list[Path]:
+    """Runs of ``agent`` on 5 seeds, each evaluated on the same 50 users (eval.seeds) as ``pctr_greedy`` beside
+    it, with per-user returns: the user's level (shared by every agent) + ``lift`` + noise."""
+    import numpy as np
+
+    from experiments.jobs import PER_USER_FILE, save_per_user
+
+    paths = []
+    for seed in seeds:
+        users = np.random.default_rng(eval_seed).gamma(2.0, 40.0, size=50)
+        own = users + lift + np.random.default_rng([seed, 1]).normal(0.0, 5.0, 50)
+        start = users + np.random.default_rng([seed, 2]).normal(0.0, 5.0, 50)
+        cfg = load_config("smoke", [f"seed={seed}", f"agent={agent}", "name=", f"eval.seeds=[{eval_seed}]"])
+        with Run.create(cfg, job_type="train", root=root, name=f"{agent}-{seed}-{eval_seed}") as run:
+            save_per_user(run.path / PER_USER_FILE, {f"{agent}/return": own, "pctr_greedy/return": start})
+            run.update_summary(metrics={"eval/return": float(own.mean())},
+                               agents={"pctr_greedy": {"return": float(start.mean())}})
+        paths.append(run.path)
+    return paths
+
+
+def test_five_seeds_of_two_agents_give_iqm_improvement_paired_difference_and_plots(tmp_path):
+    import numpy as np
+
+    from agents.stats import paired_difference
+    from experiments.jobs import load_per_user
+
+    runs = make_seeded_runs(tmp_path / "runs", "ce_ppo", lift=20.0) + make_seeded_runs(tmp_path / "runs", "ppo_scratch",
+                                                                                        lift=5.0)
+    result = compare([tmp_path / "runs"], tmp_path / "out", reference="ppo_scratch")
+    rows = {row.agent: row for row in result.robust.rows}
+    assert result.robust.reference == "ppo_scratch" and set(rows) == {"ce_ppo", "ppo_scratch", "pctr_greedy"}
+    assert rows["ce_ppo"].runs == 5 and rows["ce_ppo"].iqm.low <= rows["ce_ppo"].iqm.value <= rows["ce_ppo"].iqm.high
+    assert rows["ce_ppo"].improvement.value == 1.0 and rows["pctr_greedy"].improvement.value < 0.5
+    # paired per user with ppo_scratch's run of the same seed (the same 50 users): the hand computation
+    treated = [load_per_user(p)["ce_ppo/return"] for p in runs[:5]]
+    control = [load_per_user(p)["ppo_scratch/return"] for p in runs[5:]]
+    expected = paired_difference(treated, control)
+    assert rows["ce_ppo"].paired.diff == pytest.approx(expected.diff) and len(rows["ce_ppo"].paired.per_seed) == 5
+    assert rows["ce_ppo"].paired.diff - rows["ce_ppo"].paired.ci95 > 10  # lift 15 apart, user effects paired away
+    assert rows["ppo_scratch"].improvement is None and rows["ppo_scratch"].paired is None
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "### return: robust aggregates against ppo_scratch" in md and "| ce_ppo | 5 |" in md
+    assert "P(agent > ppo_scratch)" in md and "(5 pairs)" in md and "(reference)" in md
+    with open(tmp_path / "out" / "compare_robust.csv") as fh:
+        table = {r["agent"]: r for r in csv.DictReader(fh)}
+    assert float(table["ce_ppo"]["p_improvement"]) == 1.0 and table["ce_ppo"]["paired_runs"] == "5"
+    assert float(table["ce_ppo"]["iqm"]) == pytest.approx(rows["ce_ppo"].iqm.value)
+    for name in ("performance_profile.png", "final_metrics.png"):
+        png = tmp_path / "out" / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert np.isfinite(result.robust.profile.fractions["ce_ppo"]).all()
+    # the default reference is the CE start; an unknown one names the choices
+    assert compare([tmp_path / "runs"], tmp_path / "out2").robust.reference == "pctr_greedy"
+    with pytest.raises(CompareError, match="--reference 'nope' is not among the compared agents: ce_ppo, pctr"):
+        compare([tmp_path / "runs"], tmp_path / "out3", reference="nope")
+    with pytest.raises(CompareError, match="--metric 'nope' is not a metric of these runs; available: return"):
+        compare([tmp_path / "runs"], tmp_path / "out3", metric="nope")
+
+
+def test_runs_on_other_users_are_not_paired(tmp_path):
+    make_seeded_runs(tmp_path / "runs", "ce_ppo", lift=20.0, eval_seed=1000)
+    make_seeded_runs(tmp_path / "runs", "ppo_scratch", lift=5.0, eval_seed=2000)
+    rows = {row.agent: row for row in compare([tmp_path / "runs"], tmp_path / "out", reference="ppo_scratch").robust.rows}
+    assert rows["ce_ppo"].paired is None and rows["ce_ppo"].improvement.value == 1.0  # unpaired statistics stay
+
+
+def test_compare_logs_its_tables_and_plots_to_wandb_offline(tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    make_seeded_runs(tmp_path / "runs", "ce_ppo", lift=20.0, seeds=(0, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed W&B call would only warn
+        assert cli.main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--wandb", "--quiet"]) == 0
+    (offline,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    logged = {p.name.split("_")[0] for p in offline.glob("files/media/*/compare/*")}
+    assert {"agents", "robust", "performance", "final"} <= logged
