@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from agents.registry import AGENT_INFO, AGENTS, FIXED_AGENTS, PRETRAINED_AGENTS, display_name
+from experiments.seeds import parse_seeds
 
 CE_START = "pctr_greedy"
 """the CE-pretrained policy used greedily: the starting point every fine-tuned agent is paired with"""
@@ -44,20 +45,6 @@ SCRATCH = "ppo_scratch"
 """the same RL from random initialisation: what pretraining is paired with"""
 SLATEQ_NUM_ENVS = 256
 """users in parallel while SlateQ collects experience (PPO uses ``--num-envs``)"""
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0-4"`` -> ``[0, 1, 2, 3, 4]``; ``"0,2,5"`` -> ``[0, 2, 5]``; ``"3"`` -> ``[3]``."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            low, dash, high = part.strip().partition("-")
-            seeds.extend(range(int(low), int(high) + 1) if dash else [int(low)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected a range (0-4), a list (0,1,2) or one seed") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds must be >= 0")
-    return list(dict.fromkeys(seeds))
 
 
 def parse_ppo_setting(text: str) -> str:

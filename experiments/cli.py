@@ -29,6 +29,7 @@ from experiments.config import (
     describe_keys,
     load_config,
 )
+from experiments.seeds import parse_seeds
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 LEARNED = tuple(a for a in AGENTS if a not in FIXED_AGENTS)
@@ -38,6 +39,7 @@ EXAMPLES = {
 examples:
   longrec train                                          # CE -> PPO + KL on longrec/Video-v0 (config: default)
   longrec train -c video agent=ppo_scratch seed=1
+  longrec train -c smoke --seeds 0-4 --workers 2         # one run per seed, then the cross-seed table
   longrec train ppo.learning_rate=1e-4 kl.coef=0.1 env.id=longrec/News-v0
   longrec train -c quickstart --dry-run                  # print the resolved config and stop
   longrec train --list-keys                              # every config key with its type, default and meaning""",
@@ -73,7 +75,9 @@ examples:
 examples:
   longrec compare runs/Video-v0__*                       # every run of Video-v0
   longrec compare runs/sweeps/kl_lr__<time> --by kl.coef,ppo.learning_rate
-  longrec compare RUN_A RUN_B --out reports/ab --curve-metric charts/episodic_return""",
+  longrec compare RUN_A RUN_B --out reports/ab --curve-metric charts/episodic_return
+  longrec compare runs/seeds/Video-v0__ce_ppo__<time> runs/seeds/Video-v0__ppo_scratch__<time> --reference ppo_scratch
+  longrec compare runs/ --metric retention --wandb          # the tables and plots also as a W&B run""",
     "bench": """\
 examples:
   longrec bench                                          # list the benchmark scripts
@@ -140,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Writes runs/<env>__<agent>__<seed>__<time>/ (config.yaml, metrics.jsonl, checkpoints/, "
             "summary.json, plots/) and logs to W&B (offline unless logged in).")
     _add_config_args(p, "default")
+    p.add_argument("--seeds", type=parse_seeds, metavar="SEEDS",
+                   help="one run per training seed: a range (0-4) or a list (0,1,2); the same as the config key "
+                        "seeds; ends with the cross-seed table (mean ± CI, IQM, probability of improvement)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="with --seeds: runs in parallel here (local) or W&B agents started here (default: 1)")
+    p.add_argument("--backend", choices=("local", "wandb"), default="local",
+                   help="with --seeds: local process pool, or a W&B sweep over the seeds run by W&B agents")
     p = add("pretrain", "cross-entropy pretraining of the LLM policy on logs or MovieLens",
             "Cross-entropy pretraining (behaviour cloning of logged slates, or next-item prediction) "
             "of the LLM slate policy on simulator logs (data.source=simulator) or real data "
@@ -168,11 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entity", help="W&B entity (wandb backend)")
     p.add_argument("--sweep-id", metavar="ID", help="join an existing W&B sweep (ENTITY/PROJECT/ID) instead of "
                                                     "registering FILE")
-    p = add("compare", "compare runs: Markdown + CSV table with 95%% CIs, learning curves, bar charts",
+    p = add("compare", "compare runs: 95%% CIs, IQM, probability of improvement, paired differences, plots",
             "Aggregate finished runs (run folders, or folders holding them such as a sweep folder) "
-            "per agent: mean and Student-t 95% CI across seeds per metric, learning curves with "
-            "confidence bands, and long-term return / retention / CTR bars. Writes compare.md, "
-            "compare.csv and plots/*.png.")
+            "per agent: mean and Student-t 95% CI across seeds per metric; the interquartile mean with a "
+            "stratified-bootstrap CI, the probability of improvement over a reference agent and the paired "
+            "per-user difference to it where the evaluation users match (rliable; Agarwal et al. 2021); "
+            "learning curves with confidence bands, a performance profile, and long-term return / retention / "
+            "CTR bars. Writes compare.md, compare.csv, compare_robust.csv and plots/*.png.")
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <sweep>/compare or runs/compare__<time>)")
     p.add_argument("--by", metavar="KEYS",
@@ -182,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics.jsonl key of the learning curves (default: heldout/return, the periodic evaluation on held-out users; runs without it fall back to charts/episodic_return)")
     p.add_argument("--metrics", default="return,retention,sessions,ctr", metavar="A,B",
                    help="metrics of the bar charts, those present (default: return,retention,sessions,ctr)")
+    p.add_argument("--metric", default="return", metavar="NAME",
+                   help="score of the robust aggregates: IQM, probability of improvement, paired differences, "
+                        "performance profile (default: return, the long-term return)")
+    p.add_argument("--reference", metavar="AGENT",
+                   help="agent the others are measured against (probability of improvement, paired per-user "
+                        "differences; default: pctr_greedy, the CE start, else random)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log the tables and plots as a W&B run (job type compare; offline unless logged in)")
     p.add_argument("--allow-mixed-envs", action="store_true", help="compare runs of different environments")
     p = add("bench", "list or run the benchmark scripts (benchmarks/*.py)",
             "Run a benchmark script of the repository's benchmarks/ folder; each prints a JSON line last.")
@@ -195,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+def _overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """``KEY=VALUE`` overrides plus those the command's flags stand for."""
     overrides = list(args.overrides)
     if getattr(args, "runs_dir", None):
         overrides.append(f"logging.runs_dir={args.runs_dir}")
@@ -205,7 +227,11 @@ def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         overrides.append("logging.progress=false")
     if getattr(args, "checkpoint", None):
         overrides.append(f"eval.checkpoint={args.checkpoint}")
-    cfg = load_config(args.config, overrides)
+    return overrides
+
+
+def _config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    cfg = load_config(args.config, _overrides_from_args(args))
     if not (args.command == "pretrain" and cfg.data.source == "movielens"):  # real-data pretraining needs no env
         check_registered_env(cfg.env.id)
     return cfg
@@ -239,11 +265,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from experiments.run import Run
 
     jobs.check_config(args.command, cfg)
+    seeds = getattr(args, "seeds", None) or list(cfg.seeds)
+    if seeds:
+        return launch_seeds(args, cfg, seeds)
     with Run.create(cfg, job_type=args.command) as run:
         _say(args, f"run folder: {run.path}")
         jobs.JOBS[args.command](cfg, run)
     _report(args, run.path)
     return 0
+
+
+def launch_seeds(args: argparse.Namespace, cfg: ExperimentConfig, seeds: Sequence[int]) -> int:
+    """``train --seeds``: one run per seed on the local pool or W&B agents, then the cross-seed table."""
+    from experiments.seeds import run_seeds
+    from experiments.sweep import SweepError
+
+    if args.workers < 1:
+        raise SweepError(f"--workers must be >= 1; got {args.workers}")
+    _, code = run_seeds(cfg, args.config, _overrides_from_args(args), seeds, workers=args.workers,
+                        backend=args.backend, progress=not args.quiet, project=cfg.logging.project,
+                        entity=cfg.logging.entity)
+    return code
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -331,11 +373,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     by = args.by or sweep_grouping(args.paths) or "agent"
     result = compare(args.paths, out, by=by, curve_metric=args.curve_metric, bar_metrics=metrics,
-                     allow_mixed_envs=args.allow_mixed_envs)
+                     allow_mixed_envs=args.allow_mixed_envs, metric=args.metric, reference=args.reference,
+                     wandb=args.wandb)
     if not args.quiet:
         print(result.markdown)
     for path in result.files:
         print(f"wrote {path}")
+    if result.wandb_url:
+        print(f"W&B: {result.wandb_url}")
     return 0
 
 

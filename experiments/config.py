@@ -152,6 +152,8 @@ class ExperimentConfig:
     """experiment name, part of the run folder name (default: the agent)"""
     seed: int = param(0, ge=0)
     """seed of every random generator of the run"""
+    seeds: tuple[int, ...] = ()
+    """``longrec train``: launch one run per training seed (like ``--seeds 0-4``) instead of one with ``seed``"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """torch device; ``auto`` uses CUDA when present"""
     torch_threads: int = param(0, ge=0)

@@ -420,7 +420,8 @@ def run_local_sweep(sweep: str | Path | SweepSpec, workers: int = 1, count: int 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     folder = Path(out_dir) if out_dir else Path(runs_dir) / "sweeps" / f"{spec.path.stem}__{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(spec.path, folder / "sweep.yaml")
+    if spec.path.resolve() != (folder / "sweep.yaml").resolve():
+        shutil.copyfile(spec.path, folder / "sweep.yaml")
     extra = (f"logging.group={json.dumps(spec.raw.get('name') or spec.path.stem)}", *overrides)
     cap = count or spec.run_cap
     if spec.method == "grid":
