@@ -12,12 +12,23 @@ buckets by the target item's training interactions):
   candidate's) trained on next items over the full catalog; its best weights are saved as a
   ``save_pretrained`` folder that ``LLMSlatePolicy(pretrained_path=...)`` loads for PPO.
 
+Over several training seeds (``--seeds 0-4``) it reports, per model, the mean and
+Student-t 95% CI across seeds of HR@10, NDCG@10 and MRR@10, and the paired bootstrap
+95% CI over users of LLM minus SASRec NDCG@10 (each user's difference averaged over
+the seeds first; ``agents.stats.paired_bootstrap_ci95``), overall and per cold-start
+bucket. No choice is made on test users: both models early-stop on validation NDCG@10.
+Each seed's per-user ranks are saved as it finishes (``<out>/seed_<s>/ranks.npz``), so
+seeds can run in separate processes or sessions; finished seeds are not rerun, and
+``--merge-only`` aggregates what is there.
+
 It also prints the genre calibration of the ``longrec/MovieLens-v0`` simulator
 (Jensen-Shannon divergence of consumed genres under the popularity policy vs
 the real ratings). The last line printed is one JSON object
-``{model: {"hr@10": ..., "ndcg@10": ..., "mrr@10": ...}}``.
+``{model: {"hr@10", "ndcg@10", "mrr@10" (means over seeds), "<metric>_ci95", "seeds"},
+"paired": {"llm_vs_sasrec": {"ndcg@10_diff", "ndcg@10_ci95": [low, high], "by_bucket": ...}}}``.
 
-    python benchmarks/offline_movielens.py                      # the project's ml-latest-small
+    python benchmarks/offline_movielens.py                      # the project's ml-latest-small, seed 0
+    python benchmarks/offline_movielens.py --seeds 0-4          # 5 seeds and the paired CI
     python benchmarks/offline_movielens.py --data ~/ml-25m      # any folder in the same format
 """
 
@@ -28,9 +39,10 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -45,8 +57,12 @@ from agents.offline_protocol import (  # noqa: E402
     leave_one_out_split,
 )
 from agents.sasrec import SASRecConfig, SASRecScorer, train_sasrec  # noqa: E402
+from agents.stats import paired_bootstrap_ci95, t_ci95  # noqa: E402
+from envs.atomic_file import atomic_open  # noqa: E402
 from envs.movielens import load_movielens  # noqa: E402
+from experiments.seeds import parse_seeds  # noqa: E402
 from llm_policy.config import LLMNextItemConfig  # noqa: E402
+from llm_policy.metrics import ndcg_at_k  # noqa: E402
 
 Log = Callable[[str], None]
 
@@ -54,7 +70,9 @@ Log = Callable[[str], None]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="MovieLens folder (default: $LONGREC_MOVIELENS or data/ml-latest-small)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=parse_seeds, default=[0],
+                   help="training seeds of SASRec and the LLM: 0-4, 0,1,2 or 3 (default 0)")
+    p.add_argument("--merge-only", action="store_true", help="aggregate the finished seeds under --out; train nothing")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (SASRec, evaluation)")
     p.add_argument("--llm-threads", type=int, default=1,
                    help="torch CPU threads while the LLM trains (its many small ops run faster on one thread here)")
@@ -96,7 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+MODELS = ("popularity", "sasrec", "llm")
+METRICS = ("hr@10", "ndcg@10", "mrr@10")
+RESULT_FILE = "ranks.npz"
+"""per seed: each model's (U,) test ranks, the targets' training counts and the data folder"""
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -109,27 +133,113 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         f"data {data.path}: {data.num_users} users, {data.num_items} items, {data.num_interactions} ratings; "
         f"{split.num_users} users kept (>= 5 interactions); {int((counts == 0).sum())} items never in training"
     )
-    results = {"popularity": evaluate_next_item(PopularityScorer.fit(split), split)}
-    results["sasrec"] = run_sasrec(args, split, log)
-    results["llm"] = run_llm(args, log)
-    if not args.skip_calibration:
+    out = Path(args.out)
+    for seed in [] if args.merge_only else args.seeds:
+        seed_dir = out / f"seed_{seed}"
+        if (seed_dir / RESULT_FILE).exists():
+            log(f"seed {seed}: done before ({seed_dir / RESULT_FILE}), not rerun")
+            continue
+        t = time.perf_counter()
+        results = {"popularity": evaluate_next_item(PopularityScorer.fit(split), split)}
+        results["sasrec"] = run_sasrec(args, seed, split, log)
+        results["llm"] = run_llm(args, seed, seed_dir, log)
+        save_seed(seed_dir, results, str(data.path))
+        log(f"\nseed {seed}: {time.perf_counter() - t:.0f} s\n{format_table(results)}\n")
+    if not args.skip_calibration and not args.merge_only:
         log_genre_calibration(args, data.num_items, log)
-
+    seeds = [s for s in args.seeds if (out / f"seed_{s}" / RESULT_FILE).exists()] if not args.merge_only else \
+        sorted(int(p.parent.name.split("_")[1]) for p in out.glob(f"seed_*/{RESULT_FILE}"))
+    if not seeds:
+        raise SystemExit(f"no finished seed under {out} (each leaves seed_<s>/{RESULT_FILE})")
+    per_seed = {seed: load_seed(out / f"seed_{seed}", str(data.path)) for seed in seeds}
+    summary = merge(per_seed)
     log(f"\ntotal time {time.perf_counter() - start:.0f} s\n")
-    log(format_table(results))
-    summary = {name: res.metrics() for name, res in results.items()}
+    log(merged_table(summary, seeds))
     print(json.dumps(summary))
     return summary
 
 
-def run_sasrec(args: argparse.Namespace, split: LeaveOneOutSplit, log: Log) -> EvaluationResult:
+def save_seed(seed_dir: Path, results: Mapping[str, EvaluationResult], data_path: str) -> Path:
+    """One seed's per-user test ranks of every model, written atomically (its presence marks the seed done)."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    first = next(iter(results.values()))
+    with atomic_open(seed_dir / RESULT_FILE, "wb") as handle:
+        np.savez(handle, target_train_counts=first.target_train_counts, data=np.array(data_path),
+                 **{f"ranks/{name}": res.ranks for name, res in results.items()})
+    return seed_dir / RESULT_FILE
+
+
+def load_seed(seed_dir: Path, data_path: str) -> dict[str, EvaluationResult]:
+    with np.load(seed_dir / RESULT_FILE) as archive:
+        if str(archive["data"]) != data_path:
+            raise SystemExit(f"{seed_dir / RESULT_FILE} was made from {archive['data']}, not {data_path}: "
+                             "give another --out for another data set")
+        counts = archive["target_train_counts"]
+        return {name: EvaluationResult(archive[f"ranks/{name}"], counts) for name in MODELS}
+
+
+def merge(per_seed: Mapping[int, Mapping[str, EvaluationResult]]) -> dict[str, dict]:
+    """Means and t-CIs across seeds per model; the paired bootstrap of LLM minus SASRec NDCG@10 over users."""
+    summary: dict[str, dict] = {}
+    for name in MODELS:
+        rows = [results[name].metrics() for results in per_seed.values()]
+        summary[name] = {"seeds": len(rows)}
+        for metric in METRICS:
+            mean, half = t_ci95([row[metric] for row in rows])
+            summary[name][metric], summary[name][f"{metric}_ci95"] = mean, half
+    summary["paired"] = {"llm_vs_sasrec": paired_ndcg(per_seed, "llm", "sasrec")}
+    return summary
+
+
+def paired_ndcg(per_seed: Mapping[int, Mapping[str, EvaluationResult]], treatment: str, control: str,
+                k: int = 10) -> dict[str, object]:
+    """``treatment - control`` NDCG@k per user (averaged over seeds), with bootstrap CIs, overall and per bucket."""
+    ndcg = {name: np.stack([ndcg_at_k(results[name].ranks, k).numpy() for results in per_seed.values()])
+            for name in (treatment, control)}
+    first = next(iter(per_seed.values()))[treatment]
+    overall = paired_bootstrap_ci95(ndcg[treatment], ndcg[control])
+    out: dict[str, object] = {f"ndcg@{k}_diff": overall.value, f"ndcg@{k}_ci95": [overall.low, overall.high],
+                              "users": int(ndcg[treatment].shape[1]), "by_bucket": {}}
+    buckets = first.bucket_of_user()
+    for b, label in enumerate(first.by_bucket()):
+        rows = buckets == b
+        if rows.sum() < 2:
+            continue
+        result = paired_bootstrap_ci95(ndcg[treatment][:, rows], ndcg[control][:, rows])
+        out["by_bucket"][label] = {f"ndcg@{k}_diff": result.value, f"ndcg@{k}_ci95": [result.low, result.high],
+                                   "users": int(rows.sum())}
+    return out
+
+
+def merged_table(summary: Mapping[str, dict], seeds: Sequence[int]) -> str:
+    """Markdown: each model's mean ± 95% CI across seeds, then the paired LLM - SASRec NDCG@10."""
+    lines = [f"seeds {', '.join(map(str, seeds))}: mean ± 95% t-CI across seeds", "",
+             "| model | HR@10 | NDCG@10 | MRR@10 |", "| --- | ---: | ---: | ---: |"]
+    fmt = lambda mean, half: f"{mean:.4f}" + ("" if not np.isfinite(half) else f" ± {half:.4f}")  # noqa: E731
+    for name in MODELS:
+        row = summary[name]
+        lines.append(f"| {name} | " + " | ".join(fmt(row[m], row[f"{m}_ci95"]) for m in METRICS) + " |")
+    paired = summary["paired"]["llm_vs_sasrec"]
+    lines += ["", "LLM - SASRec NDCG@10, paired per user (seeds averaged), 95% bootstrap CI over users:", "",
+              "| users | difference | 95% CI | |", "| --- | ---: | ---: | --- |"]
+    entries = [("all", paired), *paired["by_bucket"].items()]
+    for label, entry in entries:
+        low, high = entry["ndcg@10_ci95"]
+        verdict = "LLM better" if low > 0 else "SASRec better" if high < 0 else "no difference shown"
+        name = "all" if label == "all" else f"target seen {label} times"
+        lines.append(f"| {name} ({entry['users']}) | {entry['ndcg@10_diff']:+.4f} | [{low:+.4f}, {high:+.4f}] | "
+                     f"{verdict} |")
+    return "\n".join(lines)
+
+
+def run_sasrec(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, log: Log) -> EvaluationResult:
     """Train SASRec with the ``--sasrec-*`` settings; its test evaluation."""
     t = time.perf_counter()
     sasrec_config = SASRecConfig(
         max_len=args.sasrec_max_len,
         max_epochs=args.sasrec_epochs,
         batch_size=args.sasrec_batch_size,
-        seed=args.seed,
+        seed=seed,
         time_budget_s=60.0 * args.sasrec_budget_min,
     )
     sasrec, sasrec_log = train_sasrec(split, sasrec_config, progress=log)
@@ -171,11 +281,11 @@ def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
     )
 
 
-def run_llm(args: argparse.Namespace, log: Log) -> EvaluationResult:
+def run_llm(args: argparse.Namespace, seed: int, out: Path, log: Log) -> EvaluationResult:
     """Next-item pretraining of the LLM policy (``pretrain_movielens``, on ``--llm-threads``); its test evaluation."""
     t = time.perf_counter()
     torch.set_num_threads(args.llm_threads)
-    llm = pretrain_movielens(llm_config(args), data_path=args.data, seed=args.seed, output_dir=args.out,
+    llm = pretrain_movielens(llm_config(args), data_path=args.data, seed=seed, output_dir=out,
                              progress=log)
     torch.set_num_threads(args.threads)
     train_log = llm.train_log
@@ -194,7 +304,7 @@ def log_genre_calibration(args: argparse.Namespace, num_items: int, log: Log) ->
 
     candidates = min(20, num_items)
     report = genre_calibration(
-        num_users=512, num_steps=200, seed=args.seed, data_path=args.data,
+        num_users=512, num_steps=200, seed=args.seeds[0], data_path=args.data,
         num_candidates=candidates, slate_size=min(5, candidates),
     )
     log(
