@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="AGENT",
                    help="agent the others are measured against (probability of improvement, paired per-user "
                         "differences; default: pctr_greedy, the CE start, else random)")
+    p.add_argument("--bootstrap-reps", type=int, default=2000, metavar="N",
+                   help="bootstrap resamples per interval (default: 2000; the performance profile's bands use at "
+                        "most 500)")
     p.add_argument("--wandb", action="store_true",
                    help="also log the tables and plots as a W&B run (job type compare; offline unless logged in)")
     p.add_argument("--allow-mixed-envs", action="store_true", help="compare runs of different environments")
@@ -374,7 +377,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     by = args.by or sweep_grouping(args.paths) or "agent"
     result = compare(args.paths, out, by=by, curve_metric=args.curve_metric, bar_metrics=metrics,
                      allow_mixed_envs=args.allow_mixed_envs, metric=args.metric, reference=args.reference,
-                     wandb=args.wandb)
+                     wandb=args.wandb, reps=args.bootstrap_reps)
     if not args.quiet:
         print(result.markdown)
     for path in result.files:

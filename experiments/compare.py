@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from agents.registry import PRIVILEGED_MARK, display_name
-from agents.stats import t_ci95, t_quantile
+from agents.stats import BOOTSTRAP_REPS, t_ci95, t_quantile
 from experiments import robust
 from experiments.config import flatten
 from experiments.robust import RobustReport, UserOutcomes
@@ -116,6 +116,8 @@ def load_record(path: Path, by: str = "agent") -> RunRecord:
         config = {}
     agent = str(summary.get("agent", config.get("agent", "?")))
     label = str(summary.get("experiment") or agent) if by == "agent" else _label(agent, by, config, summary, path)
+    if summary.get("job_type") == "pretrain":  # its metrics are the pretraining's, not the agent's evaluation
+        label += " (pretrain)"
     return RunRecord(path=path, env=str(summary.get("env", config.get("env.id", "?"))), label=label, agent=agent,
                      seed=int(summary.get("seed", config.get("seed", 0)) or 0),
                      status=str(summary.get("status", "?")),
@@ -411,13 +413,16 @@ def plot_curves(records: Sequence[RunRecord], metric: str, path: Path) -> Path |
 
 def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent", curve_metric: str = DEFAULT_CURVE,
             bar_metrics: Sequence[str] = BAR_METRICS, allow_mixed_envs: bool = False, metric: str = "return",
-            reference: str | None = None, wandb: bool = False) -> Comparison:
+            reference: str | None = None, wandb: bool = False, reps: int = BOOTSTRAP_REPS) -> Comparison:
     """Load, aggregate and write ``compare.md``, ``compare.csv``, ``compare_robust.csv`` and ``plots/*.png``
     under ``out_dir`` (and, with ``wandb``, the tables and plots to a W&B run of job type ``compare``).
 
     ``metric`` is the score of the robust aggregates (IQM, probability of improvement over ``reference``,
-    paired differences, performance profile); ``reference`` defaults to ``pctr_greedy``, else ``random``.
+    paired differences, performance profile); ``reference`` defaults to ``pctr_greedy``, else ``random``;
+    ``reps`` bootstrap resamples per interval.
     """
+    if reps < 10:
+        raise CompareError(f"--bootstrap-reps {reps}: use at least 10 resamples (2000 is the default)")
     records, skipped = load_records(paths, by=by, allow_mixed_envs=allow_mixed_envs)
     stats = aggregate(records)
     metrics = metric_order(stats)
@@ -431,7 +436,7 @@ def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent",
     values, _ = run_values(records)
     scores = {label: values[label][metric] for label in agents if metric in stats[label]}
     try:
-        report = robust.robust_report(scores, user_outcomes(records, metric), metric, reference)
+        report = robust.robust_report(scores, user_outcomes(records, metric), metric, reference, reps=reps)
     except ValueError as exc:
         raise CompareError(str(exc)) from None
     table = markdown_table(stats, metrics, agents)
@@ -449,7 +454,7 @@ def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent",
     if curves is None and curve_metric == DEFAULT_CURVE:  # runs without periodic evaluation: the secondary curve
         curves = plot_curves(records, "charts/episodic_return", out / "plots" / "learning_curves.png")
     for plot in (curves, plot_bars(stats, out / "plots" / "final_metrics.png", bar_metrics, title=env),
-                 robust.plot_profile(report, out / "plots" / "performance_profile.png", title=f"{env}: {metric}")):
+                 robust.plot_profile(report, out / "plots" / "performance_profile.png", title=f"{env}: performance profile of {metric}")):
         if plot is not None:
             result.files.append(plot)
     if wandb:

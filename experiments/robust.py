@@ -28,6 +28,7 @@ import numpy as np
 from agents.registry import PRIVILEGED_MARK, display_name
 from agents.stats import (
     BOOTSTRAP_REPS,
+    PROFILE_REPS,
     Interval,
     PairedDifference,
     PerformanceProfile,
@@ -124,7 +125,7 @@ def robust_report(scores: Mapping[str, Sequence[float]], outcomes: Mapping[str, 
                 paired = paired_difference(treated, controls)
         rows.append(RobustRow(agent, sum(math.isfinite(v) for v in values), mean, half, iqms[agent], improvement,
                               paired))
-    profile = performance_profile(scores, reps=reps, seed=seed)
+    profile = performance_profile(scores, reps=min(reps, PROFILE_REPS), seed=seed)
     return RobustReport(metric, reference, rows, profile)
 
 

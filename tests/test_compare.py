@@ -153,7 +153,7 @@ def test_five_seeds_of_two_agents_give_iqm_improvement_paired_difference_and_plo
 
     runs = make_seeded_runs(tmp_path / "runs", "ce_ppo", lift=20.0) + make_seeded_runs(tmp_path / "runs", "ppo_scratch",
                                                                                         lift=5.0)
-    result = compare([tmp_path / "runs"], tmp_path / "out", reference="ppo_scratch")
+    result = compare([tmp_path / "runs"], tmp_path / "out", reference="ppo_scratch", reps=300)
     rows = {row.agent: row for row in result.robust.rows}
     assert result.robust.reference == "ppo_scratch" and set(rows) == {"ce_ppo", "ppo_scratch", "pctr_greedy"}
     assert rows["ce_ppo"].runs == 5 and rows["ce_ppo"].iqm.low <= rows["ce_ppo"].iqm.value <= rows["ce_ppo"].iqm.high
@@ -177,17 +177,20 @@ def test_five_seeds_of_two_agents_give_iqm_improvement_paired_difference_and_plo
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert np.isfinite(result.robust.profile.fractions["ce_ppo"]).all()
     # the default reference is the CE start; an unknown one names the choices
-    assert compare([tmp_path / "runs"], tmp_path / "out2").robust.reference == "pctr_greedy"
+    assert compare([tmp_path / "runs"], tmp_path / "out2", reps=100).robust.reference == "pctr_greedy"
     with pytest.raises(CompareError, match="--reference 'nope' is not among the compared agents: ce_ppo, pctr"):
         compare([tmp_path / "runs"], tmp_path / "out3", reference="nope")
     with pytest.raises(CompareError, match="--metric 'nope' is not a metric of these runs; available: return"):
         compare([tmp_path / "runs"], tmp_path / "out3", metric="nope")
+    with pytest.raises(CompareError, match="--bootstrap-reps 5: use at least 10"):
+        compare([tmp_path / "runs"], tmp_path / "out3", reps=5)
 
 
 def test_runs_on_other_users_are_not_paired(tmp_path):
     make_seeded_runs(tmp_path / "runs", "ce_ppo", lift=20.0, eval_seed=1000)
     make_seeded_runs(tmp_path / "runs", "ppo_scratch", lift=5.0, eval_seed=2000)
-    rows = {row.agent: row for row in compare([tmp_path / "runs"], tmp_path / "out", reference="ppo_scratch").robust.rows}
+    result = compare([tmp_path / "runs"], tmp_path / "out", reference="ppo_scratch", reps=100)
+    rows = {row.agent: row for row in result.robust.rows}
     assert rows["ce_ppo"].paired is None and rows["ce_ppo"].improvement.value == 1.0  # unpaired statistics stay
 
 
@@ -198,7 +201,18 @@ def test_compare_logs_its_tables_and_plots_to_wandb_offline(tmp_path, monkeypatc
     make_seeded_runs(tmp_path / "runs", "ce_ppo", lift=20.0, seeds=(0, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a failed W&B call would only warn
-        assert cli.main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--wandb", "--quiet"]) == 0
+        assert cli.main(["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--wandb", "--quiet",
+                                 "--bootstrap-reps", "100"]) == 0
     (offline,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
     logged = {p.name.split("_")[0] for p in offline.glob("files/media/*/compare/*")}
     assert {"agents", "robust", "performance", "final"} <= logged
+
+
+def test_pretraining_runs_get_their_own_row(tmp_path):
+    make_run(tmp_path / "runs", 0, 10.0, 0.2)
+    cfg = load_config("smoke", ["name="])
+    with Run.create(cfg, job_type="pretrain", root=tmp_path / "runs", name="pretrain-0") as run:
+        run.update_summary(metrics={"pretrain/valid_loss": 2.5})
+    stats = compare([tmp_path / "runs"], tmp_path / "out").stats
+    assert set(stats) == {"ce_ppo_kl", "ce_ppo_kl (pretrain)"}
+    assert "valid_loss" not in str(stats["ce_ppo_kl"]) and stats["ce_ppo_kl (pretrain)"]["pretrain/valid_loss"].n == 1

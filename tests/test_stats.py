@@ -170,7 +170,7 @@ def test_performance_profile_counts_runs_above_each_threshold():
     assert profile.fractions["b"].tolist() == [1.0, 1.0, 0.5, 0.0]
     assert (profile.lows["b"] <= profile.fractions["b"]).all() and (profile.fractions["b"] <= profile.highs["b"]).all()
     default = performance_profile({"a": [1.0, 2.0]}, reps=50)
-    assert default.taus[0] < 1.0 and default.taus[-1] > 2.0 and len(default.taus) == 101
+    assert default.taus[0] < 1.0 and default.taus[-1] > 2.0 and len(default.taus) == 51
 
 
 def test_paired_bootstrap_averages_seeds_per_user_then_resamples_users():
