@@ -74,6 +74,14 @@ def t_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(t_quantile(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
+def t_band95(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise mean and Student-t 95% half-width of ``curves`` (runs x points): a learning curve's band."""
+    ys = np.asarray(curves, dtype=np.float64)
+    if len(ys) < 2:
+        return ys.mean(axis=0), np.full(ys.shape[1:], math.nan)
+    return ys.mean(axis=0), t_quantile(len(ys) - 1) * ys.std(axis=0, ddof=1) / math.sqrt(len(ys))
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """Mean paired difference ``treatment - control`` and its 95% CI half-width."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from agents.registry import PRIVILEGED_MARK, display_name
-from agents.stats import BOOTSTRAP_REPS, t_ci95, t_quantile
+from agents.stats import BOOTSTRAP_REPS, t_band95, t_ci95
 from experiments import robust
 from experiments.config import flatten
 from experiments.robust import RobustReport, UserOutcomes
@@ -378,9 +378,8 @@ def band(runs: Sequence[Curve], num_points: int = 200) -> tuple[np.ndarray, np.n
     if hi <= lo:
         lo, hi = min(s[0] for s, _, _ in runs), max(s[-1] for s, _, _ in runs)
     grid = np.linspace(lo, hi, num_points)
-    ys = np.stack([np.interp(grid, s, v) for s, v, _ in runs])
-    half = t_quantile(len(runs) - 1) * ys.std(axis=0, ddof=1) / math.sqrt(len(runs))
-    return grid, ys.mean(axis=0), half
+    mean, half = t_band95(np.stack([np.interp(grid, s, v) for s, v, _ in runs]))
+    return grid, mean, half
 
 
 def plot_curves(records: Sequence[RunRecord], metric: str, path: Path) -> Path | None:
