@@ -71,6 +71,8 @@ def agent_info(name: str) -> AgentInfo:
 
 
 def display_name(name: str) -> str:
-    """``name`` with :data:`PRIVILEGED_MARK` appended when the agent is privileged."""
-    info = AGENT_INFO.get(name)
-    return f"{name}{PRIVILEGED_MARK}" if info is not None and info.privileged else name
+    """``name`` with :data:`PRIVILEGED_MARK` appended when the agent is privileged; a label such as
+    ``"oracle (seed=1)"`` (an agent and what set its runs apart) is marked after the agent's name."""
+    agent, sep, rest = name.partition(" (")
+    info = AGENT_INFO.get(agent)
+    return f"{agent}{PRIVILEGED_MARK}{sep}{rest}" if info is not None and info.privileged else name

@@ -14,6 +14,7 @@ left out and listed.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -131,12 +132,21 @@ def _label(agent: str, by: str, config: Mapping[str, Any], summary: Mapping[str,
     if by == "run":
         return path.name
     parts = []
+    defaults = _default_flat_config()
     for key in by.split(","):
-        if key not in config:
+        if key not in config and key not in defaults:
             raise CompareError(f"--by {key!r}: not a config key of run {path.name}; e.g. agent, seed, "
                                f"kl.coef, ppo.learning_rate")
-        parts.append(f"{key}={config[key]}")
+        # a run written before the key existed ran with what is now its default
+        parts.append(f"{key}={config.get(key, defaults.get(key))}")
     return f"{summary.get('experiment') or agent} ({', '.join(parts)})"
+
+
+@functools.cache
+def _default_flat_config() -> dict[str, Any]:
+    from experiments.config import ExperimentConfig
+
+    return ExperimentConfig().flat()
 
 
 def load_records(paths: Iterable[str | Path], by: str = "agent",

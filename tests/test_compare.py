@@ -216,3 +216,17 @@ def test_pretraining_runs_get_their_own_row(tmp_path):
     stats = compare([tmp_path / "runs"], tmp_path / "out").stats
     assert set(stats) == {"ce_ppo_kl", "ce_ppo_kl (pretrain)"}
     assert "valid_loss" not in str(stats["ce_ppo_kl"]) and stats["ce_ppo_kl (pretrain)"]["pretrain/valid_loss"].n == 1
+
+
+def test_runs_older_than_a_key_group_under_its_default_and_labels_keep_the_privileged_mark(tmp_path):
+    import yaml
+
+    from agents.registry import display_name
+
+    run = make_run(tmp_path / "runs", 0, 10.0, 0.2)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["ppo"]["keep_best"]  # written before ppo.keep_best existed
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert set(compare([run], tmp_path / "out", by="ppo.keep_best").stats) == {"ce_ppo_kl (ppo.keep_best=False)"}
+    assert display_name("oracle (seed=1)") == "oracle† (seed=1)" and display_name("oracle") == "oracle†"
+    assert display_name("ce_ppo (seed=1)") == "ce_ppo (seed=1)"
