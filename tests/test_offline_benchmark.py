@@ -43,3 +43,23 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
     assert bench.main([*args, "--merge-only"]) == summary
     with pytest.raises(SystemExit, match="was made from .*ml_tiny"):
         bench.load_seed(tmp_path / "seed_0", "/elsewhere")
+
+
+def test_recbole_atomic_files_become_a_movielens_folder(tmp_path):
+    from envs.movielens import load_movielens
+
+    path = Path(__file__).parent.parent / "benchmarks" / "recbole_to_movielens.py"
+    spec = importlib.util.spec_from_file_location("recbole_to_movielens", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    source = tmp_path / "atomic"
+    source.mkdir()
+    (source / "ml-100k.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                                         "1\tToy Story\t1995\tAnimation Children's Comedy\n2\tUnknown\t\tunknown\n")
+    (source / "ml-100k.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                          "7\t1\t4\t881250949\n7\t2\t3\t881250950\n8\t1\t5\t881250951\n")
+    assert module.convert(source, tmp_path / "out") == (3, 2)
+    data = load_movielens(tmp_path / "out")
+    assert (data.num_users, data.num_items, data.num_interactions) == (2, 2, 3)
+    assert data.titles[0] == "Toy Story" and data.years.tolist()[0] == 1995
+    assert data.genres[0] == ("Animation", "Children's", "Comedy")
