@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         results = {"popularity": evaluate_next_item(PopularityScorer.fit(split), split)}
         results["sasrec"] = run_sasrec(args, seed, split, log)
         results["llm"] = run_llm(args, seed, seed_dir, log)
-        save_seed(seed_dir, results, str(data.path))
+        save_seed(seed_dir, results, data_fingerprint(data))
         log(f"\nseed {seed}: {time.perf_counter() - t:.0f} s\n{format_table(results)}\n")
     if not args.skip_calibration and not args.merge_only:
         log_genre_calibration(args, data.num_items, log)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         sorted(int(p.parent.name.split("_")[1]) for p in out.glob(f"seed_*/{RESULT_FILE}"))
     if not seeds:
         raise SystemExit(f"no finished seed under {out} (each leaves seed_<s>/{RESULT_FILE})")
-    per_seed = {seed: load_seed(out / f"seed_{seed}", str(data.path)) for seed in seeds}
+    per_seed = {seed: load_seed(out / f"seed_{seed}", data_fingerprint(data)) for seed in seeds}
     summary = merge(per_seed)
     log(f"\ntotal time {time.perf_counter() - start:.0f} s\n")
     log(merged_table(summary, seeds))
@@ -159,20 +159,28 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     return summary
 
 
-def save_seed(seed_dir: Path, results: Mapping[str, EvaluationResult], data_path: str) -> Path:
+def data_fingerprint(data) -> str:
+    """What identifies a data set across machines and checkouts: its folder name and its size."""
+    return f"{Path(data.path).name}: {data.num_users} users, {data.num_items} items, {data.num_interactions} ratings"
+
+
+def save_seed(seed_dir: Path, results: Mapping[str, EvaluationResult], fingerprint: str) -> Path:
     """One seed's per-user test ranks of every model, written atomically (its presence marks the seed done)."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     first = next(iter(results.values()))
     with atomic_open(seed_dir / RESULT_FILE, "wb") as handle:
-        np.savez(handle, target_train_counts=first.target_train_counts, data=np.array(data_path),
+        np.savez(handle, target_train_counts=first.target_train_counts, data=np.array(fingerprint),
                  **{f"ranks/{name}": res.ranks for name, res in results.items()})
     return seed_dir / RESULT_FILE
 
 
-def load_seed(seed_dir: Path, data_path: str) -> dict[str, EvaluationResult]:
+def load_seed(seed_dir: Path, fingerprint: str) -> dict[str, EvaluationResult]:
     with np.load(seed_dir / RESULT_FILE) as archive:
-        if str(archive["data"]) != data_path:
-            raise SystemExit(f"{seed_dir / RESULT_FILE} was made from {archive['data']}, not {data_path}: "
+        saved = str(archive["data"])
+        if ":" not in saved:  # files of the first version kept the folder's path
+            saved = Path(saved).name
+        if saved != fingerprint.split(":")[0] and saved != fingerprint:
+            raise SystemExit(f"{seed_dir / RESULT_FILE} was made from {saved!r}, not {fingerprint!r}: "
                              "give another --out for another data set")
         counts = archive["target_train_counts"]
         return {name: EvaluationResult(archive[f"ranks/{name}"], counts) for name in MODELS}
