@@ -271,6 +271,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     seeds = getattr(args, "seeds", None) or list(cfg.seeds)
     if seeds:
         return launch_seeds(args, cfg, seeds)
+    if args.command == "train" and (args.workers != 1 or args.backend != "local"):
+        raise ConfigError(f"--workers {args.workers} / --backend {args.backend} apply only to a multi-seed launch: "
+                          "add --seeds (e.g. --seeds 0-4) or the config key seeds")
     with Run.create(cfg, job_type=args.command) as run:
         _say(args, f"run folder: {run.path}")
         jobs.JOBS[args.command](cfg, run)

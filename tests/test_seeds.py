@@ -54,3 +54,5 @@ def test_bad_seeds_fail_in_one_line(capsys):
         cli.main(["train", "--seeds", "0-x"])
     assert "--seeds '0-x': expected a range (0-4), a list (0,1,2) or one seed" in capsys.readouterr().err
     assert seeds_sweep("video", [3, 1], "g")["parameters"] == {"seed": {"values": [3, 1]}}
+    assert cli.main(["train", *FAST, "--workers", "2"]) == 2  # nothing silent: --workers alone would be ignored
+    assert "--workers 2 / --backend local apply only to a multi-seed launch: add --seeds" in capsys.readouterr().err
