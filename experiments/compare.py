@@ -212,13 +212,18 @@ def run_values(records: Sequence[RunRecord]) -> tuple[dict[str, dict[str, list[f
 
 def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, AgentStat]]:
     """``{agent label: {metric: AgentStat}}`` over runs: the run's own agent and the agents it evaluated."""
-    values, within = run_values(records)
+    return stats_of(*run_values(records))
+
+
+def stats_of(values: Mapping[str, Mapping[str, list[float]]],
+             within: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, AgentStat]]:
+    """:func:`aggregate` from :func:`run_values`' output."""
     stats: dict[str, dict[str, AgentStat]] = {}
     for label, metrics in values.items():
         stats[label] = {}
         for metric, xs in metrics.items():
             mean, half = t_ci95(xs)
-            if len(xs) == 1 and metric in within[label]:
+            if len(xs) == 1 and metric in within.get(label, {}):
                 half = within[label][metric]
             stats[label][metric] = AgentStat(mean, half, len(xs))
     return stats
@@ -294,15 +299,16 @@ def markdown_table(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequen
 
 def write_csv(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequence[str], agents: Sequence[str],
               path: Path) -> Path:
+    rows = [[agent, metric, repr(stat.mean), "" if not math.isfinite(stat.ci95) else repr(stat.ci95), stat.n]
+            for agent in agents for metric in metrics if (stat := stats[agent].get(metric)) is not None]
+    return write_rows(path, ["agent", "metric", "mean", "ci95", "n"], rows)
+
+
+def write_rows(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["agent", "metric", "mean", "ci95", "n"])
-        for agent in agents:
-            for metric in metrics:
-                stat = stats[agent].get(metric)
-                if stat is not None:
-                    writer.writerow([agent, metric, repr(stat.mean), "" if not math.isfinite(stat.ci95)
-                                     else repr(stat.ci95), stat.n])
+        writer.writerow(columns)
+        writer.writerows(rows)
     return path
 
 
@@ -433,7 +439,8 @@ def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent",
     if reps < 10:
         raise CompareError(f"--bootstrap-reps {reps}: use at least 10 resamples (2000 is the default)")
     records, skipped = load_records(paths, by=by, allow_mixed_envs=allow_mixed_envs)
-    stats = aggregate(records)
+    values, within = run_values(records)
+    stats = stats_of(values, within)
     metrics = metric_order(stats)
     if metric not in metrics:
         raise CompareError(f"--metric {metric!r} is not a metric of these runs; available: {', '.join(metrics)}")
@@ -442,7 +449,6 @@ def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent",
     out = Path(out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     seeds = sorted({r.seed for r in records})
-    values, _ = run_values(records)
     scores = {label: values[label][metric] for label in agents if metric in stats[label]}
     try:
         report = robust.robust_report(scores, user_outcomes(records, metric), metric, reference, reps=reps)
@@ -469,14 +475,6 @@ def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent",
     if wandb:
         result.wandb_url = log_comparison(result, out)
     return result
-
-
-def write_rows(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    return path
 
 
 def log_comparison(result: Comparison, out: Path) -> str | None:
