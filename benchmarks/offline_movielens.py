@@ -177,9 +177,7 @@ def save_seed(seed_dir: Path, results: Mapping[str, EvaluationResult], fingerpri
 def load_seed(seed_dir: Path, fingerprint: str) -> dict[str, EvaluationResult]:
     with np.load(seed_dir / RESULT_FILE) as archive:
         saved = str(archive["data"])
-        if ":" not in saved:  # files of the first version kept the folder's path
-            saved = Path(saved).name
-        if saved != fingerprint.split(":")[0] and saved != fingerprint:
+        if saved != fingerprint:
             raise SystemExit(f"{seed_dir / RESULT_FILE} was made from {saved!r}, not {fingerprint!r}: "
                              "give another --out for another data set")
         counts = archive["target_train_counts"]
