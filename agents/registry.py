@@ -33,6 +33,16 @@ class AgentInfo:
     description: str
     """one line for ``--help`` and the README"""
 
+    @property
+    def checkpoint(self) -> Literal["llm_policy", "sb3_zip", "slateq"] | None:
+        """What a trained or pretrained policy of this agent is saved as: an LLM policy folder
+        (``save_pretrained``), an SB3 ``.zip``, a SlateQ ``.pt``; None for agents with nothing to load."""
+        if self.trainer == "slateq":
+            return "slateq"
+        if self.name == "ppo_mlp":
+            return "sb3_zip"
+        return "llm_policy" if self.from_pretrained or self.trainer == "ppo" else None
+
 
 AGENT_INFO: dict[str, AgentInfo] = {row.name: row for row in (
     AgentInfo("random", "none", False, False, "uniformly random slates"),

@@ -235,7 +235,10 @@ def read_config_file(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> 
     if path in _seen:
         raise ConfigError(f"config {path} extends itself (cycle: {' -> '.join(map(str, _seen + (path,)))})")
     with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
     base = data.pop("extends", None)
@@ -244,6 +247,14 @@ def read_config_file(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> 
     base_path = Path(base) if Path(base).is_absolute() or Path(base).exists() else path.parent / str(base)
     parent = read_config_file(base_path if base_path.suffix else base, _seen + (path,))
     return deep_merge(parent, data)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line from a YAML error: what is wrong and where (``line 3, column 1``)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def load_config(name_or_path: str | Path | None = "default", overrides: Sequence[str] = (),

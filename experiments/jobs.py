@@ -47,6 +47,7 @@ from agents.slateq import train_slateq
 from envs.atomic_file import atomic_open
 from envs.registration import make_core
 from experiments.config import ConfigError, ExperimentConfig
+from experiments.preflight import check_files, resolve_checkpoint
 from llm_policy.device import resolve_device
 from llm_policy.pretrain import pretrain
 from llm_policy.text_encoder import ItemTextEncoder, resolve_text_encoder
@@ -83,6 +84,7 @@ def check_config(job: str, cfg: ExperimentConfig) -> None:
         listed = "; ".join(f"{', '.join(keys)} ({why})" for why, keys in by_reason.items())
         defaults = ", ".join(f"{key}={default!r}" for key, (_, default, _) in ignored.items())
         raise ConfigError(f"`{command}` would ignore {listed}; remove them or set their defaults: {defaults}")
+    check_files(job, cfg)
 
 
 def ignored_keys(job: str, cfg: ExperimentConfig) -> dict[str, tuple[Any, Any, str]]:
@@ -320,7 +322,8 @@ def train_slateq_agent(cfg: ExperimentConfig, run: Any, device: torch.device) ->
 def run_eval(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     """Evaluate ``cfg.agent`` (from ``eval.checkpoint`` when it is learned) and ``eval.baselines`` on fresh users."""
     check_config("eval", cfg)
-    return _evaluate(cfg, run, checkpoint=cfg.eval.checkpoint)
+    checkpoint = None if cfg.eval.checkpoint is None else resolve_checkpoint(cfg.eval.checkpoint, cfg.agent)
+    return _evaluate(cfg, run, checkpoint=checkpoint)
 
 
 def _evaluate(cfg: ExperimentConfig, run: Any, checkpoint: str | None = None,
@@ -393,12 +396,8 @@ def agent_spec(name: str, checkpoint: str | None, seed: int) -> Any:
     """What ``agents.evaluate.evaluate_agent`` takes: a baseline name, or a factory ``core -> Agent``."""
     if checkpoint is None:
         return name
-    if name == "slateq":
-        kind = "slateq"
-    elif name == "pctr_greedy" or (Path(checkpoint).is_dir() and (Path(checkpoint) / "config.json").exists()):
-        kind = "pctr_greedy"  # a save_pretrained folder of the LLM policy, used greedily
-    else:
-        kind = "ppo_mlp"  # an SB3 PPO .zip
+    # an LLM policy folder is used greedily (as pctr_greedy); a .zip is SB3 PPO's; a .pt SlateQ's
+    kind = {"llm_policy": "pctr_greedy", "sb3_zip": "ppo_mlp", "slateq": "slateq"}[agent_info(name).checkpoint]
     return lambda core: make_baseline(kind, core, seed=seed, path=checkpoint)
 
 
