@@ -9,6 +9,11 @@ evaluator reports (``<metric>_ci95``) is shown instead, and flagged ``n=1``.
 Input: run folders (``summary.json`` + ``metrics.jsonl``, see ``experiments.run``) or
 any folder holding them (a sweep folder, ``runs/``). Failed or unfinished runs are
 left out and listed.
+
+Rows are agents: runs of one agent pool into one row (split further by ``--by`` keys),
+runs of different agents never share one. The experiment names of a row's runs (config
+``name``) are a column of the tables, not the row key. A requested metric or curve that
+none of the runs has is a :class:`CompareError` raised before anything is written.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ MAIN_METRICS = ("return", "retention", "sessions", "ctr", "consumption", "final_
 """Shown first, in this order; bar plots use the first three present: long-term return, retention, CTR."""
 BAR_METRICS = ("return", "retention", "sessions", "ctr")
 DEFAULT_CURVE = "heldout/return"
+FALLBACK_CURVE = "charts/episodic_return"
+"""the curve of runs without periodic evaluation, used only when the default curve was asked for"""
 CURVE_LABELS = {
     "heldout/return": "long-term return on fixed held-out users",
     "charts/episodic_return": "return of the lives that ended (secondary)",
@@ -71,6 +78,8 @@ class RunRecord:
     metrics: dict[str, float]
     agents: dict[str, dict[str, float]]
     config: dict[str, Any] = field(default_factory=dict)
+    experiment: str = ""
+    """the experiment name (config ``name``); empty for an unnamed run"""
 
 
 @dataclass
@@ -83,6 +92,8 @@ class Comparison:
     records: list[RunRecord]
     skipped: list[tuple[Path, str]]
     markdown: str = ""
+    experiments: dict[str, str] = field(default_factory=dict)
+    """``{row label: experiment names of its runs}`` (:func:`experiment_names`)"""
     robust: RobustReport | None = None
     """IQM, probability of improvement, paired differences and the performance profile (``experiments.robust``)"""
     files: list[Path] = field(default_factory=list)
@@ -108,6 +119,7 @@ def find_runs(paths: Iterable[str | Path], max_depth: int = 3) -> list[Path]:
 
 
 def load_record(path: Path, by: str = "agent") -> RunRecord:
+    """One run folder; its row label is the agent plus the ``by`` keys (see :func:`_label`)."""
     summary = read_json(path / "summary.json")
     try:
         import yaml
@@ -116,7 +128,8 @@ def load_record(path: Path, by: str = "agent") -> RunRecord:
     except OSError:
         config = {}
     agent = str(summary.get("agent", config.get("agent", "?")))
-    label = str(summary.get("experiment") or agent) if by == "agent" else _label(agent, by, config, summary, path)
+    experiment = _experiment_name(agent, config, summary)
+    label = _label(agent, by, config, experiment, path)
     if summary.get("job_type") == "pretrain":  # its metrics are the pretraining's, not the agent's evaluation
         label += " (pretrain)"
     return RunRecord(path=path, env=str(summary.get("env", config.get("env.id", "?"))), label=label, agent=agent,
@@ -125,21 +138,42 @@ def load_record(path: Path, by: str = "agent") -> RunRecord:
                      metrics={k: float(v) for k, v in dict(summary.get("metrics", {})).items() if _is_number(v)},
                      agents={a: {k: float(v) for k, v in dict(m).items() if _is_number(v)}
                              for a, m in dict(summary.get("agents", {}) or {}).items()},
-                     config=config)
+                     config=config, experiment=experiment)
 
 
-def _label(agent: str, by: str, config: Mapping[str, Any], summary: Mapping[str, Any], path: Path) -> str:
+EXPERIMENT_KEYS = ("experiment", "name")
+"""``--by`` keys that split rows by experiment name"""
+
+
+def _experiment_name(agent: str, config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    if "name" in config:
+        return str(config["name"] or "")
+    # without config.yaml: summary.json records an unnamed run's experiment as its agent
+    name = str(summary.get("experiment") or "")
+    return "" if name == agent else name
+
+
+def _label(agent: str, by: str, config: Mapping[str, Any], experiment: str, path: Path) -> str:
+    """The row key: the agent, then the ``by`` keys that split its runs, e.g. ``ce_ppo (kl.coef=0.1)``.
+
+    It always starts with the agent's name, so runs of different agents never share a row and a run's
+    own row cannot be taken for the row of an agent it evaluated beside it (those are bare agent names)."""
     if by == "run":
-        return path.name
+        return f"{agent} (run={path.name})"
     parts = []
     defaults = _default_flat_config()
-    for key in by.split(","):
+    for key in (k.strip() for k in by.split(",")):
+        if key == "agent":
+            continue
+        if key in EXPERIMENT_KEYS:
+            parts.append(f"{key}={experiment}")
+            continue
         if key not in config and key not in defaults:
-            raise CompareError(f"--by {key!r}: not a config key of run {path.name}; e.g. agent, seed, "
+            raise CompareError(f"--by {key!r}: not a config key of run {path.name}; e.g. agent, experiment, seed, "
                                f"kl.coef, ppo.learning_rate")
         # a run written before the key existed ran with what is now its default
         parts.append(f"{key}={config.get(key, defaults.get(key))}")
-    return f"{summary.get('experiment') or agent} ({', '.join(parts)})"
+    return f"{agent} ({', '.join(parts)})" if parts else agent
 
 
 @functools.cache
@@ -189,7 +223,10 @@ def _strip(name: str) -> str:
 
 
 def agent_tables(record: RunRecord) -> list[tuple[str, str, dict[str, float]]]:
-    """``(label, agent name, metrics)`` of the run's own agent and of each agent it evaluated beside it."""
+    """``(label, agent name, metrics)`` of the run's own agent and of each agent it evaluated beside it.
+
+    The agents evaluated beside it are rows by their name alone (not split by ``--by`` keys); an entry
+    for the run's own agent is left out (its row is the run's own)."""
     tables = [(record.label, record.agent, {_strip(k): v for k, v in record.metrics.items()})]
     return tables + [(name, name, row) for name, row in record.agents.items() if name != record.agent]
 
@@ -208,6 +245,16 @@ def run_values(records: Sequence[RunRecord]) -> tuple[dict[str, dict[str, list[f
                 else:
                     values[label][metric].append(value)
     return values, within
+
+
+def experiment_names(records: Sequence[RunRecord]) -> dict[str, str]:
+    """``{label: the experiment names of the runs in that row}``, comma-separated in the runs' order."""
+    names: dict[str, dict[str, None]] = defaultdict(dict)
+    for record in records:
+        if record.experiment:
+            for label, _, _ in agent_tables(record):
+                names[label].setdefault(record.experiment, None)
+    return {label: ", ".join(found) for label, found in names.items()}
 
 
 def aggregate(records: Sequence[RunRecord]) -> dict[str, dict[str, AgentStat]]:
@@ -275,9 +322,14 @@ def _fmt(x: float) -> str:
 
 
 def markdown_table(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequence[str],
-                   agents: Sequence[str]) -> str:
-    header = ["agent", "n", *metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---", "---:"] + ["---:"] * len(metrics)) + "|"]
+                   agents: Sequence[str], experiments: Mapping[str, str] | None = None) -> str:
+    """One row per agent label: runs ``n`` and mean ± 95% CI per metric; an ``experiment`` column after the
+    agent when any of the rows' runs was named (``experiments``: :func:`experiment_names`)."""
+    experiments = experiments or {}
+    named = any(experiments.get(agent) for agent in agents)
+    header = ["agent", *(["experiment"] if named else []), "n", *metrics]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([":---", *([":---"] if named else []), "---:"] + ["---:"] * len(metrics)) + "|"]
     for agent in agents:
         row = stats[agent]
         n = max((s.n for s in row.values()), default=0)
@@ -290,18 +342,25 @@ def markdown_table(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequen
                 cells.append(f"{_fmt(stat.mean)} ± {_fmt(stat.ci95)}")
             else:
                 cells.append(_fmt(stat.mean))
-        lines.append("| " + " | ".join([display_name(agent), str(n), *cells]) + " |")
+        names = [experiments.get(agent, "")] if named else []
+        lines.append("| " + " | ".join([display_name(agent), *names, str(n), *cells]) + " |")
     if any(display_name(agent) != agent for agent in agents):
         lines.append(f"\n{PRIVILEGED_MARK} privileged: reads the simulator's hidden state or true model (a reference, "
                      "not a deployable recommender)")
     return "\n".join(lines)
 
 
+CSV_COLUMNS = ("agent", "experiment", "metric", "mean", "ci95", "n")
+"""columns of ``compare.csv`` (and of the W&B table ``compare/agents``)"""
+
+
 def write_csv(stats: Mapping[str, Mapping[str, AgentStat]], metrics: Sequence[str], agents: Sequence[str],
-              path: Path) -> Path:
-    rows = [[agent, metric, repr(stat.mean), "" if not math.isfinite(stat.ci95) else repr(stat.ci95), stat.n]
+              path: Path, experiments: Mapping[str, str] | None = None) -> Path:
+    experiments = experiments or {}
+    rows = [[agent, experiments.get(agent, ""), metric, repr(stat.mean),
+             "" if not math.isfinite(stat.ci95) else repr(stat.ci95), stat.n]
             for agent in agents for metric in metrics if (stat := stats[agent].get(metric)) is not None]
-    return write_rows(path, ["agent", "metric", "mean", "ci95", "n"], rows)
+    return write_rows(path, CSV_COLUMNS, rows)
 
 
 def write_rows(path: Path, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
@@ -398,8 +457,36 @@ def band(runs: Sequence[Curve], num_points: int = 200) -> tuple[np.ndarray, np.n
     return grid, mean, half
 
 
-def plot_curves(records: Sequence[RunRecord], metric: str, path: Path) -> Path | None:
+def logged_metrics(records: Sequence[RunRecord]) -> list[str]:
+    """The metrics.jsonl keys that the runs logged with a step and a number (curve candidates), sorted."""
+    names = {key for record in records for row in read_metrics(record.path) if row.get("step") is not None
+             for key, value in row.items() if key not in ("step", "time") and not key.endswith("_ci95")
+             and _is_number(value)}
+    return sorted(names, key=lambda m: (m.count("/") == 0, m))
+
+
+def choose_curves(records: Sequence[RunRecord], metric: str) -> tuple[str, dict[str, list[Curve]]]:
+    """``(metric plotted, curve_data)``: ``metric``, or for the default one only :data:`FALLBACK_CURVE` when
+    no run logged it (then possibly no curves: evaluation runs log none). Raises CompareError when
+    another ``metric`` is logged by none of the runs, naming those they logged."""
     curves = curve_data(records, metric)
+    if curves:
+        return metric, curves
+    if metric == DEFAULT_CURVE:
+        return FALLBACK_CURVE, curve_data(records, FALLBACK_CURVE)
+    available = logged_metrics(records)
+    runs = f"{len(records)} run{'s' if len(records) != 1 else ''}"
+    raise CompareError(f"--curve-metric {metric!r} is logged by none of the {runs}; available: "
+                       + (", ".join(available) or "none (their metrics.jsonl hold no metric logged with a step)"))
+
+
+def plot_curves(records: Sequence[RunRecord], metric: str, path: Path) -> Path | None:
+    """``path``: the learning curves of ``metric`` per label (:func:`plot_curve_data`); None if no run logged it."""
+    return plot_curve_data(curve_data(records, metric), metric, path)
+
+
+def plot_curve_data(curves: Mapping[str, Sequence[Curve]], metric: str, path: Path) -> Path | None:
+    """Mean and 95% CI band per label of :func:`curve_data`'s curves against environment steps."""
     if not curves:
         return None
     plt = _pyplot()
@@ -432,9 +519,13 @@ def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent",
     """Load, aggregate and write ``compare.md``, ``compare.csv``, ``compare_robust.csv`` and ``plots/*.png``
     under ``out_dir`` (and, with ``wandb``, the tables and plots to a W&B run of job type ``compare``).
 
-    ``metric`` is the score of the robust aggregates (IQM, probability of improvement over ``reference``,
-    paired differences, performance profile); ``reference`` defaults to ``pctr_greedy``, else ``random``;
-    ``reps`` bootstrap resamples per interval.
+    Rows are agents, split further by the ``by`` keys (``run``, ``experiment`` or config keys); the
+    experiment names of each row's runs are a column. ``metric`` is the score of the robust aggregates
+    (IQM, probability of improvement over ``reference``, paired differences, performance profile);
+    ``reference`` (an agent or row label) defaults to ``pctr_greedy``, else ``random``; ``reps`` bootstrap
+    resamples per interval. ``curve_metric``, ``metric`` and the ``bar_metrics`` (unless the default ones)
+    must be logged by at least one run: else a CompareError names the available ones, before ``out_dir``
+    is written.
     """
     if reps < 10:
         raise CompareError(f"--bootstrap-reps {reps}: use at least 10 resamples (2000 is the default)")
@@ -442,39 +533,73 @@ def compare(paths: Iterable[str | Path], out_dir: str | Path, by: str = "agent",
     values, within = run_values(records)
     stats = stats_of(values, within)
     metrics = metric_order(stats)
+    metric = _strip(metric)
     if metric not in metrics:
         raise CompareError(f"--metric {metric!r} is not a metric of these runs; available: {', '.join(metrics)}")
+    bar_metrics = _check_bar_metrics(bar_metrics, metrics, len(records))
+    curve_metric, curves = choose_curves(records, curve_metric)
     agents = sort_agents(stats, metric)
-    env = records[0].env if len({r.env for r in records}) == 1 else "mixed environments"
-    out = Path(out_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    seeds = sorted({r.seed for r in records})
+    experiments = experiment_names(records)
     scores = {label: values[label][metric] for label in agents if metric in stats[label]}
+    reference = _resolve_reference(reference, records, scores)
     try:
-        report = robust.robust_report(scores, user_outcomes(records, metric), metric, reference, reps=reps)
+        report = robust.robust_report(scores, user_outcomes(records, metric), metric, reference, reps=reps,
+                                      experiments=experiments)
     except ValueError as exc:
         raise CompareError(str(exc)) from None
-    table = markdown_table(stats, metrics, agents)
+    env = records[0].env if len({r.env for r in records}) == 1 else "mixed environments"
+    seeds = sorted({r.seed for r in records})
+    table = markdown_table(stats, metrics, agents, experiments)
     markdown = (f"## {env}: {len(records)} run(s), seeds {', '.join(map(str, seeds))}\n\n{table}\n\n"
                 "mean ± 95% CI (Student t across seeds; with n = 1 the evaluator's CI over users)\n\n"
                 + robust.markdown(report))
+    if not curves:
+        markdown += f"\nno learning curves: none of the runs logged {DEFAULT_CURVE} or {FALLBACK_CURVE}\n"
     if skipped:
         markdown += "\nleft out: " + ", ".join(f"{p.name} ({why})" for p, why in skipped) + "\n"
     result = Comparison(env=env, stats=stats, metrics=metrics, records=records, skipped=skipped, markdown=markdown,
-                        robust=report)
+                        experiments=experiments, robust=report)
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(markdown)
-    result.files = [out / "compare.md", write_csv(stats, metrics, agents, out / "compare.csv"),
+    result.files = [out / "compare.md", write_csv(stats, metrics, agents, out / "compare.csv", experiments),
                     write_rows(out / "compare_robust.csv", robust.CSV_COLUMNS, robust.csv_rows(report))]
-    curves = plot_curves(records, curve_metric, out / "plots" / "learning_curves.png")
-    if curves is None and curve_metric == DEFAULT_CURVE:  # runs without periodic evaluation: the secondary curve
-        curves = plot_curves(records, "charts/episodic_return", out / "plots" / "learning_curves.png")
-    for plot in (curves, plot_bars(stats, out / "plots" / "final_metrics.png", bar_metrics, title=env),
+    for plot in (plot_curve_data(curves, curve_metric, out / "plots" / "learning_curves.png"),
+                 plot_bars(stats, out / "plots" / "final_metrics.png", bar_metrics, title=env),
                  robust.plot_profile(report, out / "plots" / "performance_profile.png", title=f"{env}: performance profile of {metric}")):
         if plot is not None:
             result.files.append(plot)
     if wandb:
         result.wandb_url = log_comparison(result, out)
     return result
+
+
+def _check_bar_metrics(names: Sequence[str], metrics: Sequence[str], runs: int) -> list[str]:
+    """The bar-chart metrics (``eval/`` prefix dropped); the default ones plot those present, a name asked
+    for that no run has is a CompareError naming the available ones."""
+    bars = [_strip(name.strip()) for name in names if name.strip()]
+    if tuple(bars) == BAR_METRICS:
+        return bars
+    missing = [name for name in bars if name not in metrics]
+    if not bars or missing:
+        what = (f"{', '.join(map(repr, missing))} {'is' if len(missing) == 1 else 'are'} a metric of none of the "
+                f"{runs} run{'s' if runs != 1 else ''}") if missing else "names no metric"
+        raise CompareError(f"--metrics {what}; available: {', '.join(metrics)}")
+    return bars
+
+
+def _resolve_reference(reference: str | None, records: Sequence[RunRecord],
+                       scores: Mapping[str, Sequence[float]]) -> str | None:
+    """``reference`` as a row label: itself when a row has that label, else the one row of that agent
+    (with ``--by`` keys a row label is ``agent (key=value)``); several rows of it is a CompareError."""
+    if reference is None or reference in scores:
+        return reference
+    rows = sorted({label for record in records for label, name, _ in agent_tables(record)
+                   if name == reference and label in scores})
+    if len(rows) > 1:
+        raise CompareError(f"--reference {reference!r} names {len(rows)} rows ({', '.join(rows)}); "
+                           "pass one of them")
+    return rows[0] if rows else reference  # none: robust.choose_reference names the rows
 
 
 def log_comparison(result: Comparison, out: Path) -> str | None:
@@ -485,9 +610,9 @@ def log_comparison(result: Comparison, out: Path) -> str | None:
                               tags=[result.env.split("/")[-1], "compare"], run_dir=out,
                               config={"runs": [str(r.path) for r in result.records], "metric": result.robust.metric,
                                       "reference": result.robust.reference})
-    rows = [[agent, metric, stat.mean, stat.ci95, stat.n] for agent, row in result.stats.items()
-            for metric, stat in row.items()]
-    logger.log_table("compare/agents", ["agent", "metric", "mean", "ci95", "n"], rows)
+    rows = [[agent, result.experiments.get(agent, ""), metric, stat.mean, stat.ci95, stat.n]
+            for agent, row in result.stats.items() for metric, stat in row.items()]
+    logger.log_table("compare/agents", CSV_COLUMNS, rows)
     logger.log_table("compare/robust", robust.CSV_COLUMNS, robust.csv_rows(result.robust))
     for path in result.files:
         if path.suffix == ".png":

@@ -68,6 +68,8 @@ class RobustRow:
     """P(a run of this agent beats a run of the reference)"""
     paired: PairedDifference | None = None
     """this agent minus the reference on the same users; None where no evaluation users match"""
+    experiment: str = ""
+    """the experiment names of the agent's runs (a column, not part of the row key)"""
 
 
 @dataclass
@@ -106,12 +108,13 @@ def match_pairs(treatment: Sequence[UserOutcomes], control: Sequence[UserOutcome
 
 def robust_report(scores: Mapping[str, Sequence[float]], outcomes: Mapping[str, Sequence[UserOutcomes]],
                   metric: str, reference: str | None = None, reps: int = BOOTSTRAP_REPS,
-                  seed: int = 0) -> RobustReport:
+                  seed: int = 0, experiments: Mapping[str, str] | None = None) -> RobustReport:
     """IQM, probability of improvement over the reference and paired differences, per agent.
 
     ``scores[agent]`` holds one ``metric`` value per run; ``outcomes[agent]`` the per-user values of
-    the runs that kept them.
+    the runs that kept them; ``experiments[agent]`` the experiment names of its runs (a CSV column).
     """
+    experiments = experiments or {}
     reference = choose_reference(list(scores), reference)
     iqms = iqm_ci95(scores, reps=reps, seed=seed)
     rows = []
@@ -124,7 +127,7 @@ def robust_report(scores: Mapping[str, Sequence[float]], outcomes: Mapping[str, 
             if treated:
                 paired = paired_difference(treated, controls)
         rows.append(RobustRow(agent, sum(math.isfinite(v) for v in values), mean, half, iqms[agent], improvement,
-                              paired))
+                              paired, experiments.get(agent, "")))
     profile = performance_profile(scores, reps=min(reps, PROFILE_REPS), seed=seed)
     return RobustReport(metric, reference, rows, profile)
 
@@ -180,7 +183,7 @@ def markdown(report: RobustReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = ("agent", "privileged", "runs", "mean", "ci95", "iqm", "iqm_low", "iqm_high", "reference",
+CSV_COLUMNS = ("agent", "experiment", "privileged", "runs", "mean", "ci95", "iqm", "iqm_low", "iqm_high", "reference",
                "p_improvement", "p_improvement_low", "p_improvement_high", "paired_diff", "paired_ci95",
                "paired_runs")
 
@@ -192,7 +195,7 @@ def csv_rows(report: RobustReport) -> list[list[Any]]:
         poi = row.improvement
         improvement = (poi.value, poi.low, poi.high) if poi else (None, None, None)
         paired = (row.paired.diff, row.paired.ci95, len(row.paired.per_seed)) if row.paired else (None, None, None)
-        out.append([row.agent, display_name(row.agent) != row.agent, row.runs, row.mean, row.ci95,
+        out.append([row.agent, row.experiment, display_name(row.agent) != row.agent, row.runs, row.mean, row.ci95,
                     row.iqm.value, row.iqm.low, row.iqm.high, report.reference, *improvement, *paired])
     return out
 

@@ -20,8 +20,8 @@ T_975_DF2 = 4.302652729911275
 
 def make_run(root: Path, seed: int, final_return: float, ctr: float, *, env: str = "longrec/Video-v0",
              agent: str = "ce_ppo_kl", curve: tuple[float, ...] = (1.0, 2.0, 3.0),
-             baselines: dict | None = None) -> Path:
-    cfg = load_config("smoke", [f"seed={seed}", f"env.id={env}", f"agent={agent}", "name="])
+             baselines: dict | None = None, name: str = "") -> Path:
+    cfg = load_config("smoke", [f"seed={seed}", f"env.id={env}", f"agent={agent}", f"name={name}"])
     with Run.create(cfg, job_type="train", root=root, name=f"{agent}-{seed}-{env.split('/')[-1]}") as run:
         for i, value in enumerate(curve):
             run.log({"charts/episodic_return": value}, step=100 * (i + 1))
@@ -122,6 +122,77 @@ def test_cli_compare_prints_table_and_reports_errors(tmp_path, capsys):
     assert "compare.csv" in out and (runs / "compare" / "plots" / "final_metrics.png").exists()
     assert cli.main(["compare", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_runs_of_different_agents_never_share_a_row_and_the_experiment_is_a_column(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, 0, 10.0, 0.2, name="smoke", baselines={"random": {"return": 2.0, "ctr": 0.1}})
+    make_run(runs, 1, 14.0, 0.4, name="smoke")
+    make_run(runs, 2, 12.0, 0.3, name="quickstart")
+    make_run(runs, 0, 4.0, 0.1, agent="random", name="smoke", curve=())
+    result = compare([runs], tmp_path / "out", reps=100)
+    # two ce_ppo_kl trainings and a random evaluation all named "smoke" used to pool into one "smoke" row (n=3)
+    assert set(result.stats) == {"ce_ppo_kl", "random"}
+    assert (result.stats["ce_ppo_kl"]["return"].mean, result.stats["ce_ppo_kl"]["return"].n) == (12.0, 3)
+    # random: its own evaluation run and the baseline evaluated beside the first training
+    assert (result.stats["random"]["return"].mean, result.stats["random"]["return"].n) == (3.0, 2)
+    assert result.experiments == {"ce_ppo_kl": "smoke, quickstart", "random": "smoke"}
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| agent | experiment | n | return | ctr |" in md
+    assert "| ce_ppo_kl | smoke, quickstart | 3 | 12.0 ± " in md and "| random | smoke | 2 | 3.000 ± " in md
+    with open(tmp_path / "out" / "compare.csv") as fh:
+        rows = {(r["agent"], r["metric"]): r for r in csv.DictReader(fh)}
+    assert rows[("ce_ppo_kl", "return")]["experiment"] == "smoke, quickstart"
+    assert rows[("random", "ctr")]["experiment"] == "smoke" and rows[("random", "ctr")]["n"] == "2"
+    with open(tmp_path / "out" / "compare_robust.csv") as fh:
+        robust_rows = {r["agent"]: r for r in csv.DictReader(fh)}
+    assert robust_rows["ce_ppo_kl"]["experiment"] == "smoke, quickstart" and robust_rows["random"]["reference"] == "random"
+    assert float(robust_rows["ce_ppo_kl"]["p_improvement"]) == 1.0  # every ce_ppo_kl run beats every random one
+
+    # --by experiment splits an agent's runs by name; the baselines evaluated beside a run stay rows by name
+    split = compare([runs], tmp_path / "out2", by="experiment", reps=100)
+    assert set(split.stats) == {"ce_ppo_kl (experiment=smoke)", "ce_ppo_kl (experiment=quickstart)",
+                                "random (experiment=smoke)", "random"}
+    assert split.stats["ce_ppo_kl (experiment=smoke)"]["return"].mean == 12.0
+    assert split.experiments["ce_ppo_kl (experiment=quickstart)"] == "quickstart"
+    with pytest.raises(CompareError, match=r"--reference 'ce_ppo_kl' names 2 rows \(ce_ppo_kl \(experiment=quick"):
+        compare([runs], tmp_path / "out3", by="experiment", reference="ce_ppo_kl", reps=100)
+    # a reference given by agent name resolves to the one row of that agent
+    one = compare([runs / "ce_ppo_kl-2-Video-v0", runs / "random-0-Video-v0"], tmp_path / "out4", by="run",
+                  reference="random", reps=100)
+    assert one.robust.reference == "random (run=random-0-Video-v0)"
+    assert set(one.stats) == {"ce_ppo_kl (run=ce_ppo_kl-2-Video-v0)", "random (run=random-0-Video-v0)"}
+
+
+def test_a_run_named_like_another_agent_keeps_its_own_row(tmp_path):
+    # experiment "myopic" of a ce_ppo_kl run, which also evaluated the myopic baseline
+    make_run(tmp_path / "runs", 0, 10.0, 0.2, name="myopic", baselines={"myopic": {"return": 6.0, "ctr": 0.5}})
+    stats = compare([tmp_path / "runs"], tmp_path / "out", reps=100).stats
+    assert set(stats) == {"ce_ppo_kl", "myopic"}
+    assert (stats["ce_ppo_kl"]["return"].mean, stats["myopic"]["return"].mean) == (10.0, 6.0)
+    assert stats["myopic"]["return"].n == 1
+
+
+def test_cli_compare_rejects_what_no_run_logged_before_writing(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    make_run(runs, 0, 10.0, 0.2, curve=(1.0, 2.0))
+    make_run(runs, 1, 14.0, 0.4, curve=(3.0, 4.0))
+    cases = [("--curve-metric", "charts/nope", "--curve-metric 'charts/nope' is logged by none of the 2 runs; "
+              "available: charts/episodic_return"),
+             ("--metrics", "return,foo", "--metrics 'foo' is a metric of none of the 2 runs; available: return, ctr"),
+             ("--metrics", ",", "--metrics names no metric; available: return, ctr"),
+             ("--metric", "nope", "--metric 'nope' is not a metric of these runs; available: return, ctr")]
+    for option, value, message in cases:
+        assert cli.main(["compare", str(runs), option, value, "--quiet"]) == 2, option
+        assert cli.main(["compare", str(runs), "--out", str(tmp_path / "out"), option, value, "--quiet"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"longrec compare: error: {message}"] * 2
+        assert not (runs / "compare").exists() and not (tmp_path / "out").exists()
+    # the default curve falls back to the finished-episode return; named ones that exist are plotted
+    assert cli.main(["compare", str(runs), "--out", str(tmp_path / "ok"), "--curve-metric", "charts/episodic_return",
+                     "--metrics", "ctr", "--quiet", "--bootstrap-reps", "100"]) == 0
+    assert (tmp_path / "ok" / "plots" / "learning_curves.png").exists()
+    assert (tmp_path / "ok" / "plots" / "final_metrics.png").exists()
 
 
 def make_seeded_runs(root: Path, agent: str, lift: float, seeds=range(5), eval_seed: int = 1000) -> list[Path]:
