@@ -127,6 +127,34 @@ def atomic_torch_save(payload: Any, path: str | Path) -> Path:
     return path
 
 
+def checkpoint_payload(
+    model: Any,
+    core: BatchedSimulator,
+    meta: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A snapshot of SB3 ``model`` (policy, optimizer, counters, RNG) and the simulator ``core``, deep-copied:
+    training may go on while it waits to be written (Ctrl-C writes the snapshot of the last rollout boundary).
+
+    ``meta`` identifies the run (env id, policy kind, ...); ``load_checkpoint`` checks it
+    against the resuming run.
+    """
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "num_timesteps": int(model.num_timesteps),
+        "n_updates": int(getattr(model, "_n_updates", 0)),
+        "policy": copy.deepcopy(model.policy.state_dict()),
+        "optimizer": copy.deepcopy(model.policy.optimizer.state_dict()),
+        "rng": capture_rng_state(model.policy),
+        "env": {
+            "core": capture_core_state(core),
+            "last_episode_starts": copy.deepcopy(model._last_episode_starts),
+        },
+        "meta": {**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__},
+        "extra": copy.deepcopy(extra or {}),
+    }
+
+
 def save_checkpoint(
     path: str | Path,
     model: Any,
@@ -134,26 +162,8 @@ def save_checkpoint(
     meta: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Checkpoint SB3 ``model`` (policy, optimizer, counters, RNG) and the simulator ``core``.
-
-    ``meta`` identifies the run (env id, policy kind, ...); ``load_checkpoint`` checks it
-    against the resuming run. Returns the path written.
-    """
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "num_timesteps": int(model.num_timesteps),
-        "n_updates": int(getattr(model, "_n_updates", 0)),
-        "policy": model.policy.state_dict(),
-        "optimizer": model.policy.optimizer.state_dict(),
-        "rng": capture_rng_state(model.policy),
-        "env": {
-            "core": capture_core_state(core),
-            "last_episode_starts": copy.deepcopy(model._last_episode_starts),
-        },
-        "meta": {**meta, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__},
-        "extra": extra or {},
-    }
-    return atomic_torch_save(payload, path)
+    """Write :func:`checkpoint_payload` of ``model`` and ``core`` to ``path`` atomically; returns the path."""
+    return atomic_torch_save(checkpoint_payload(model, core, meta, extra), path)
 
 
 def checkpoint_path(directory: str | Path) -> Path:

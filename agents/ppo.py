@@ -59,12 +59,12 @@ from torch import nn
 from agents.checkpoint import (
     atomic_torch_save,
     checkpoint_path,
+    checkpoint_payload,
     find_checkpoint,
     load_checkpoint,
     restore_core_state,
     restore_model,
     restore_rng_state,
-    save_checkpoint,
 )
 from agents.config import KLConfig, PPOConfig
 from agents.kl import kl_estimate, make_kl_controller
@@ -419,7 +419,8 @@ class HeldOutEvaluation(BaseCallback):
             self.metrics_sink(metrics, step)
 
     def _on_training_start(self) -> None:
-        self.evaluate()
+        if self._last < 0:  # a resumed run keeps the schedule of ``last_step`` (restored from its checkpoint)
+            self.evaluate()
 
     def _on_step(self) -> bool:
         return True
@@ -428,12 +429,27 @@ class HeldOutEvaluation(BaseCallback):
         if self.model.num_timesteps - self._last >= self.every:
             self.evaluate()
 
+    @property
+    def last_step(self) -> int:
+        """step of the last evaluation (-1: none yet); kept in checkpoints so that a resumed run keeps the schedule"""
+        return self._last
+
+    @last_step.setter
+    def last_step(self, step: int) -> None:
+        self._last = int(step)
+
     def _on_training_end(self) -> None:
         self.evaluate()
 
 
 class CheckpointCallback(BaseCallback):
-    """Save an atomic checkpoint every ``every`` steps, at rollout boundaries (after an update)."""
+    """Save an atomic checkpoint every ``every`` steps, at rollout boundaries (after an update).
+
+    At every boundary it keeps a snapshot in memory, so that an interruption in the middle of a
+    rollout or an update (Ctrl-C, SIGTERM) writes the state of the last boundary
+    (:meth:`save_boundary`): the resumed run then replays that rollout and ends exactly where an
+    uninterrupted run ends, with the same numbers.
+    """
 
     def __init__(self, directory: str | Path, every: int, meta: dict[str, Any], extra: Callable[[], dict]) -> None:
         super().__init__()
@@ -443,6 +459,8 @@ class CheckpointCallback(BaseCallback):
         self.extra = extra
         self.last_saved: int | None = None
         self.saved_path: Path | None = None
+        self.boundary: dict[str, Any] | None = None
+        """the snapshot (:func:`agents.checkpoint.checkpoint_payload`) of the last rollout boundary"""
 
     def _on_training_start(self) -> None:
         self.last_saved = self.model.num_timesteps
@@ -451,12 +469,21 @@ class CheckpointCallback(BaseCallback):
         return True
 
     def _on_rollout_start(self) -> None:
+        self.boundary = checkpoint_payload(self.model, self.model.core, self.meta, self.extra())
         if self.model.num_timesteps - (self.last_saved or 0) >= self.every:
-            self.save()
+            self._write(self.boundary)
 
     def save(self) -> Path:
-        self.saved_path = save_checkpoint(self.path, self.model, self.model.core, self.meta, self.extra())
-        self.last_saved = self.model.num_timesteps
+        """Write the current state (call it at a rollout boundary, e.g. when training has ended)."""
+        return self._write(checkpoint_payload(self.model, self.model.core, self.meta, self.extra()))
+
+    def save_boundary(self) -> Path:
+        """Write the last boundary's snapshot (after an interruption); the current state when there is none."""
+        return self.save() if self.boundary is None else self._write(self.boundary)
+
+    def _write(self, payload: dict[str, Any]) -> Path:
+        self.saved_path = atomic_torch_save(payload, self.path)
+        self.last_saved = int(payload["num_timesteps"])
         return self.saved_path
 
 
@@ -573,6 +600,7 @@ def train_ppo(
     callbacks: Sequence[BaseCallback] = (),
     progress: bool = False,
     eval_seed: int | None = None,
+    checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
     **setup: Any,
 ) -> PPOResult:
     """Train PPO with ``config`` for ``total_timesteps`` environment steps; returns the model and where it stopped.
@@ -581,13 +609,16 @@ def train_ppo(
     ``policy``, ``pretrained_path``, ``kl``, ``seed``, ``device``, ...). Checkpoints
     (``last.pt``) go to ``checkpoint_dir`` every ``config.checkpoint_every`` steps (None = no
     checkpoints). With ``resume`` and a ``last.pt`` there, training continues from it (policy,
-    optimizer, step count, RNG and simulator state) up to ``total_timesteps``. Ctrl-C saves a
-    checkpoint (when a folder is set) and returns with ``interrupted=True``. With
+    optimizer, step count, RNG and simulator state) up to ``total_timesteps``. Ctrl-C writes the
+    checkpoint of the last rollout boundary (when a folder is set) and returns with ``interrupted=True``;
+    resuming from it ends exactly as an uninterrupted run. With
     ``config.eval_every`` > 0, the greedy policy is evaluated on ``config.eval_users`` held-out
     users seeded ``eval_seed`` (default: ``seed + 10_000``) every ``eval_every`` steps
     (:class:`HeldOutEvaluation`); with ``config.keep_best``, they are validation users seeded
     ``eval_seed + VALIDATION_SEED_OFFSET`` and the model ends with the weights of the best evaluation
     (``PPOResult.selected_step``; kept in ``checkpoint_dir/best.pt`` across a resume).
+    ``checkpoint_extra()`` adds entries to every checkpoint's ``extra`` (e.g. how many metric rows the
+    run folder had at that point, so that a resumed run drops the rows logged after it).
     """
     if total_timesteps < 1:
         raise ValueError(f"total_timesteps={total_timesteps!r} must be >= 1")
@@ -611,6 +642,8 @@ def train_ppo(
             "kl_coef": None if model.kl_controller is None else model.kl_controller.value,
             "reference": None if model.reference is None else model.reference.state_dict(),
             "config": config.to_dict(),
+            "heldout_last_step": None if held_out is None else held_out.last_step,
+            **(checkpoint_extra() if checkpoint_extra is not None else {}),
         }
 
     metrics = MetricsCallback(metrics_sink, config.log_interval_steps)
@@ -624,6 +657,8 @@ def train_ppo(
         best_file = Path(checkpoint_dir) / "best.pt" if checkpoint_dir is not None and config.keep_best else None
         held_out = HeldOutEvaluation(metrics_sink, config.eval_every, setup["env_id"], setup.get("env_kwargs") or {},
                                      config.eval_users, held_out_seed, keep_best=config.keep_best, best_file=best_file)
+        if existing is not None and payload["extra"].get("heldout_last_step") is not None:
+            held_out.last_step = payload["extra"]["heldout_last_step"]
         all_callbacks.append(held_out)
     if checkpoint_dir is not None:
         checkpointer = CheckpointCallback(checkpoint_dir, config.checkpoint_every, meta, extra)
@@ -641,7 +676,9 @@ def train_ppo(
         except KeyboardInterrupt:
             interrupted = True
     saved = existing
-    if checkpointer is not None and (interrupted or remaining > 0):
-        saved = checkpointer.save()  # the last weights: what a resumed run continues from
+    if checkpointer is not None and interrupted:
+        saved = checkpointer.save_boundary()  # the last rollout boundary: the resumed run replays what followed it
+    elif checkpointer is not None and remaining > 0:
+        saved = checkpointer.save()  # the final weights and state
     selected = held_out.restore_best(model.policy) if held_out is not None and config.keep_best and not interrupted else None
     return PPOResult(model, int(model.num_timesteps), interrupted, saved, resumed_from, selected)

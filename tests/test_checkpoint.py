@@ -48,13 +48,20 @@ class InterruptAt(BaseCallback):
         return True
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
-    config = dataclasses.replace(TINY, checkpoint_every=10_000)
-    interrupted = train_ppo(config, 512, checkpoint_dir=tmp_path, callbacks=[InterruptAt(320)], **SETUP)
-    assert interrupted.interrupted and interrupted.num_timesteps == 320
-    assert load_checkpoint(checkpoint_path(tmp_path))["num_timesteps"] == 320
-    finished = train_ppo(config, 512, checkpoint_dir=tmp_path, **SETUP)
-    assert finished.resumed_from == 320 and finished.num_timesteps >= 512 and not finished.interrupted
+@pytest.mark.parametrize("stop_at", [80, 320, 512])
+def test_ctrl_c_saves_the_last_boundary_and_resume_ends_as_an_uninterrupted_run(stop_at, tmp_path):
+    """Ctrl-C in the middle of a rollout (256 steps each here) writes the state of the rollout's start; the
+    resumed run replays that rollout and reaches exactly the budget with the uninterrupted run's weights."""
+    config = dataclasses.replace(TINY, checkpoint_every=10_000, eval_every=256, eval_users=4)
+    straight = train_ppo(config, 768, **SETUP)
+    interrupted = train_ppo(config, 768, checkpoint_dir=tmp_path, callbacks=[InterruptAt(stop_at)], **SETUP)
+    boundary = (stop_at - 1) // 256 * 256  # 512: the last step of the second rollout, before its update
+    assert interrupted.interrupted and interrupted.num_timesteps == stop_at
+    assert load_checkpoint(checkpoint_path(tmp_path))["num_timesteps"] == boundary
+    finished = train_ppo(config, 768, checkpoint_dir=tmp_path, **SETUP)
+    assert finished.resumed_from == boundary and finished.num_timesteps == 768 and not finished.interrupted
+    for key, value in parameters(straight).items():
+        torch.testing.assert_close(parameters(finished)[key], value, msg=f"parameter {key} differs")
 
 
 def test_corrupt_and_incompatible_checkpoints_give_clear_errors(tmp_path):
