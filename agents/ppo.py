@@ -662,7 +662,7 @@ def train_ppo(
         all_callbacks.append(held_out)
     if checkpoint_dir is not None:
         checkpointer = CheckpointCallback(checkpoint_dir, config.checkpoint_every, meta, extra)
-        all_callbacks.insert(0, checkpointer)
+        all_callbacks.append(checkpointer)  # last: its snapshot of a boundary follows the rows and evaluation logged there
     remaining = total_timesteps - model.num_timesteps
     interrupted = False
     if remaining > 0:

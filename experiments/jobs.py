@@ -251,7 +251,7 @@ def _train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     device = setup_torch(cfg)
     init_from = cfg.init_from
     if cfg.agent in PRETRAINED_AGENTS and init_from is None:
-        init_from = str(_pretrain(cfg, run)["policy_dir"])
+        init_from = _pretrained_before(run) or str(_pretrain(cfg, run)["policy_dir"])
     learned = {"pctr_greedy": init_from} if init_from is not None else {}
     if cfg.agent == "pctr_greedy":
         return _evaluate(cfg, run, checkpoint=init_from, checkpoints=learned)
@@ -259,8 +259,6 @@ def _train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
         result = train_slateq_agent(cfg, run, device)
     else:
         result = train_with_ppo(cfg, run, init_from if cfg.agent in PRETRAINED_AGENTS else None, device)
-        if result.get("interrupted"):
-            raise KeyboardInterrupt("PPO training interrupted (checkpoint saved)")
     checkpoint = result["checkpoint"]
     run.log_checkpoint(checkpoint, final=True)
     curve = save_learning_curve(run)
@@ -268,6 +266,17 @@ def _train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
         run.log_plot("plots/learning_curve", curve)
     run.update_summary(metrics={f"train/{k}": v for k, v in dict(result.get("metrics", {})).items()})
     return _evaluate(cfg, run, checkpoint=str(checkpoint), checkpoints=learned, agents=result.get("agents"))
+
+
+def _pretrained_before(run: Any) -> str | None:
+    """A resumed run's own pretrained policy (its pretraining is not repeated), else None."""
+    if getattr(run, "resume", None) is None:
+        return None
+    recorded = run.summary.get("pretrained_policy")
+    for folder in ([Path(recorded)] if recorded else []) + [run.checkpoints_dir / "pretrained" / "best"]:
+        if (folder / "config.json").is_file():
+            return str(folder)
+    return None
 
 
 def train_with_ppo(cfg: ExperimentConfig, run: Any, init_from: str | None, device: torch.device) -> dict[str, Any]:
@@ -279,15 +288,20 @@ def train_with_ppo(cfg: ExperimentConfig, run: Any, init_from: str | None, devic
     """
     policy = "mlp" if cfg.agent == "ppo_mlp" else "llm"
     from_scratch = policy == "llm" and init_from is None
+    resuming = getattr(run, "resume", None) is not None
+    if not resuming and hasattr(run, "metrics_lines"):  # where PPO's rows begin (a resume without last.pt cuts here)
+        run.update_summary(ppo_first_metrics_line=run.metrics_lines)
     result = train_ppo(
         cfg.ppo, cfg.total_timesteps, env_id=cfg.env.id, env_kwargs=dict(cfg.env.kwargs), num_envs=cfg.env.num_envs,
         policy=policy, pretrained_path=init_from if policy == "llm" else None,
         model_config=cfg.policy if from_scratch else None,
         text_encoder=text_encoder_path(cfg, run) if from_scratch else None,
         kl=cfg.kl if cfg.agent == "ce_ppo_kl" and cfg.kl.coef > 0 else None, seed=cfg.seed, device=device,
-        checkpoint_dir=str(Path(cfg.resume) if cfg.resume else run.checkpoints_dir / "ppo"),
-        metrics_sink=run.log, resume=cfg.resume is not None, progress=cfg.logging.progress,
-        eval_seed=cfg.eval.seeds[0])
+        checkpoint_dir=str(run.checkpoints_dir / "ppo"), metrics_sink=run.log, resume=resuming,
+        progress=cfg.logging.progress, eval_seed=cfg.eval.seeds[0],
+        checkpoint_extra=(lambda: {"metrics_lines": run.metrics_lines}) if hasattr(run, "metrics_lines") else None)
+    if result.interrupted:
+        raise KeyboardInterrupt(f"PPO training interrupted at step {result.num_timesteps} (checkpoint saved)")
     model = result.model
     if policy == "llm":
         checkpoint = model.policy.save_pretrained(run.checkpoints_dir / "final_policy")
@@ -301,7 +315,7 @@ def train_with_ppo(cfg: ExperimentConfig, run: Any, init_from: str | None, devic
     metrics = {"num_timesteps": result.num_timesteps}
     if result.selected_step is not None:  # ppo.keep_best: the weights of the best validation evaluation
         metrics["ppo/selected_step"] = result.selected_step
-    return {"checkpoint": checkpoint, "metrics": metrics, "interrupted": result.interrupted, "agents": {cfg.agent: trained}}
+    return {"checkpoint": checkpoint, "metrics": metrics, "agents": {cfg.agent: trained}}
 
 
 def text_encoder_path(cfg: ExperimentConfig, run: Any) -> str | None:

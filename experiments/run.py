@@ -24,6 +24,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import socket
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -37,6 +39,7 @@ from experiments.config import ExperimentConfig, save_config
 from experiments.wandb_logging import WandbLogger
 
 STATUSES = ("running", "finished", "failed", "interrupted")
+"""what ``summary.json`` records; :func:`live_status` adds ``died`` (``running``, but its process is gone)"""
 
 
 def run_name(cfg: ExperimentConfig, when: datetime | None = None) -> str:
@@ -64,6 +67,34 @@ def to_jsonable(value: Any) -> Any:
     return repr(value)
 
 
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def live_status(summary: Mapping[str, Any]) -> str:
+    """The run's status, with a ``running`` run whose process is gone (killed, machine restarted) shown as
+    ``died``; a run of another machine keeps what its summary says."""
+    status = str(summary.get("status", "?"))
+    pid, host = summary.get("pid"), summary.get("host")
+    if status == "running" and isinstance(pid, int) and host == socket.gethostname() and not pid_alive(pid):
+        return "died"
+    return status
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
@@ -103,31 +134,45 @@ class Run:
     """
 
     def __init__(self, cfg: ExperimentConfig, path: str | Path, job_type: str = "train",
-                 use_wandb: bool | None = None) -> None:
+                 use_wandb: bool | None = None, resume: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg
         self.path = Path(path)
         self.job_type = job_type
         self.name = self.path.name
+        self.resume = dict(resume) if resume is not None else None
+        """``{"from_step": N, ...}`` when this process continues the run (see :meth:`reopen`), else None"""
         for sub in ("checkpoints", "plots", "tables"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.config_path)
         self._start = time.time()
-        self._summary: dict[str, Any] = {
-            "name": self.name,
-            "env": cfg.env.id,
-            "agent": cfg.agent,
-            "experiment": cfg.name or cfg.agent,
-            "seed": cfg.seed,
-            "job_type": job_type,
-            "status": "running",
-            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "metrics": {},
-        }
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        if self.resume is None:
+            save_config(cfg, self.config_path)
+            self._summary: dict[str, Any] = {
+                "name": self.name,
+                "env": cfg.env.id,
+                "agent": cfg.agent,
+                "experiment": cfg.name or cfg.agent,
+                "seed": cfg.seed,
+                "job_type": job_type,
+                "status": "running",
+                "started_at": now,
+                "metrics": {},
+            }
+        else:
+            self._summary = read_json(self.summary_path)
+            for key in ("ended_at", "duration_s", "error"):
+                self._summary.pop(key, None)
+            self._summary["status"] = "running"
+            self._summary.setdefault("resumes", []).append({"at": now, **to_jsonable(self.resume)})
+        self._summary.update(pid=os.getpid(), host=socket.gethostname())
         self._metrics_fh = open(self.metrics_path, "a", buffering=1)  # line-buffered: one flush per line
+        self.metrics_lines = _count_lines(self.metrics_path)
+        """rows in ``metrics.jsonl`` so far (checkpoints record it: a resumed run drops the rows after theirs)"""
         enabled = cfg.logging.wandb if use_wandb is None else use_wandb
-        self.wandb = WandbLogger(cfg, self.path, self.name, job_type) if enabled else None
+        run_id = (self._summary.get("wandb") or {}).get("id") if self.resume is not None else None
+        self.wandb = WandbLogger(cfg, self.path, self.name, job_type, run_id=run_id) if enabled else None
         if self.wandb is not None:
-            self._summary["wandb"] = {"mode": self.wandb.mode, "url": self.wandb.url}
+            self._summary["wandb"] = {"mode": self.wandb.mode, "url": self.wandb.url, "id": self.wandb.run_id}
         self._write_summary()
 
     # ------------------------------------------------------------------ creation
@@ -149,6 +194,21 @@ class Run:
         else:  # pragma: no cover
             raise RuntimeError(f"could not create a fresh run folder under {root} named {base}")
         return cls(cfg, path, job_type=job_type, use_wandb=use_wandb)
+
+    @classmethod
+    def reopen(cls, path: str | Path, cfg: ExperimentConfig, keep_metrics_lines: int | None = None,
+               **resume: Any) -> Run:
+        """Continue the run in ``path``: same folder, ``metrics.jsonl`` (cut to its first
+        ``keep_metrics_lines`` rows: those logged after the checkpoint the run resumes from are
+        logged again), summary (status back to ``running``; ``resume`` appended to its ``resumes``)
+        and W&B run (resumed by id)."""
+        path = Path(path)
+        if keep_metrics_lines is not None:
+            lines = (path / "metrics.jsonl").read_text().splitlines(keepends=True) if (
+                path / "metrics.jsonl").exists() else []
+            atomic_write_text(path / "metrics.jsonl", "".join(lines[:keep_metrics_lines]))
+        job_type = read_json(path / "summary.json").get("job_type", "train")
+        return cls(cfg, path, job_type=job_type, resume=resume)
 
     # ------------------------------------------------------------------ paths
 
@@ -188,6 +248,7 @@ class Run:
         row.update(to_jsonable(dict(metrics)))
         self._metrics_fh.write(json.dumps(row) + "\n")
         self._metrics_fh.flush()
+        self.metrics_lines += 1
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 

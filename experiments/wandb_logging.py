@@ -65,15 +65,18 @@ def _artifact_name(text: str) -> str:
 class WandbLogger:
     """Thin guarded wrapper around one ``wandb`` run; all methods are no-ops once disabled."""
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, run_name: str, job_type: str) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, run_name: str, job_type: str,
+                 run_id: str | None = None) -> None:
+        """``run_id``: continue that W&B run (``resume="allow"``), as a resumed run folder does."""
         self.run: Any = None
         self.mode = "disabled"
         self.error: str | None = None
         if cfg.logging.wandb:
+            resume = {"id": run_id, "resume": "allow"} if run_id else {}
             self._start(resolve_mode(cfg.logging.mode), project=cfg.logging.project, entity=cfg.logging.entity,
                         name=run_name, group=run_group(cfg), job_type=job_type,
                         tags=list(dict.fromkeys([cfg.env.id.split("/")[-1], cfg.agent, job_type, *cfg.logging.tags])),
-                        config=cfg.flat(), dir=str(run_dir))
+                        config=cfg.flat(), dir=str(run_dir), **resume)
 
     @classmethod
     def open(cls, name: str, group: str, job_type: str, tags: Sequence[str], run_dir: str | Path,
@@ -102,6 +105,10 @@ class WandbLogger:
     @property
     def active(self) -> bool:
         return self.run is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return getattr(self.run, "id", None) if self.active else None
 
     @property
     def url(self) -> str | None:
