@@ -63,12 +63,15 @@ examples:
 sweep files use W&B's sweep YAML (method grid|random|bayes, metric, parameters with dotted
 config keys); experiments/sweeps/ has examples. The local backend writes
 runs/sweeps/<name>__<time>/ with one run folder per trial, trials.jsonl and the ranked
-results.md / results.csv.
+results.md / results.csv. Each trial runs in its own process: a trial that fails or is killed
+(out of memory) is recorded as failed and the others run on; the exit code is 1 when any
+trial failed. --resume reruns a sweep folder's unfinished trials with its stored settings.
 
 examples:
   longrec sweep experiments/sweeps/kl_lr.yaml --backend local --workers 2
   longrec sweep tiny --workers 2 logging.wandb=false     # overrides apply to every trial
   longrec sweep kl_lr_bayes --backend local --count 20   # bayes needs `pip install optuna`
+  longrec sweep --resume runs/sweeps/kl_lr__<time>       # rerun its failed / unfinished trials only
   longrec sweep kl_lr --backend wandb --workers 1        # registers the sweep, starts 1 agent here
   longrec sweep --backend wandb --sweep-id ENTITY/PROJECT/ID --workers 4   # join it from another machine""",
     "compare": """\
@@ -78,6 +81,11 @@ examples:
   longrec compare RUN_A RUN_B --out reports/ab --curve-metric charts/episodic_return
   longrec compare runs/seeds/Video-v0__ce_ppo__<time> runs/seeds/Video-v0__ppo_scratch__<time> --reference ppo_scratch
   longrec compare runs/ --metric retention --wandb          # the tables and plots also as a W&B run""",
+    "runs": """\
+examples:
+  longrec runs                                           # every run under runs/: status, agent, env, seed, steps, result
+  longrec runs runs/sweeps/kl_lr__<time>
+  longrec train --resume runs/Video-v0__ce_ppo__0__<time>   # continue a stopped run in its folder""",
     "bench": """\
 examples:
   longrec bench                                          # list the benchmark scripts
@@ -151,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --seeds: runs in parallel here (local) or W&B agents started here (default: 1)")
     p.add_argument("--backend", choices=("local", "wandb"), default="local",
                    help="with --seeds: local process pool, or a W&B sweep over the seeds run by W&B agents")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped run (Ctrl-C, killed, failed) in its folder, from its last checkpoint, "
+                        "with its own config (the same as the config key resume)")
     p = add("pretrain", "cross-entropy pretraining of the LLM policy on logs or MovieLens",
             "Cross-entropy pretraining (behaviour cloning of logged slates, or next-item prediction) "
             "of the LLM slate policy on simulator logs (data.source=simulator) or real data "
@@ -172,9 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel trials (local) or W&B agents started on this machine (default: 1)")
     p.add_argument("--count", type=int, metavar="N",
                    help="number of trials (random/bayes; caps grid); per agent with --backend wandb")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random / bayes sampler (default: 0)")
+    p.add_argument("--seed", type=int, help="seed of the random / bayes sampler (default: 0)")
     p.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/sweeps/<name>__<time>)")
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="parent of runs/sweeps (default: runs)")
+    p.add_argument("--runs-dir", metavar="DIR", help="parent of runs/sweeps (default: runs)")
+    p.add_argument("--resume", metavar="SWEEP_FOLDER",
+                   help="local: rerun only the unfinished (failed, interrupted, never started) trials of that "
+                        "sweep folder, with its stored sweep.yaml, count, seed and overrides")
     p.add_argument("--project", default="longrec", help="W&B project (wandb backend)")
     p.add_argument("--entity", help="W&B entity (wandb backend)")
     p.add_argument("--sweep-id", metavar="ID", help="join an existing W&B sweep (ENTITY/PROJECT/ID) instead of "
@@ -185,28 +199,42 @@ def build_parser() -> argparse.ArgumentParser:
             "stratified-bootstrap CI, the probability of improvement over a reference agent and the paired "
             "per-user difference to it where the evaluation users match (rliable; Agarwal et al. 2021); "
             "learning curves with confidence bands, a performance profile, and long-term return / retention / "
-            "CTR bars. Writes compare.md, compare.csv, compare_robust.csv and plots/*.png.")
+            "CTR bars. One row per agent (runs of different agents never share a row; --by splits further), "
+            "with the experiment names of its runs as a column. A --metric, --metrics or --curve-metric that "
+            "none of the runs logged is an error naming the available ones. Writes compare.md, compare.csv, "
+            "compare_robust.csv and plots/*.png.")
     p.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <sweep>/compare or runs/compare__<time>)")
     p.add_argument("--by", metavar="KEYS",
-                   help="group runs by 'agent', 'run', or config keys, e.g. kl.coef,ppo.learning_rate "
-                        "(default: agent; for a sweep folder, the swept keys other than seed)")
+                   help="split each agent's runs into rows by 'run', 'experiment' (the config name), or config "
+                        "keys, e.g. kl.coef,ppo.learning_rate (default: agent, one row per agent; for a sweep "
+                        "folder, the swept keys other than seed)")
     p.add_argument("--curve-metric", default="heldout/return", metavar="NAME",
-                   help="metrics.jsonl key of the learning curves (default: heldout/return, the periodic evaluation on held-out users; runs without it fall back to charts/episodic_return)")
+                   help="metrics.jsonl key of the learning curves, logged by at least one run (default: "
+                        "heldout/return, the periodic evaluation on held-out users; runs without it fall back "
+                        "to charts/episodic_return)")
     p.add_argument("--metrics", default="return,retention,sessions,ctr", metavar="A,B",
-                   help="metrics of the bar charts, those present (default: return,retention,sessions,ctr)")
+                   help="metrics of the bar charts, each in at least one run (default: return,retention,"
+                        "sessions,ctr, those present)")
     p.add_argument("--metric", default="return", metavar="NAME",
                    help="score of the robust aggregates: IQM, probability of improvement, paired differences, "
                         "performance profile (default: return, the long-term return)")
     p.add_argument("--reference", metavar="AGENT",
-                   help="agent the others are measured against (probability of improvement, paired per-user "
-                        "differences; default: pctr_greedy, the CE start, else random)")
+                   help="agent (or row label) the others are measured against (probability of improvement, "
+                        "paired per-user differences; default: pctr_greedy, the CE start, else random)")
     p.add_argument("--bootstrap-reps", type=int, default=2000, metavar="N",
                    help="bootstrap resamples per interval (default: 2000; the performance profile's bands use at "
                         "most 500)")
     p.add_argument("--wandb", action="store_true",
                    help="also log the tables and plots as a W&B run (job type compare; offline unless logged in)")
     p.add_argument("--allow-mixed-envs", action="store_true", help="compare runs of different environments")
+    p = add("runs", "list run folders: status (a dead 'running' run shows as died), agent, env, seed, steps, result",
+            "List the run folders at or below the given paths (default: runs/), oldest first, one line each: "
+            "status (running, finished, failed, interrupted, or died: marked running but its process is gone), "
+            "job, agent, env, seed, environment steps reached and the result. Stopped training runs continue with "
+            "`longrec train --resume RUN`.")
+    p.add_argument("paths", nargs="*", default=["runs"], metavar="DIR", help="run folders or folders holding them "
+                                                                              "(default: runs)")
     p = add("bench", "list or run the benchmark scripts (benchmarks/*.py)",
             "Run a benchmark script of the repository's benchmarks/ folder; each prints a JSON line last.")
     p.add_argument("name", nargs="?", help="benchmark name (file stem); omit to list them")
@@ -261,6 +289,9 @@ def _config_to_run(args: argparse.Namespace) -> ExperimentConfig | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """train / pretrain / eval: one run folder."""
+    target = _resume_target(args)
+    if target is not None:
+        return resume_run(args, target)
     cfg = _config_to_run(args)
     if cfg is None:
         return 0
@@ -275,8 +306,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers {args.workers} / --backend {args.backend} apply only to a multi-seed launch: "
                           "add --seeds (e.g. --seeds 0-4) or the config key seeds")
     with Run.create(cfg, job_type=args.command) as run:
+        args.run_path = run.path
         _say(args, f"run folder: {run.path}")
         jobs.JOBS[args.command](cfg, run)
+    _report(args, run.path)
+    return 0
+
+
+def _resume_target(args: argparse.Namespace) -> str | None:
+    """``--resume RUN`` or ``resume=RUN`` of ``longrec train`` (the only overrides allowed beside it)."""
+    if args.command != "train":
+        return None
+    from experiments.config import parse_override
+
+    given = [value for key, value in map(parse_override, args.overrides) if key == "resume"]
+    target = args.resume or (given[-1] if given else None)
+    if target is None:
+        return None
+    others = [o for o in args.overrides if parse_override(o)[0] != "resume"]
+    others += [flag for flag, used in (("-c", args.config != "default"), ("--runs-dir", args.runs_dir),
+                                       ("--no-wandb", args.no_wandb), ("--seeds", args.seeds),
+                                       ("--dry-run", args.dry_run)) if used]
+    if others:
+        raise ConfigError(f"--resume continues the run with its own config.yaml; drop {', '.join(others)} "
+                          "(to change settings, start a new run, e.g. with init_from=<its pretrained policy>)")
+    return str(target)
+
+
+def resume_run(args: argparse.Namespace, target: str) -> int:
+    """``longrec train --resume RUN``: checks first (one line, nothing touched), then the rest of the run."""
+    from experiments import jobs
+    from experiments.resume import reopen_run, resumable_run
+
+    folder, cfg, summary = resumable_run(target)
+    if args.quiet:
+        cfg = cfg.override("logging.progress=false")
+    job = summary.get("job_type", "train")
+    jobs.check_config(job, cfg)
+    with reopen_run(folder, cfg, summary) as run:
+        args.run_path = run.path
+        _say(args, f"resuming {run.path} ({run.resume['from_status']}) from step {run.resume['from_step']}")
+        jobs._train(cfg, run)
     _report(args, run.path)
     return 0
 
@@ -331,11 +401,26 @@ def _report(args: argparse.Namespace, path: Path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run, join or resume a sweep; a local sweep returns 1 when any trial failed (each named on stderr)."""
     from experiments import sweep as sweeps
 
     if args.workers < 1 and args.backend == "local":
         raise sweeps.SweepError(f"--workers must be >= 1; got {args.workers}")
-    if args.backend == "wandb":
+    sweeps.check_count(args.count)
+    if args.resume:
+        overrides = list(args.overrides)
+        if args.file and "=" in args.file:  # `--resume DIR key=value`: argparse took the override for FILE
+            overrides, args.file = [args.file, *overrides], None
+        clashes = {f"the sweep FILE {args.file!r}": args.file, f"--out {args.out}": args.out,
+                   f"--runs-dir {args.runs_dir}": args.runs_dir, f"--sweep-id {args.sweep_id}": args.sweep_id,
+                   "--backend wandb": args.backend == "wandb"}
+        clash = next((name for name, value in clashes.items() if value), None)
+        if clash:
+            raise sweeps.SweepError(f"--resume {args.resume} runs the sweep stored in that folder (local backend); "
+                                    f"drop {clash}")
+        folder, results = sweeps.resume_local_sweep(args.resume, workers=args.workers, count=args.count,
+                                                    seed=args.seed, overrides=overrides, progress=not args.quiet)
+    elif args.backend == "wandb":
         if args.sweep_id:
             if args.overrides:
                 raise sweeps.SweepError("KEY=VALUE overrides cannot change a registered sweep (--sweep-id); "
@@ -352,16 +437,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.workers < 1:
             return 0
         return sweeps.run_wandb_agents(sweep_id, args.workers, args.count)
-    if not args.file:
-        raise sweeps.SweepError("the local backend needs a sweep FILE")
-    spec = sweeps.load_sweep(args.file)
-    folder, results = sweeps.run_local_sweep(spec, workers=args.workers, count=args.count, out_dir=args.out,
-                                             overrides=args.overrides, seed=args.seed, runs_dir=args.runs_dir,
-                                             progress=not args.quiet)
+    else:
+        if not args.file:
+            raise sweeps.SweepError("the local backend needs a sweep FILE (or --resume SWEEP_FOLDER)")
+        spec = sweeps.load_sweep(args.file)
+        folder, results = sweeps.run_local_sweep(spec, workers=args.workers, count=args.count, out_dir=args.out,
+                                                 overrides=args.overrides, seed=args.seed or 0,
+                                                 runs_dir=args.runs_dir or "runs", progress=not args.quiet)
     print((folder / "results.md").read_text())
     print(f"sweep folder: {folder}  (results.csv, one run folder per trial; "
           f"`longrec compare {folder}` for tables and plots)")
-    return 0 if any(r.status == "finished" for r in results) else 1
+    failed = [r for r in results if r.status != "finished"]
+    for r in failed:
+        print(f"trial {r.index} failed: {(r.error or 'no error recorded').splitlines()[0]} ({r.run_dir})",
+              file=sys.stderr)
+    if failed:
+        print(f"{len(failed)}/{len(results)} trials failed; rerun them with `longrec sweep --resume {folder}`",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -399,6 +492,17 @@ def sweep_grouping(paths: Sequence[str]) -> str | None:
     spec = load_sweep(Path(paths[0]) / "sweep.yaml", validate_values=False)
     keys = [k for k, p in spec.parameters.items() if p["distribution"] != "constant" and k != "seed"]
     return ",".join(keys) or None
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from experiments.listing import list_runs, runs_table
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise ConfigError(f"no such folder: {', '.join(map(repr, missing))}")
+    rows = list_runs(args.paths)
+    print(runs_table(rows) if rows else f"no run folders under {', '.join(args.paths)}")
+    return 0
 
 
 def list_benchmarks() -> dict[str, str]:
@@ -453,7 +557,7 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_run, "pretrain": cmd_run, "eval": cmd_run, "quickstart": cmd_quickstart,
-            "sweep": cmd_sweep, "compare": cmd_compare, "bench": cmd_bench, "envs": cmd_envs}
+            "sweep": cmd_sweep, "compare": cmd_compare, "runs": cmd_runs, "bench": cmd_bench, "envs": cmd_envs}
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -487,8 +591,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
+        where = getattr(args, "run_path", None)
+        again = (f"; continue it with `longrec train --resume {where}`" if where is not None
+                 and args.command in ("train", "quickstart") else "")
         print(f"longrec {args.command}: interrupted (the run folder is marked 'interrupted'; "
-              "metrics so far are in its metrics.jsonl)", file=sys.stderr)
+              f"metrics so far are in its metrics.jsonl){again}", file=sys.stderr)
         return 130
     except (ConfigError, SweepError, CompareError) as exc:
         print(f"longrec {args.command}: error: {exc}", file=sys.stderr)

@@ -12,11 +12,13 @@ configuration")::
       ppo.learning_rate: {min: 1.0e-4, max: 1.0e-3, distribution: log_uniform_values}
       seed: {value: 0}
 
-* ``--backend local``: trials run on this machine in a ``concurrent.futures`` process
-  pool (spawn context, one fresh process per trial); grid and random sampling here,
-  bayes through Optuna's TPE sampler when ``optuna`` is installed. A failing trial is
-  recorded as failed (traceback in its folder) and the sweep carries on; the sweep
-  ends with a ranked table (``results.md`` / ``results.csv``).
+* ``--backend local``: trials run on this machine, each in a fresh spawn process, at
+  most ``--workers`` at once; grid and random sampling here, bayes through Optuna's TPE
+  sampler when ``optuna`` is installed. A failing trial is recorded as failed (traceback
+  in its folder), a trial whose process dies (killed, out of memory) as failed with its
+  exit code, and the sweep carries on; it ends with a ranked table (``results.md`` /
+  ``results.csv``). The sweep folder keeps the file (``sweep.yaml``) and the settings
+  (``sweep_state.json``), so ``--resume FOLDER`` reruns only its unfinished trials.
 * ``--backend wandb``: ``wandb.sweep`` registers the same file and ``wandb agent``
   processes run its ``command`` (``longrec train ... key=value``); agents started on
   other machines with the sweep id share the work.
@@ -26,19 +28,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +50,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from experiments.config import ConfigError, flatten, load_config
+from envs.atomic_file import atomic_write_text
+from experiments.config import ConfigError, describe_keys, flatten, load_config
 
 METHODS = ("grid", "random", "bayes")
 GOALS = ("maximize", "minimize")
@@ -55,6 +59,9 @@ DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform
                  "log_uniform_values", "q_log_uniform_values", "normal", "q_normal", "log_normal")
 JOB_NAMES = ("train", "eval", "pretrain")
 SWEEP_DIR = Path(__file__).resolve().parent / "sweeps"
+STATE_FILE = "sweep_state.json"
+TRIALS_FILE = "trials.jsonl"
+INTERRUPTED = "the sweep stopped before this trial ended"
 
 
 class SweepError(ValueError):
@@ -113,7 +120,12 @@ def resolve_sweep_path(name_or_path: str | Path) -> Path:
 
 
 def load_sweep(name_or_path: str | Path, validate_values: bool = True) -> SweepSpec:
-    """Parse and validate a sweep file (every listed value is checked against the config types)."""
+    """Parse and validate a sweep file.
+
+    With ``validate_values`` every listed value is checked against the config types and comes back
+    as the key's type: ``1e-2``, which YAML 1.1 reads as the string "1e-2", is the float 0.01 for a
+    float key. Distribution bounds (``min``, ``max``, ``mu``, ``sigma``, ``q``) are always numbers.
+    """
     path = resolve_sweep_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -139,11 +151,12 @@ def load_sweep(name_or_path: str | Path, validate_values: bool = True) -> SweepS
     if not parameters:
         raise SweepError(f"sweep file {path}: 'parameters' is empty")
     job, base = _parse_command(raw.get("command"))
+    run_cap = raw.get("run_cap")
+    if run_cap is not None and (isinstance(run_cap, bool) or not isinstance(run_cap, int) or run_cap < 1):
+        raise SweepError(f"sweep key 'run_cap' must be an integer >= 1; got {run_cap!r}")
     spec = SweepSpec(path=path, method=method, metric=metric.get("name", "eval/return"), goal=goal,
-                     parameters=parameters, job=job, base_config=base, run_cap=raw.get("run_cap"), raw=raw)
-    if validate_values:
-        _validate_values(spec)
-    return spec
+                     parameters=parameters, job=job, base_config=base, run_cap=run_cap, raw=raw)
+    return _validate_values(spec) if validate_values else spec
 
 
 def _flatten_parameters(params: Mapping[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
@@ -160,6 +173,9 @@ def _flatten_parameters(params: Mapping[str, Any], prefix: str = "") -> dict[str
 
 
 def _normalise_param(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    for bound in ("min", "max", "mu", "sigma", "q"):
+        if bound in spec:
+            spec[bound] = _bound_number(name, bound, spec[bound])
     dist = spec.get("distribution")
     if dist is None:
         if "value" in spec:
@@ -192,6 +208,18 @@ def _normalise_param(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def _bound_number(name: str, bound: str, value: Any) -> int | float:
+    """A distribution bound as a number (``min: 1e-2`` arrives from YAML 1.1 as the string "1e-2")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise SweepError(f"sweep parameter {name!r}: {bound}={value!r} must be a number (e.g. {bound}: 1.0e-2)")
+
+
 def _parse_command(command: Any) -> tuple[str, str]:
     """(job, base config) from ``[${env}, longrec, <job>, --config, <name>, ${args_no_hyphens}]``."""
     if command is None:
@@ -215,25 +243,59 @@ def overrides_of(params: Mapping[str, Any]) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in params.items()]
 
 
-def _validate_values(spec: SweepSpec) -> None:
-    """Every key exists and every listed value type-checks, before any trial starts."""
+def _validate_values(spec: SweepSpec) -> SweepSpec:
+    """Every key exists and every listed value type-checks, before any trial starts.
+
+    Returns the spec whose ``value`` / ``values`` have the config key's type (see ``typed_value``).
+    """
+    leaf_keys = {row[0] for row in describe_keys()}
+    parameters = {}
     for key, param in spec.parameters.items():
+        param = dict(param)
         dist = param["distribution"]
         if dist == "constant":
-            samples = [param["value"]]
+            param["value"] = typed_value(spec.base_config, key, param["value"], leaf_keys)
         elif dist == "categorical":
-            samples = list(param["values"])
+            param["values"] = [typed_value(spec.base_config, key, v, leaf_keys) for v in param["values"]]
         elif dist == "int_uniform":
-            samples = [int(param["min"]), int(param["max"])]
-        elif "min" in param:
-            samples = [float(param["min"])]
+            for value in (int(param["min"]), int(param["max"])):
+                typed_value(spec.base_config, key, value, leaf_keys)
         else:
-            samples = [float(param.get("mu", 0.0))]
-        for value in samples:
-            try:
-                load_config(spec.base_config, overrides_of({key: value}))
-            except ConfigError as exc:
-                raise SweepError(f"sweep parameter {key!r}={value!r}: {exc}") from None
+            typed_value(spec.base_config, key, float(param["min"] if "min" in param else param.get("mu", 0.0)),
+                        leaf_keys)
+        parameters[key] = param
+    return dataclasses.replace(spec, parameters=parameters)
+
+
+def typed_value(base_config: str, key: str, value: Any, leaf_keys: set[str]) -> Any:
+    """``value`` checked against config key ``key``, converted to its type when YAML left a number as text.
+
+    ``"1e-2"`` (YAML 1.1 reads ``1e-2`` without a dot as a string) becomes 0.01 for a float key (the
+    config's own coercion decides). Under a key without a declared type (inside ``env.kwargs``) such
+    a string is an error: nothing would convert it before the trial.
+    """
+    try:
+        cfg = load_config(base_config, overrides_of({key: value}))
+    except ConfigError as exc:
+        raise SweepError(f"sweep parameter {key!r}={value!r}: {exc}") from None
+    if not isinstance(value, str):
+        return value
+    typed = cfg.flat().get(key, value)
+    if isinstance(typed, (int, float)) and not isinstance(typed, bool):
+        return typed
+    if key not in leaf_keys and _is_number_text(value):
+        raise SweepError(f"sweep parameter {key!r}: value {value!r} is text (YAML reads a number without a dot, "
+                         f"like 1e-2, as a string) and {key!r} has no declared type; write it with a dot: "
+                         "1.0e-2, or 0.01")
+    return value
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- sampling
@@ -334,6 +396,44 @@ class TrialSpec:
     metric: str
 
 
+@dataclass(frozen=True)
+class SweepState:
+    """The settings of a local sweep, stored in its folder (``sweep_state.json``) when it starts.
+
+    With the folder's ``sweep.yaml`` they fix the trial list, so ``--resume`` runs the same trials.
+    """
+
+    count: int | None
+    """number of trials (``None``: the whole grid)"""
+    seed: int
+    """seed of the random / bayes sampler"""
+    overrides: tuple[str, ...]
+    """KEY=VALUE config overrides applied to every trial"""
+    job: str
+    """what each trial runs: ``train`` / ``eval`` / ``pretrain`` or ``module:function``"""
+    spec_sha256: str
+    """hash of the folder's ``sweep.yaml``: a resumed sweep runs the file it started with"""
+    source: str = "sweep.yaml"
+    """name of the file the sweep started from (``kl_lr.yaml``): results title, default W&B group"""
+
+    def write(self, folder: Path) -> None:
+        atomic_write_text(folder / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, folder: Path) -> SweepState:
+        """The stored settings; SweepError naming the folder when it holds no local sweep."""
+        path = folder / STATE_FILE
+        if not path.is_file() or not (folder / "sweep.yaml").is_file():
+            raise SweepError(f"--resume {str(folder)!r} is not a local sweep folder (it needs the {STATE_FILE} and "
+                             "sweep.yaml that `longrec sweep --backend local` writes when it starts)")
+        try:
+            data = json.loads(path.read_text())
+            return cls(count=data["count"], seed=int(data["seed"]), overrides=tuple(data["overrides"]),
+                       job=str(data["job"]), spec_sha256=str(data["spec_sha256"]), source=str(data["source"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SweepError(f"--resume {str(folder)!r}: {STATE_FILE} is unreadable ({exc!r})") from None
+
+
 def _init_worker(threads: int) -> None:
     # before torch is imported in the worker: each trial gets its share of the cores
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -401,47 +501,257 @@ def metric_value(run_dir: str | Path, metric: str) -> float | None:
     return None
 
 
+# ------------------------------------------------ one process per trial
+
+
+def _trial_main(trial: TrialSpec, threads: int, writer: Any) -> None:
+    """Entry point of a trial's process: its share of the cores, the trial, the result sent to the parent."""
+    _init_worker(threads)
+    try:
+        writer.send(run_trial(trial))
+    finally:
+        writer.close()
+
+
+class _TrialProcess:
+    """One trial in its own spawn process; its TrialResult comes back through a pipe."""
+
+    def __init__(self, context: Any, trial: TrialSpec, threads: int) -> None:
+        self.trial = trial
+        self.start = time.time()
+        self.reader, writer = context.Pipe(duplex=False)
+        self.process = context.Process(target=_trial_main, args=(trial, threads, writer),
+                                       name=f"sweep-trial-{trial.index:03d}")
+        self.process.start()
+        writer.close()  # the child holds the only writer: its death reads as end-of-file here
+
+    @property
+    def waitables(self) -> tuple[Any, int]:
+        return self.reader, self.process.sentinel
+
+    def result(self) -> TrialResult:
+        """The trial's result; a failed one naming the exit code when the process died without sending it."""
+        result = None
+        try:
+            if self.reader.poll():
+                result = self.reader.recv()
+        except (EOFError, OSError, ValueError):  # died before or while sending
+            result = None
+        self._join()
+        if isinstance(result, TrialResult):
+            return result
+        error = died_message(self.process.exitcode)
+        run_dir = close_stale_runs(Path(self.trial.sweep_dir), self.trial.index, "failed", error)
+        return TrialResult(self.trial.index, self.trial.params, "failed", run_dir, None, error,
+                           time.time() - self.start)
+
+    def stop(self) -> None:
+        """End the process (the sweep itself is stopping) and mark its run folder interrupted."""
+        if self.process.is_alive():
+            self.process.terminate()
+        self._join()
+        close_stale_runs(Path(self.trial.sweep_dir), self.trial.index, "interrupted", INTERRUPTED)
+
+    def _join(self, timeout: float = 30.0) -> None:
+        self.process.join(timeout)
+        if self.process.is_alive():  # sent its result but hangs on exit
+            self.process.kill()
+            self.process.join()
+        self.reader.close()
+
+
+def died_message(exitcode: int | None) -> str:
+    """``worker process died (exit code -9: killed by SIGKILL, e.g. out of memory)``."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        why = ", e.g. out of memory" if name == "SIGKILL" else ""
+        return f"worker process died (exit code {exitcode}: killed by {name}{why})"
+    return f"worker process died (exit code {exitcode}) without reporting a result"
+
+
+def close_stale_runs(sweep_dir: Path, index: int | None, status: str, error: str) -> str | None:
+    """Mark the run folders of trial ``index`` (None: of every trial) still ``running`` as ``status``.
+
+    A trial process that is killed cannot close its own run folder: the sweep does it (and a resumed
+    sweep for the trials of a sweep that was killed). Returns the newest folder marked.
+    """
+    from experiments.run import read_json
+
+    newest = None
+    pattern = f"trial-{index:03d}__*/summary.json" if index is not None else "trial-*__*/summary.json"
+    folders = sorted(sweep_dir.glob(pattern), key=lambda p: p.stat().st_mtime)
+    for path in folders:
+        try:
+            summary = read_json(path)
+        except ValueError:
+            continue
+        if summary.get("status") != "running":
+            continue
+        summary.update(status=status, error=error, ended_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+        (path.parent / "error.txt").write_text(error + "\n")
+        newest = str(path.parent)
+    return newest
+
+
+def run_trials(next_trial: Callable[[], TrialSpec | None], on_done: Callable[[TrialResult], None],
+               workers: int, threads: int) -> None:
+    """Run trials until ``next_trial`` returns None, each in a fresh spawn process, ``workers`` at once.
+
+    One process per trial rather than a pool: a trial whose process dies (killed, out of memory) is
+    one failed result naming its exit code, and the others run on. On any exception (Ctrl-C) the
+    running trials are stopped.
+    """
+    context = multiprocessing.get_context("spawn")
+    running: list[_TrialProcess] = []
+    more = True
+    try:
+        while True:
+            while more and len(running) < workers:
+                trial = next_trial()
+                if trial is None:
+                    more = False
+                else:
+                    running.append(_TrialProcess(context, trial, threads))
+            if not running:
+                return
+            ready = set(multiprocessing.connection.wait([w for h in running for w in h.waitables]))
+            for handle in [h for h in running if ready.intersection(h.waitables)]:
+                running.remove(handle)
+                on_done(handle.result())
+    finally:
+        for handle in running:
+            handle.stop()
+
+
+# ------------------------------------------------ the sweep
+
+
+def check_count(count: int | None) -> None:
+    """A trial count, when given, is at least 1 (0 used to mean "every trial")."""
+    if count is not None and count < 1:
+        raise SweepError(f"--count must be >= 1; got {count}")
+
+
 def run_local_sweep(sweep: str | Path | SweepSpec, workers: int = 1, count: int | None = None,
                     out_dir: str | Path | None = None, overrides: Sequence[str] = (), seed: int = 0,
                     runs_dir: str | Path = "runs", progress: bool = True, job: str | None = None,
                     on_result: Callable[[TrialResult], None] | None = None) -> tuple[Path, list[TrialResult]]:
-    """Run a sweep in a pool of ``workers`` processes; returns the sweep folder and the results.
+    """Run a sweep, each trial in its own process, ``workers`` at once; returns the sweep folder and the results.
 
     ``job`` replaces the file's command (``train``/``eval``/``pretrain``, or ``module:function`` taking
-    ``(cfg, run)``: e.g. a synthetic objective in tests). The folder holds ``sweep.yaml`` (copy), one run folder per trial, ``trials.jsonl``
-    (appended as trials end) and the ranked ``results.md`` / ``results.csv``.
+    ``(cfg, run)``: e.g. a synthetic objective in tests). The folder holds ``sweep.yaml`` (copy),
+    ``sweep_state.json`` (count, seed, overrides, job: what ``resume_local_sweep`` needs), one run
+    folder per trial, ``trials.jsonl`` (appended as trials end) and the ranked ``results.md`` /
+    ``results.csv``. A trial that fails, or whose process dies, is a failed result; the others run on.
     """
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
-    if workers < 1:
-        raise SweepError(f"--workers must be >= 1; got {workers}")
+    _check_workers(workers)
+    check_count(count)
+    cap = count or spec.run_cap
+    if spec.method != "grid" and not cap:
+        raise SweepError(f"method {spec.method} needs a trial count: --count N (or run_cap in the sweep file)")
+    if spec.method == "bayes":
+        _import_optuna()
     load_config(spec.base_config, list(overrides))  # bad extra overrides fail before any trial
-    if job is not None:
-        resolve_job(job)
+    state = SweepState(cap, seed, tuple(overrides), job or spec.job, _sha256(spec.path), spec.path.name)
+    resolve_job(state.job)
+    planned_trials(spec, state)  # e.g. a grid over a continuous parameter fails before the folder exists
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     folder = Path(out_dir) if out_dir else Path(runs_dir) / "sweeps" / f"{spec.path.stem}__{stamp}"
+    if (folder / TRIALS_FILE).exists():
+        raise SweepError(f"{folder} already holds a sweep ({TRIALS_FILE}); continue it with "
+                         f"`longrec sweep --resume {folder}`, or choose another --out")
     folder.mkdir(parents=True, exist_ok=True)
     if spec.path.resolve() != (folder / "sweep.yaml").resolve():
         shutil.copyfile(spec.path, folder / "sweep.yaml")
-    extra = (f"logging.group={json.dumps(spec.raw.get('name') or spec.path.stem)}", *overrides)
-    cap = count or spec.run_cap
+    state.write(folder)
+    return _run_sweep(spec, state, folder, workers, {}, progress, on_result)
+
+
+def resume_local_sweep(folder: str | Path, workers: int = 1, count: int | None = None, seed: int | None = None,
+                       overrides: Sequence[str] = (), progress: bool = True,
+                       on_result: Callable[[TrialResult], None] | None = None) -> tuple[Path, list[TrialResult]]:
+    """Rerun the unfinished trials (failed, interrupted, never started) of a local sweep folder, in it.
+
+    The trials come from the folder's ``sweep.yaml`` and ``sweep_state.json``; ``count``, ``seed`` and
+    ``overrides`` may only repeat the stored values. Finished trials are kept as they are; the
+    reruns are appended to ``trials.jsonl`` and ``results.md`` / ``results.csv`` rank all trials.
+    Grid and random rerun the same parameters. Bayes replays the finished trials into a fresh Optuna
+    study, retries each failed trial with its parameters, and asks TPE for the trials never started.
+    Earlier attempts' run folders stay (marked failed or interrupted).
+    """
+    folder = Path(folder)
+    state = SweepState.read(folder)
+    if _sha256(folder / "sweep.yaml") != state.spec_sha256:
+        raise SweepError(f"--resume {str(folder)!r}: its sweep.yaml changed since the sweep started; a resume "
+                         "runs the same trials (start a new sweep with the edited file instead)")
+    _check_workers(workers)
+    check_count(count)
+    for option, given, stored in (("--count", count, state.count), ("--seed", seed, state.seed)):
+        if given is not None and given != stored:
+            raise SweepError(f"--resume {str(folder)!r}: {option} {given} differs from the sweep's stored "
+                             f"{option} {stored if stored is not None else 'none (the whole grid)'}; drop {option}")
+    if overrides and tuple(overrides) != state.overrides:
+        raise SweepError(f"--resume {str(folder)!r}: overrides {' '.join(overrides)} differ from the sweep's stored "
+                         f"overrides ({' '.join(state.overrides) or 'none'}); drop them")
+    spec = load_sweep(folder / "sweep.yaml")
+    close_stale_runs(folder, None, "interrupted", INTERRUPTED)
+    return _run_sweep(spec, state, folder, workers, read_trials(folder), progress, on_result)
+
+
+def planned_trials(spec: SweepSpec, state: SweepState) -> list[dict[str, Any]] | None:
+    """Grid and random: every trial's parameters in order (fixed by the spec, count and seed); bayes: None."""
     if spec.method == "grid":
-        trials = grid_trials(spec)[:cap] if cap else grid_trials(spec)
-    elif spec.method == "random":
-        if not cap:
-            raise SweepError("method random needs a trial count: --count N (or run_cap in the sweep file)")
-        trials = random_trials(spec, cap, seed)
+        trials = grid_trials(spec)
+        return trials[:state.count] if state.count else trials
+    if spec.method == "random":
+        return random_trials(spec, int(state.count or 0), state.seed)
+    return None
+
+
+def read_trials(folder: str | Path) -> dict[int, TrialResult]:
+    """The latest record of each trial in ``trials.jsonl`` (a line torn by a killed sweep is skipped)."""
+    path = Path(folder) / TRIALS_FILE
+    latest: dict[int, TrialResult] = {}
+    if not path.exists():
+        return latest
+    for line in path.read_text().splitlines():
+        try:
+            result = TrialResult(**json.loads(line))
+        except (ValueError, TypeError):
+            continue
+        latest[result.index] = result
+    return latest
+
+
+def _run_sweep(spec: SweepSpec, state: SweepState, folder: Path, workers: int, previous: dict[int, TrialResult],
+               progress: bool, on_result: Callable[[TrialResult], None] | None) -> tuple[Path, list[TrialResult]]:
+    """Run every trial of the sweep not finished in ``previous``; record, rank and return all of them."""
+    finished = {i: r for i, r in previous.items() if r.status == "finished"}
+    extra = (f"logging.group={json.dumps(spec.raw.get('name') or Path(state.source).stem)}", *state.overrides)
+
+    def make_trial(index: int, params: dict[str, Any]) -> TrialSpec:
+        return TrialSpec(index, params, spec.base_config, extra, state.job, str(folder), spec.metric)
+
+    planned = planned_trials(spec, state)
+    if planned is not None:
+        source: _PlannedTrials | _BayesTrials = _PlannedTrials(
+            [make_trial(i, p) for i, p in enumerate(planned) if i not in finished])
+        total = len(planned)
     else:
-        if not cap:
-            raise SweepError("method bayes needs a trial count: --count N (or run_cap in the sweep file)")
-        trials = None
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")
-    results: list[TrialResult] = []
-    log_path = folder / "trials.jsonl"
-    total = len(trials) if trials is not None else int(cap)
-    bar = _bar(total, progress)
+        source = _BayesTrials(spec, state, previous, make_trial)
+        total = int(state.count or 0)
+    results = list(finished.values())
+    log_path = folder / TRIALS_FILE
+    _end_last_line(log_path)
+    bar = _bar(total, progress, initial=len(finished))
 
     def record(result: TrialResult) -> None:
+        source.tell(result)
         results.append(result)
         with open(log_path, "a") as fh:
             fh.write(json.dumps(result.__dict__) + "\n")
@@ -451,63 +761,118 @@ def run_local_sweep(sweep: str | Path | SweepSpec, workers: int = 1, count: int 
         if on_result is not None:
             on_result(result)
 
-    def make_trial(index: int, params: dict[str, Any]) -> TrialSpec:
-        return TrialSpec(index, params, spec.base_config, extra, job or spec.job, str(folder), spec.metric)
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,), max_tasks_per_child=1) as pool:
-        if trials is not None:
-            futures = {pool.submit(run_trial, make_trial(i, p)): (i, p) for i, p in enumerate(trials)}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    record(_result_of(future, *futures[future], folder))
-        else:
-            _run_bayes(spec, pool, int(cap), workers, seed, make_trial, record, folder)
-    if bar is not None:
-        bar.close()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    try:
+        run_trials(source.next_trial, record, workers, threads)
+    except KeyboardInterrupt:
+        write_results(spec, sorted(results, key=lambda r: r.index), folder, state.source)
+        print(f"sweep interrupted: `longrec sweep --resume {folder}` runs its unfinished trials", file=sys.stderr)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     results.sort(key=lambda r: r.index)
-    write_results(spec, results, folder)
+    write_results(spec, results, folder, state.source)
     return folder, results
 
 
-def _result_of(future: Future, index: int, params: dict[str, Any], folder: Path) -> TrialResult:
-    try:
-        return future.result()
-    except BrokenProcessPool as exc:
-        return TrialResult(index, params, "failed", None, None,
-                           f"worker process died (killed or out of memory?): {exc}")
+class _PlannedTrials:
+    """Grid and random: the planned trials still to run, in order (nothing learns from the results)."""
+
+    def __init__(self, trials: Sequence[TrialSpec]) -> None:
+        self.queue = iter(trials)
+
+    def next_trial(self) -> TrialSpec | None:
+        return next(self.queue, None)
+
+    def tell(self, result: TrialResult) -> None:
+        pass
 
 
-def _run_bayes(spec: SweepSpec, pool: ProcessPoolExecutor, count: int, workers: int, seed: int,
-               make_trial: Callable[[int, dict[str, Any]], TrialSpec], record: Callable[[TrialResult], None],
-               folder: Path) -> None:
+class _BayesTrials:
+    """Method bayes on Optuna's ask/tell interface (TPE seeded with the sweep's seed).
+
+    On resume, the finished trials are replayed into the study first; a failed trial is retried with
+    its own parameters; the trials never started are asked from TPE.
+    """
+
+    def __init__(self, spec: SweepSpec, state: SweepState, previous: dict[int, TrialResult],
+                 make_trial: Callable[[int, dict[str, Any]], TrialSpec]) -> None:
+        optuna = _import_optuna()
+        self.optuna, self.spec, self.make_trial = optuna, spec, make_trial
+        self.study = optuna.create_study(direction=spec.goal, sampler=optuna.samplers.TPESampler(seed=state.seed))
+        self.retry = {i: r.params for i, r in previous.items() if r.status != "finished"}
+        finished = sorted(i for i, r in previous.items() if r.status == "finished")
+        for index in finished:
+            trial, _ = self._ask(previous[index].params)
+            self._tell(trial, previous[index])
+        self.todo = [i for i in range(int(state.count or 0)) if i not in finished]
+        self.running: dict[int, Any] = {}
+
+    def next_trial(self) -> TrialSpec | None:
+        if not self.todo:
+            return None
+        index = self.todo.pop(0)
+        trial, params = self._ask(self.retry.get(index))
+        self.running[index] = trial
+        return self.make_trial(index, params)
+
+    def tell(self, result: TrialResult) -> None:
+        self._tell(self.running.pop(result.index), result)
+
+    def _ask(self, fixed: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+        """A new Optuna trial and its parameters; ``fixed``: the parameters it must take (replay, retry)."""
+        if fixed is not None:
+            self.study.enqueue_trial(_optuna_params(self.spec, fixed))
+        trial = self.study.ask()
+        return trial, {k: optuna_suggest(trial, k, p) for k, p in self.spec.parameters.items()}
+
+    def _tell(self, trial: Any, result: TrialResult) -> None:
+        if result.status == "finished" and result.value is not None:
+            self.study.tell(trial, result.value)
+        else:
+            self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+
+
+def _optuna_params(spec: SweepSpec, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Trial parameters named as ``optuna_suggest`` names them (no constants; log_uniform as its exponent)."""
+    named = {}
+    for key, param in spec.parameters.items():
+        if param["distribution"] == "constant" or key not in params:
+            continue
+        if param["distribution"] == "log_uniform":
+            named[key + ".log"] = math.log(params[key])
+        else:
+            named[key] = params[key]
+    return named
+
+
+def _import_optuna() -> Any:
     try:
         import optuna
     except ImportError:
         raise SweepError("method bayes with --backend local needs Optuna (pip install optuna); "
                          "or run it with --backend wandb, or use method random") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "maximize" if spec.goal == "maximize" else "minimize"
-    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
-    running: dict[Future, tuple[Any, int, dict[str, Any]]] = {}
-    started = 0
-    while started < count or running:
-        while started < count and len(running) < workers:
-            trial = study.ask()
-            params = {k: optuna_suggest(trial, k, p) for k, p in spec.parameters.items()}
-            running[pool.submit(run_trial, make_trial(started, params))] = (trial, started, params)
-            started += 1
-        done, _ = wait(set(running), return_when=FIRST_COMPLETED)
-        for future in done:
-            trial, index, params = running.pop(future)
-            result = _result_of(future, index, params, folder)
-            if result.status == "finished" and result.value is not None:
-                study.tell(trial, result.value)
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            record(result)
+    return optuna
+
+
+def _check_workers(workers: int) -> None:
+    if workers < 1:
+        raise SweepError(f"--workers must be >= 1; got {workers}")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _end_last_line(path: Path) -> None:
+    """Finish a last line torn by a killed sweep, so that appended records start on their own line."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
 
 
 def rank(results: Sequence[TrialResult], goal: str) -> list[TrialResult]:
@@ -524,13 +889,13 @@ def rank(results: Sequence[TrialResult], goal: str) -> list[TrialResult]:
     return sorted(results, key=key)
 
 
-def write_results(spec: SweepSpec, results: Sequence[TrialResult], folder: Path) -> str:
-    """Ranked ``results.md`` and ``results.csv``; returns the Markdown."""
+def write_results(spec: SweepSpec, results: Sequence[TrialResult], folder: Path, source: str | None = None) -> str:
+    """Ranked ``results.md`` and ``results.csv``; returns the Markdown (titled with ``source``, the file name)."""
     ranked = rank(results, spec.goal)
     keys = list(spec.parameters)
     varying = [k for k in keys if spec.parameters[k]["distribution"] != "constant"] or keys
     header = ["rank", "trial", "status", spec.metric, *varying, "run"]
-    lines = [f"## sweep {spec.path.name}: {spec.method}, {spec.goal} {spec.metric}, "
+    lines = [f"## sweep {source or spec.path.name}: {spec.method}, {spec.goal} {spec.metric}, "
              f"{sum(r.status == 'finished' for r in results)}/{len(results)} finished\n",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * 2 + [":---", "---:"]
                                                             + ["---:"] * len(varying) + [":---"]) + "|"]
@@ -559,12 +924,12 @@ def _cell(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _bar(total: int, enabled: bool):
+def _bar(total: int, enabled: bool, initial: int = 0):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="sweep trials", unit="trial")
+    return tqdm(total=total, initial=initial, desc="sweep trials", unit="trial")
 
 
 # --------------------------------------------------------------------------- W&B backend
