@@ -165,7 +165,8 @@ class ExperimentConfig:
     init_from: str | None = None
     """pretrained policy folder (``save_pretrained``) to start from instead of this run's pretraining"""
     resume: str | None = None
-    """PPO checkpoint file or folder to resume training from"""
+    """``longrec train``: continue this stopped run (its folder, or a checkpoint inside it) in place, with its own
+    config; the same as ``longrec train --resume RUN``"""
     env: EnvConfig = field(default_factory=EnvConfig)
     """simulator"""
     data: DataConfig = field(default_factory=DataConfig)

@@ -73,6 +73,9 @@ def check_config(job: str, cfg: ExperimentConfig) -> None:
         if cfg.data.path and not Path(cfg.data.path).is_dir():
             raise ConfigError(f"config key 'data.path' must name a MovieLens folder (ratings.csv, movies.csv) or be "
                               f"null (the project's copy of ml-latest-small, or $LONGREC_MOVIELENS); got {cfg.data.path!r}")
+    if cfg.resume is not None and job in ("train", "quickstart"):  # `longrec train` turns it into a resume first
+        raise ConfigError(f"config key 'resume' continues a stopped run: `longrec train --resume {cfg.resume}` "
+                          f"(not `longrec {job}` with resume=, nor a sweep)")
     if job == "eval" and cfg.agent not in FIXED_AGENTS and cfg.eval.checkpoint is None:
         raise ConfigError(f"evaluating agent={cfg.agent} needs its checkpoint: --checkpoint PATH (eval.checkpoint)")
     ignored = ignored_keys(job, cfg)
