@@ -255,14 +255,7 @@ def test_cli_tiny_sweep_end_to_end(tmp_path, capsys):
 
 def test_local_bayes_with_optuna_finds_the_peak_region(tmp_path):
     pytest.importorskip("optuna")
-    spec = sw.load_sweep(_write_sweep(tmp_path, """\
-command: [longrec, train, --config, smoke]
-method: bayes
-metric: {name: eval/return, goal: maximize}
-parameters:
-  ppo.learning_rate: {min: 1.0e-5, max: 5.0e-3, distribution: log_uniform_values}
-  kl.coef: {values: [0.0, 0.05, 0.5]}
-"""))
+    spec = sw.load_sweep(_write_sweep(tmp_path, BAYES.replace("  seed: {value: 7}\n", "")))
     folder, results = sw.run_local_sweep(spec, workers=2, count=4, out_dir=tmp_path / "b", progress=False, seed=1,
                                          job="tests.test_sweep:quadratic_job")
     assert len(results) == 4 and all(r.status == "finished" for r in results)
