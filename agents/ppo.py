@@ -297,12 +297,23 @@ class MetricsCallback(BaseCallback):
         self._returns: list[float] = []
         self._lengths: list[int] = []
         self._seen_updates = 0
-        self._last_emit = 0
+        self._last_emit: int | None = None
+
+    def window(self) -> dict[str, Any]:
+        """What the next row will summarise (the step of the last row, the episodes ended since): kept in
+        checkpoints, so that a resumed run writes the rows of an uninterrupted one."""
+        return {"last_emit": self._last_emit, "returns": list(self._returns), "lengths": list(self._lengths)}
+
+    def restore_window(self, window: Mapping[str, Any] | None) -> None:
+        if window:
+            self._last_emit = window["last_emit"]
+            self._returns, self._lengths = list(window["returns"]), list(window["lengths"])
 
     def _on_training_start(self) -> None:
         self._start_time, self._start_steps = time.perf_counter(), self.model.num_timesteps
         self._seen_updates = self.model._n_updates
-        self._last_emit = self.model.num_timesteps
+        if self._last_emit is None:  # a fresh run (a resumed one restored its window)
+            self._last_emit = self.model.num_timesteps
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", ()):
@@ -643,10 +654,13 @@ def train_ppo(
             "reference": None if model.reference is None else model.reference.state_dict(),
             "config": config.to_dict(),
             "heldout_last_step": None if held_out is None else held_out.last_step,
+            "metrics_window": metrics.window(),
             **(checkpoint_extra() if checkpoint_extra is not None else {}),
         }
 
     metrics = MetricsCallback(metrics_sink, config.log_interval_steps)
+    if existing is not None:
+        metrics.restore_window(payload["extra"].get("metrics_window"))
     checkpointer = None
     all_callbacks: list[BaseCallback] = [metrics, *callbacks]
     held_out = None

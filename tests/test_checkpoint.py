@@ -52,16 +52,28 @@ class InterruptAt(BaseCallback):
 def test_ctrl_c_saves_the_last_boundary_and_resume_ends_as_an_uninterrupted_run(stop_at, tmp_path):
     """Ctrl-C in the middle of a rollout (256 steps each here) writes the state of the rollout's start; the
     resumed run replays that rollout and reaches exactly the budget with the uninterrupted run's weights."""
-    config = dataclasses.replace(TINY, checkpoint_every=10_000, eval_every=256, eval_users=4)
-    straight = train_ppo(config, 768, **SETUP)
-    interrupted = train_ppo(config, 768, checkpoint_dir=tmp_path, callbacks=[InterruptAt(stop_at)], **SETUP)
+    config = dataclasses.replace(TINY, checkpoint_every=10_000, eval_every=256, eval_users=4, log_interval_steps=512)
+    straight_rows, rows = [], []
+    straight = train_ppo(config, 1024, metrics_sink=lambda m, step: straight_rows.append((step, m)), **SETUP)
+    interrupted = train_ppo(config, 1024, checkpoint_dir=tmp_path, callbacks=[InterruptAt(stop_at)],
+                            metrics_sink=lambda m, step: rows.append((step, m)),
+                            checkpoint_extra=lambda: {"rows": len(rows)}, **SETUP)
     boundary = (stop_at - 1) // 256 * 256  # 512: the last step of the second rollout, before its update
     assert interrupted.interrupted and interrupted.num_timesteps == stop_at
-    assert load_checkpoint(checkpoint_path(tmp_path))["num_timesteps"] == boundary
-    finished = train_ppo(config, 768, checkpoint_dir=tmp_path, **SETUP)
-    assert finished.resumed_from == boundary and finished.num_timesteps == 768 and not finished.interrupted
+    payload = load_checkpoint(checkpoint_path(tmp_path))
+    assert payload["num_timesteps"] == boundary
+    del rows[payload["extra"]["rows"]:]  # what a run folder does: the rows logged after the checkpoint go
+    finished = train_ppo(config, 1024, checkpoint_dir=tmp_path, metrics_sink=lambda m, step: rows.append((step, m)),
+                         **SETUP)
+    assert finished.resumed_from == boundary and finished.num_timesteps == 1024 and not finished.interrupted
     for key, value in parameters(straight).items():
         torch.testing.assert_close(parameters(finished)[key], value, msg=f"parameter {key} differs")
+
+    def without_clock(logged):
+        return [(step, {k: v for k, v in m.items() if k != "charts/SPS"}) for step, m in logged]
+
+    # the same rows (training windows every 512 steps, held-out evaluations every 256) as without the stop
+    assert without_clock(rows) == without_clock(straight_rows)
 
 
 def test_corrupt_and_incompatible_checkpoints_give_clear_errors(tmp_path):

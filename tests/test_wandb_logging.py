@@ -80,7 +80,9 @@ def test_offline_run_directory_holds_config_group_metrics_table_image_artifact(w
                    b"charts/episodic_return", b"eval/agents", b"plots/curve"):
         assert needle in records, needle
     summary = json.loads(run.summary_path.read_text())
-    assert summary["wandb"] == {"mode": "offline", "url": None} and summary["status"] == "finished"
+    # the run id, by which a resumed run (`longrec train --resume`) continues the same W&B run
+    assert summary["wandb"] == {"mode": "offline", "url": None, "id": offline[0].name.split("-")[-1]}
+    assert summary["status"] == "finished"
     assert not (wandb_env / "wandb-dir").exists() or not any((wandb_env / "wandb-dir").rglob("*.wandb"))
 
 
