@@ -17,6 +17,7 @@ register_preset("longrec/Video-v0", presets.video)
 register_preset("longrec/Ecommerce-v0", presets.ecommerce)
 register_preset("longrec/News-v0", presets.news)
 register_preset("longrec/Music-v0", presets.music)
+register_preset("longrec/Travel-v0", presets.travel)
 register_preset("longrec/InterestEvolution-v0", interest_evolution.interest_evolution)
 register_preset(movielens_preset.ENV_ID, movielens_preset.movielens)
 

@@ -94,3 +94,22 @@ def music(num_users: int = 1, **kwargs: Any) -> BatchedSimulator:
     * Slate: 4 of 15 candidates.
     """
     return build_domain_simulator("music", num_users, **kwargs)
+
+
+def travel(num_users: int = 1, **kwargs: Any) -> BatchedSimulator:
+    """Travel booking: users plan trips over many sessions; reward is the price of a booking.
+
+    * The user cares about: destinations they dream of (stable interests) and
+      trips that keep their promise (hidden quality). A "too good to be true"
+      deal (sensational wording, low quality) pulls clicks and tempts a booking,
+      then disappoints and costs trust.
+    * A session is a short planning visit (~20 min) that ends when that time is
+      spent or after an ignored page. Bookings are rare (under 1% of clicks):
+      a well-served user books about two trips in 30 days, after a week or more
+      of browsing.
+    * A user returns the next day with a probability that rises with
+      satisfaction; otherwise they churn. Up to 30 days.
+    * Slate: 6 of 30 candidates; catalog 3,000 packages over 12 trip types,
+      prices log-normal (median ~820).
+    """
+    return build_domain_simulator("travel", num_users, **kwargs)
