@@ -81,6 +81,15 @@ examples:
   longrec compare RUN_A RUN_B --out reports/ab --curve-metric charts/episodic_return
   longrec compare runs/seeds/Video-v0__ce_ppo__<time> runs/seeds/Video-v0__ppo_scratch__<time> --reference ppo_scratch
   longrec compare runs/ --metric retention --wandb          # the tables and plots also as a W&B run""",
+    "explain": """\
+writes <out>/report.html with figures/*.png (attributions, user lives, fingerprints, surrogate) and
+explain.json; a run folder explains its final (RL) policy next to its CE-pretrained start.
+
+examples:
+  longrec explain runs/Video-v0__quickstart__0__<time>             # RL vs its CE start, 16 fresh users
+  longrec explain runs/Video-v0__ce_ppo__0__<time> --users 32 --seed 7 --wandb
+  longrec explain RUN --compare runs/Video-v0__ppo_scratch__0__<time>   # against another run's policy
+  longrec explain --policy runs/my_policy --env longrec/Video-v0 --env-kwarg num_items=200""",
     "runs": """\
 examples:
   longrec runs                                           # every run under runs/: status, agent, env, seed, steps, result
@@ -228,6 +237,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", action="store_true",
                    help="also log the tables and plots as a W&B run (job type compare; offline unless logged in)")
     p.add_argument("--allow-mixed-envs", action="store_true", help="compare runs of different environments")
+    p = add("explain", "explain a trained LLM policy: attributions, user lives, fingerprint, readable surrogate",
+            "Explain an LLM slate policy on fresh simulated users, next to a second policy (by default a run "
+            "folder's CE-pretrained policy, so that what RL changed is one picture): per recommendation, "
+            "Integrated Gradients (Captum) of each slot's logit to the history items and the item's feature "
+            "groups; per user life, the hidden satisfaction, fatigue, interests and sessions with each click's "
+            "hidden quality and appeal; per policy, clickbait shown and clicked, hidden quality, diversity, "
+            "coverage and repeats, overall and by day; a linear surrogate over named visible features with its "
+            "fidelity and its own long-term return. Needs the extra explain (captum).")
+    p.add_argument("run_folder", nargs="?", metavar="RUN_FOLDER",
+                   help="a run folder: its checkpoints/final_policy, compared with its CE-pretrained policy")
+    p.add_argument("--policy", metavar="PATH", help="a policy folder (config.json + model.safetensors) instead of a "
+                                                    "run folder; needs --env")
+    p.add_argument("--env", metavar="ID", help="with --policy: the registered environment, e.g. longrec/Video-v0")
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --policy: an environment option, e.g. num_items=200 (repeatable)")
+    p.add_argument("--compare", metavar="PATH", help="the policy shown side by side: a policy folder or a run folder "
+                                                     "(its final policy); default: RUN_FOLDER's CE-pretrained policy")
+    p.add_argument("--users", type=int, default=16, metavar="N",
+                   help="fresh users, one whole life each, the same for every policy (default: 16)")
+    p.add_argument("--seed", type=int, default=1000, metavar="S", help="seed of the fresh users (default: 1000)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN_FOLDER/explain, or "
+                                                "runs/explain__<policy>__<time> with --policy)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also log the figures and tables as a W&B run (job type explain; offline unless logged in)")
     p = add("runs", "list run folders: status (a dead 'running' run shows as died), agent, env, seed, steps, result",
             "List the run folders at or below the given paths (default: runs/), oldest first, one line each: "
             "status (running, finished, failed, interrupted, or died: marked running but its process is gone), "
@@ -494,6 +527,39 @@ def sweep_grouping(paths: Sequence[str]) -> str | None:
     return ",".join(keys) or None
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """``longrec explain``: report.html with its figures; prints the elapsed time and the report's path."""
+    import time
+
+    from experiments.config import parse_override
+
+    start = time.perf_counter()
+    env_kwargs = {}
+    for text in args.env_kwarg:
+        if "=" not in text:
+            raise ConfigError(f"--env-kwarg {text!r} must be KEY=VALUE, e.g. num_items=200")
+        key, value = parse_override(text)
+        env_kwargs[key] = value
+    import importlib.util
+
+    if importlib.util.find_spec("captum") is None:
+        raise ConfigError("longrec explain needs captum (the extra 'explain'): pip install -e .[explain]")
+    from experiments.explain import config_from_args, explain
+
+    config = config_from_args(run_folder=args.run_folder, policy=args.policy, env=args.env, env_kwargs=env_kwargs,
+                              compare=args.compare, users=args.users, seed=args.seed, out=args.out, wandb=args.wandb,
+                              progress=not args.quiet)
+    result = explain(config)
+    for path in result.files:
+        if not args.quiet:
+            print(f"wrote {path}")
+    if result.wandb_url:
+        print(f"W&B: {result.wandb_url}")
+    print(f"explained {config.label}" + (f" vs {config.compare_label}" if config.compare else "")
+          + f" in {time.perf_counter() - start:.1f} s: {result.report}")
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from experiments.listing import list_runs, runs_table
 
@@ -557,7 +623,8 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_run, "pretrain": cmd_run, "eval": cmd_run, "quickstart": cmd_quickstart,
-            "sweep": cmd_sweep, "compare": cmd_compare, "runs": cmd_runs, "bench": cmd_bench, "envs": cmd_envs}
+            "sweep": cmd_sweep, "compare": cmd_compare, "explain": cmd_explain, "runs": cmd_runs, "bench": cmd_bench,
+            "envs": cmd_envs}
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
