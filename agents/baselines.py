@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from agents.slateq import optimise_slate
+from envs.catalog import ID_CATALOG_HINT, check_catalog
 from envs.core import BatchedSimulator
 from envs.interest_evolution import InterestEvolutionUserModel
 from envs.user import LongTermUserModel
@@ -383,19 +384,26 @@ def _load_sb3_ppo(path: Any) -> Any:
 
 def _pctr_greedy(core: BatchedSimulator, seed: int, policy: Any = None, path: Any = None, **kwargs: Any) -> Agent:
     policy = _given_or_loaded("pctr_greedy", "policy", policy, path, _load_llm_policy)
+    check_catalog(policy.model.catalog, core.catalog.fingerprint(), f"the LLM policy {path or ''}".rstrip())
     return PolicyAgent(policy, deterministic=True, seed=seed, **kwargs)
 
 
-def _slateq(core: BatchedSimulator, seed: int, agent: Any = None, path: Any = None) -> Agent:
+def _slateq(core: BatchedSimulator, seed: int, agent: Any = None, path: Any = None, map_ids: bool = False) -> Agent:
     from agents.slateq import SlateQAgent
 
     agent = _given_or_loaded("slateq", "agent", agent, path, SlateQAgent.load)
-    agent.attach(core)
+    agent.attach(core, map_ids=map_ids)
     return agent
 
 
-def _ppo_mlp(core: BatchedSimulator, seed: int, model: Any = None, path: Any = None, **kwargs: Any) -> Agent:
+def _ppo_mlp(core: BatchedSimulator, seed: int, model: Any = None, path: Any = None, map_ids: bool = False,
+             **kwargs: Any) -> Agent:
+    """Any SB3 PPO model (the MLP id policy, or an LLM policy trained in memory), greedy. Another catalog than
+    the one it learned is refused unless ``map_ids`` (id i keeps its learned vector: a no-transfer baseline)."""
     model = _given_or_loaded("ppo_mlp", "model", model, path, _load_sb3_ppo)
+    if not map_ids:
+        check_catalog(getattr(model, "catalog", None), core.catalog.fingerprint(), f"the PPO policy {path or ''}".rstrip(),
+                      ID_CATALOG_HINT)
     return PolicyAgent(model.policy, deterministic=True, seed=seed, **kwargs)
 
 

@@ -68,6 +68,7 @@ from agents.checkpoint import (
 )
 from agents.config import KLConfig, PPOConfig
 from agents.kl import kl_estimate, make_kl_controller
+from envs.catalog import check_catalog
 from envs.core import BatchedSimulator
 from llm_policy.config import SlatePolicyConfig
 from llm_policy.device import resolve_device
@@ -580,6 +581,10 @@ def build_ppo(
         )
         model = LongrecPPO("MultiInputPolicy", env, policy_kwargs=policy_kwargs, **common)
     model.core = env.core
+    model.catalog = env.core.catalog.fingerprint()  # saved with an SB3 .zip: an id policy knows its items
+    if policy == "llm":
+        check_catalog(model.policy.model.catalog, model.catalog, pretrained_path or "the policy")
+        model.policy.model.catalog = model.catalog
     model.ppo_config = config
     # Metrics flow through MetricsCallback; SB3's default logger would also leave an empty
     # /tmp/SB3-<time> folder behind on every learn().

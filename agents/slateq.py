@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from agents.config import SlateQConfig
+from envs.catalog import ID_CATALOG_HINT, check_catalog
 from envs.core import BatchedSimulator
 
 SLATE_OPTIMISERS = ("greedy", "topk")
@@ -199,14 +200,20 @@ class SlateQAgent:
         self.device = torch.device(device)
         self.core = core
         self.chunk = 4096
+        self.catalog = core.catalog.fingerprint() if core is not None else None
+        """fingerprint of the catalog it learned (its Q-network has one vector per item id)"""
 
-    def attach(self, core: BatchedSimulator) -> None:
-        """Use ``core``'s choice model (utilities, position bias) from now on."""
+    def attach(self, core: BatchedSimulator, map_ids: bool = False) -> None:
+        """Use ``core``'s choice model (utilities, position bias) from now on. Another catalog is refused
+        (:class:`envs.catalog.CatalogMismatch`) unless ``map_ids``: then item i of the new catalog gets the
+        learned vector of the old item i (a no-transfer baseline; same catalog size only)."""
         if core.catalog.num_items != self.network.num_items:
             raise ValueError(
                 f"SlateQ network was trained on {self.network.num_items} items; this simulator has "
                 f"{core.catalog.num_items}"
             )
+        if not map_ids:
+            check_catalog(self.catalog, core.catalog.fingerprint(), "the SlateQ agent", ID_CATALOG_HINT)
         self.core = core
 
     def reset(self, seed: int | None = None) -> None:
@@ -252,6 +259,7 @@ class SlateQAgent:
             "context_dim": self.network.user_tower[0].in_features - self.config.embedding_dim,
             "popularity": self.network.popularity[:-1].cpu().numpy(),
             "state_dict": self.network.state_dict(),
+            "catalog": self.catalog,
         }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(payload, tmp)
@@ -274,6 +282,7 @@ class SlateQAgent:
         )
         network.load_state_dict(payload["state_dict"])
         agent = cls(network.to(device), config, device=device)
+        agent.catalog = payload.get("catalog")
         if core is not None:
             agent.attach(core)
         return agent

@@ -8,6 +8,7 @@ sees only item ids, texts and popularity.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,31 @@ class Catalog:
     @property
     def num_topics(self) -> int:
         return len(self.topic_names)
+
+    def fingerprint(self) -> str:
+        """A short hash of the items' visible texts, in id order: two catalogs with the same fingerprint show
+        the same items under the same ids (a policy that learned per-id vectors can serve only those)."""
+        digest = hashlib.sha256()
+        for text in self.texts:
+            digest.update(text.encode("utf-8"))
+            digest.update(b"\0")
+        return f"{self.num_items}-{digest.hexdigest()[:16]}"
+
+
+LLM_CATALOG_HINT = ("serve it the new items with policy.set_catalog(ItemTextEncoder(<its text encoder>)"
+                    ".encode_catalog(catalog), catalog.fingerprint())")
+ID_CATALOG_HINT = "pass map_ids=True to apply its id vectors to the new items anyway (a no-transfer baseline)"
+
+
+class CatalogMismatch(ValueError):
+    """A policy meets a catalog other than the one it learned (its item ids would name other items)."""
+
+
+def check_catalog(saved: str | None, current: str, what: str, hint: str = LLM_CATALOG_HINT) -> None:
+    """Raise :class:`CatalogMismatch` when ``saved`` (a fingerprint, None = unknown) is not ``current``."""
+    if saved is not None and saved != current:
+        raise CatalogMismatch(f"{what} learned the catalog {saved}, but this env's catalog is {current} (another "
+                              f"catalog_seed or preset): its item ids would name other items; {hint}")
 
 
 def sample_catalog(

@@ -201,7 +201,8 @@ def _pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     embeddings = item_embeddings(cfg, run, device)
     result = pretrain(logs, embeddings, config=cfg.pretrain, model_config=cfg.policy,
                       output_dir=run.checkpoints_dir / "pretrained", seed=cfg.seed, device=device,
-                      progress=cfg.logging.progress)
+                      progress=cfg.logging.progress,
+                      catalog=make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog.fingerprint())
     for row in result.metrics.get("history", []):
         run.log({f"pretrain/{k}": v for k, v in row.items() if k != "epoch"}, step=None)
     metrics = {f"pretrain/{k}": v for k, v in result.metrics.items() if _is_number(v)}

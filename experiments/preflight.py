@@ -72,8 +72,9 @@ def check_runs_dir(runs_dir: str | Path) -> None:
             return
 
 
-def env_sizes(env_id: str, env_kwargs: Mapping[str, Any]) -> dict[str, int]:
-    """Build ``env_id`` with ``env_kwargs`` once (one user) and return its sizes ``N, H, C, D, K``."""
+def env_sizes(env_id: str, env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Build ``env_id`` with ``env_kwargs`` once (one user) and return its sizes ``N, H, C, D, K`` and its
+    catalog's fingerprint (``catalog``)."""
     import gymnasium as gym
 
     import envs  # noqa: F401 - registers longrec/*
@@ -84,7 +85,8 @@ def env_sizes(env_id: str, env_kwargs: Mapping[str, Any]) -> dict[str, int]:
     except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
         raise ConfigError(f"config key 'env.kwargs' does not build {env_id}: {_one_line(exc)}") from None
     try:
-        return check_slate_spaces(env.observation_space, env.action_space)
+        return {**check_slate_spaces(env.observation_space, env.action_space),
+                "catalog": envs.get_core(env).catalog.fingerprint()}
     finally:
         env.close()
 
@@ -168,7 +170,7 @@ def checkpoint_kind(path: str | Path) -> str:
     raise ValueError(f"{str(path)!r} is not a checkpoint (neither a folder nor a zip / torch file; truncated?)")
 
 
-def resolve_checkpoint(path: str | Path, agent: str, sizes: Mapping[str, int] | None = None,
+def resolve_checkpoint(path: str | Path, agent: str, sizes: Mapping[str, Any] | None = None,
                        key: str = "eval.checkpoint") -> str:
     """The policy to evaluate as ``agent``: ``path`` itself, or a run folder's final policy; checked
     to be the kind ``agent`` loads, of the same agent when the run folder says, and to fit ``sizes``."""
@@ -191,7 +193,7 @@ def resolve_checkpoint(path: str | Path, agent: str, sizes: Mapping[str, int] | 
     return str(path)
 
 
-def check_checkpoint(path: str | Path, needed: str, key: str, sizes: Mapping[str, int] | None = None,
+def check_checkpoint(path: str | Path, needed: str, key: str, sizes: Mapping[str, Any] | None = None,
                      agent: str | None = None) -> None:
     """``path`` must hold a readable checkpoint of kind ``needed`` that fits the env ``sizes``."""
     kind = _kind_or_error(path, key)
@@ -209,6 +211,11 @@ def check_checkpoint(path: str | Path, needed: str, key: str, sizes: Mapping[str
         raise ConfigError(f"config key {key!r}: {str(path)!r} does not fit the environment: {', '.join(wrong)} "
                           "(N items, H history, C candidates, D context, K slate size); use env.id / env.kwargs "
                           "of the run that saved it")
+    if saved.get("catalog") and sizes.get("catalog") and saved["catalog"] != sizes["catalog"]:
+        raise ConfigError(f"config key {key!r}: {str(path)!r} learned the catalog {saved['catalog']}, but env.id / "
+                          f"env.kwargs give the catalog {sizes['catalog']} (another catalog_seed or preset): its item "
+                          "ids would name other items; use the env settings of the run that saved it "
+                          "(benchmarks/transfer.py serves a policy another catalog on purpose)")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -221,7 +228,7 @@ def _kind_or_error(path: str | Path, key: str) -> str:
         raise ConfigError(f"config key {key!r}: {_one_line(exc)}") from None
 
 
-def _saved_sizes(path: Path, kind: str, key: str) -> dict[str, int] | None:
+def _saved_sizes(path: Path, kind: str, key: str) -> dict[str, Any] | None:
     """The sizes a checkpoint was saved for (None when it does not record them)."""
     if kind == "llm_policy":
         return _llm_policy_sizes(path, key)
@@ -232,16 +239,16 @@ def _saved_sizes(path: Path, kind: str, key: str) -> dict[str, int] | None:
 
         try:
             data, _, _ = load_from_zip_file(path, load_data=True, device="cpu")
-            return check_slate_spaces(data["observation_space"], data["action_space"])
+            return {**check_slate_spaces(data["observation_space"], data["action_space"]), "catalog": data.get("catalog")}
         except Exception as exc:  # noqa: BLE001 - any unreadable zip gets the same message
             raise ConfigError(f"config key {key!r}: cannot read {str(path)!r} ({_one_line(exc)})") from None
     if kind == "slateq":
         payload = _torch_load(path)
-        return {"N": int(payload["num_items"]), "D": int(payload["context_dim"])}
+        return {"N": int(payload["num_items"]), "D": int(payload["context_dim"]), "catalog": payload.get("catalog")}
     return None
 
 
-def _llm_policy_sizes(path: Path, key: str) -> dict[str, int] | None:
+def _llm_policy_sizes(path: Path, key: str) -> dict[str, Any] | None:
     from safetensors import safe_open
 
     config, weights = path / "config.json", path / "model.safetensors"
@@ -262,6 +269,8 @@ def _llm_policy_sizes(path: Path, key: str) -> dict[str, int] | None:
     slate = (meta.get("model_config") or {}).get("max_slate_size")
     if slate is not None:
         sizes["max_slate_size"] = int(slate)
+    if meta.get("catalog"):
+        sizes["catalog"] = meta["catalog"]
     return sizes
 
 

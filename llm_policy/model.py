@@ -130,6 +130,9 @@ class SlateModel(nn.Module):
         Their logits come from a different part of the model than those of items with an id vector; a
         large weight [1] with a negative offset lifts only the rare items whose text matches well (set
         on validation data with the weights: ``llm_policy.next_item.calibrate_text_match``)"""
+        self.catalog: str | None = None
+        """fingerprint of the catalog whose items ``item_embeddings`` describe (``envs.catalog.Catalog.fingerprint``;
+        saved): None when unknown"""
         self.obs_sizes: dict[str, int] | None = None
         """observation sizes ``N, H, C, D, K`` it was trained for (saved, lets a policy rebuild its spaces)"""
         self.encoder = StateEncoder(config, self.item_dim, self.context_dim, hf_config=encoder_hf_config)
@@ -237,6 +240,29 @@ class SlateModel(nn.Module):
         if tuple(active.shape) != (self.num_items,):
             raise ValueError(f"active must have shape ({self.num_items},), got {tuple(active.shape)}")
         self.item_id_active[:-1] = active.to(self.item_id_active.device)
+
+    def set_catalog(self, item_embeddings: Any, catalog: str | None = None) -> SlateModel:
+        """Serve another catalog with the same weights: ``item_embeddings`` ``(N', item_dim)`` (text
+        embeddings of the new items, by the same text encoder) replace the item table, id ``N'`` becomes
+        the padding id, and every item is represented by its features alone, as an item the model has
+        never seen (learned id vectors belong to the old items: the new ones get none). ``catalog`` is the
+        new catalog's fingerprint (``envs.catalog.Catalog.fingerprint``). Returns ``self``.
+        """
+        emb = as_item_embeddings(item_embeddings).to(self.item_embeddings.device, self.item_embeddings.dtype)
+        if emb.shape[1] != self.item_dim:
+            raise ValueError(f"the new catalog's item features have {emb.shape[1]} dimensions, the model {self.item_dim}: "
+                             "embed its texts with the text encoder the model was trained with")
+        self.num_items = int(emb.shape[0])
+        self.item_embeddings = torch.cat([emb, emb.new_zeros(1, self.item_dim)])
+        if self.item_id_embedding is not None:
+            device = self.item_id_embedding.weight.device
+            self.item_id_embedding = nn.Embedding(self.num_items + 1, self.item_dim, padding_idx=self.num_items).to(device)
+            nn.init.zeros_(self.item_id_embedding.weight)
+            self.item_id_active = torch.zeros(self.num_items + 1, dtype=torch.bool, device=device)
+        if self.obs_sizes is not None:
+            self.obs_sizes = {**self.obs_sizes, "N": self.num_items}
+        self.catalog = catalog
+        return self
 
     # ------------------------------------------------------------------ encoding
 
@@ -354,6 +380,7 @@ class SlateModel(nn.Module):
             "context_dim": self.context_dim,
             "encoder_hf_config": self.encoder.hf_config_dict(),
             "obs_sizes": self.obs_sizes,
+            "catalog": self.catalog,
         }
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
@@ -388,4 +415,5 @@ class SlateModel(nn.Module):
         )
         model.load_state_dict(state)
         model.obs_sizes = meta.get("obs_sizes")
+        model.catalog = meta.get("catalog")
         return model.to(map_location)

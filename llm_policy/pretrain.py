@@ -240,6 +240,7 @@ def pretrain(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    catalog: str | None = None,
 ) -> PretrainResult:
     """Train the slate model with cross-entropy on logged data.
 
@@ -261,6 +262,8 @@ def pretrain(
         seed: seeds the user split, the batch order and the model initialisation.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``, ... (``llm_policy.device.resolve_device``).
         progress: show a tqdm bar.
+        catalog: fingerprint of the catalog the logs come from (``envs.catalog.Catalog.fingerprint``), saved
+            with the policy so that it is not served another catalog by mistake (None: keep the model's).
 
     Returns:
         :class:`PretrainResult` with the best model, metrics and the checkpoint folder.
@@ -272,6 +275,8 @@ def pretrain(
         raise ValueError("the log is empty")
     torch.manual_seed(seed)  # module initialisers draw from torch's global generator
     model = _initial_model(data, item_embeddings, config, model_config, model).to(torch_device)
+    if catalog is not None:
+        model.catalog = catalog
     train_rows, val_rows = split_users(data.user_id, config.val_fraction, seed)
     train, val = data.select(train_rows), data.select(val_rows)
     train_idx = _rows_for_target(train, config.target)

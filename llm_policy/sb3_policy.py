@@ -230,6 +230,29 @@ class LLMSlatePolicy(ActorCriticPolicy):
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         return self.model.value(self.extract_features(obs)).unsqueeze(-1)
 
+    # ------------------------------------------------------------------ another catalog
+
+    def set_catalog(self, item_embeddings: Any, observation_space: spaces.Space | None = None,
+                    action_space: spaces.Space | None = None) -> LLMSlatePolicy:
+        """Serve another catalog with the same weights (:meth:`SlateModel.set_catalog`): ``item_embeddings``
+        ``(N', d)`` of the new items' texts; the spaces become those of an env with that catalog (pass
+        the env's own spaces when its history, candidates or slate size differ too). Returns ``self``."""
+        self.model.set_catalog(item_embeddings)
+        if observation_space is None or action_space is None:
+            sizes = {**self.sizes, "N": self.model.num_items}
+            default_obs, default_act = slate_spaces(**sizes)
+            observation_space, action_space = observation_space or default_obs, action_space or default_act
+        sizes = check_slate_spaces(observation_space, action_space)
+        if sizes["N"] != self.model.num_items or sizes["D"] != self.model.context_dim:
+            raise ValueError(f"the spaces give N={sizes['N']}, D={sizes['D']}; the catalog has {self.model.num_items} "
+                             f"items and the model context D={self.model.context_dim}")
+        if sizes["K"] > self.model_config.max_slate_size:
+            raise ValueError(f"slate size K={sizes['K']} exceeds model_config.max_slate_size={self.model_config.max_slate_size}")
+        self.observation_space, self.action_space, self.sizes = observation_space, action_space, sizes
+        self.model.obs_sizes = dict(sizes)
+        self.action_dist = SlateDistribution(sizes["K"], use_cache=self.use_kv_cache)
+        return self
+
     # ------------------------------------------------------------------ save / load folders
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
