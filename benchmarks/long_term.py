@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="behaviour policy of the pretraining logs (default: the production logger, non-privileged)")
     parser.add_argument("--target", default="click", choices=("slate", "click"), help="CE pretraining target")
     parser.add_argument("--model", default="tiny", choices=("tiny", "small", "base"), help="LLM policy size")
+    parser.add_argument("--text-encoder", default="minilm",
+                        help="item-text encoder of the LLM policy (text.encoder: minilm, or tiny for smoke runs)")
     parser.add_argument("--pretrain-users", type=int, default=400, help="logged users for CE pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
     parser.add_argument("--pretrain-batches", type=int, default=150, help="max batches per pretraining epoch")
@@ -114,7 +116,8 @@ def common_overrides(args: argparse.Namespace, seed: int, runs_dir: Path) -> lis
 def policy_overrides(args: argparse.Namespace) -> list[str]:
     from agents.ppo import LLM_SIZES
 
-    return [f"policy.{key}={value}" for key, value in LLM_SIZES[args.model].items()]
+    return [f"policy.{key}={value}" for key, value in LLM_SIZES[args.model].items()] + [
+        f"text.encoder={args.text_encoder}"]
 
 
 def agent_overrides(args: argparse.Namespace, agent: str, seed: int, policy_dir: Path | None) -> list[str]:
@@ -139,6 +142,11 @@ def agent_overrides(args: argparse.Namespace, agent: str, seed: int, policy_dir:
     return keys
 
 
+def env_overrides(env_kwargs: dict[str, Any]) -> list[str]:
+    """``env.kwargs.<key>=<value>`` overrides of environment options."""
+    return [f"env.kwargs.{key}={json.dumps(value)}" for key, value in env_kwargs.items()]
+
+
 def run_job(job: str, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
     """``longrec <job> <overrides>`` in this process: the run folder and the job's result."""
     from experiments import jobs
@@ -152,8 +160,10 @@ def run_job(job: str, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
     return run.path, result
 
 
-def pretrain_for_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> Path:
-    """The CE-pretrained policy folder of ``seed`` (logs and pretraining run made once, then reused)."""
+def pretrain_for_seed(args: argparse.Namespace, seed: int, seed_dir: Path, env_kwargs: dict[str, Any] | None = None
+                      ) -> Path:
+    """The CE-pretrained policy folder of ``seed`` (logs and pretraining run made once, then reused); ``env_kwargs``
+    configure the environment (e.g. ``{"catalog_seed": 1}``, another catalog)."""
     from agents.logs import generate_logs
 
     record = seed_dir / "pretrain.json"
@@ -161,11 +171,12 @@ def pretrain_for_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> Pa
         return Path(json.loads(record.read_text())["policy_dir"])
     start = time.perf_counter()
     logs = seed_dir / "logs.npz"
-    generate_logs(args.env, num_users=args.pretrain_users, seed=seed + 1000, path=logs, behaviour=args.behaviour)
+    kwargs = dict(env_kwargs or {})
+    generate_logs(args.env, num_users=args.pretrain_users, seed=seed + 1000, path=logs, behaviour=args.behaviour, **kwargs)
     overrides = [*common_overrides(args, seed, seed_dir / "runs"), f"data.path={logs}", *policy_overrides(args),
                  f"pretrain.target={args.target}", f"pretrain.epochs={args.pretrain_epochs}",
                  "pretrain.batch_size=256", "pretrain.val_fraction=0.2", "pretrain.patience=3",
-                 f"pretrain.max_batches_per_epoch={args.pretrain_batches}"]
+                 f"pretrain.max_batches_per_epoch={args.pretrain_batches}", *env_overrides(kwargs)]
     run_dir, result = run_job("pretrain", overrides)
     metrics = result["metrics"]
     seconds = time.perf_counter() - start

@@ -232,12 +232,13 @@ class LLMSlatePolicy(ActorCriticPolicy):
 
     # ------------------------------------------------------------------ another catalog
 
-    def set_catalog(self, item_embeddings: Any, observation_space: spaces.Space | None = None,
+    def set_catalog(self, item_embeddings: Any, catalog: str | None = None, observation_space: spaces.Space | None = None,
                     action_space: spaces.Space | None = None) -> LLMSlatePolicy:
         """Serve another catalog with the same weights (:meth:`SlateModel.set_catalog`): ``item_embeddings``
-        ``(N', d)`` of the new items' texts; the spaces become those of an env with that catalog (pass
-        the env's own spaces when its history, candidates or slate size differ too). Returns ``self``."""
-        self.model.set_catalog(item_embeddings)
+        ``(N', d)`` of the new items' texts, ``catalog`` its fingerprint (``Catalog.fingerprint``); the spaces
+        become those of an env with that catalog (pass the env's own spaces when its history, candidates or
+        slate size differ too). Returns ``self``."""
+        self.model.set_catalog(item_embeddings, catalog)
         if observation_space is None or action_space is None:
             sizes = {**self.sizes, "N": self.model.num_items}
             default_obs, default_act = slate_spaces(**sizes)

@@ -72,11 +72,11 @@ def test_a_policy_serves_another_preset_after_set_catalog(tmp_path):
                             item_embeddings=torch.randn(2000, 8), model_config=TINY)
     news = envs.make_core("longrec/News-v0")
     obs_space, act_space = slate_spaces(N=3000, H=24, C=30, D=4, K=8)
-    policy.set_catalog(torch.randn(3000, 8), obs_space, act_space)
+    policy.set_catalog(torch.randn(3000, 8), news.catalog.fingerprint(), obs_space, act_space)
+    assert policy.model.catalog == news.catalog.fingerprint() and policy.sizes["K"] == 8
     row = evaluate_agent(make_baseline("pctr_greedy", news, policy=policy), "longrec/News-v0", num_users=3,
                          progress=False).row
     assert np.isfinite(row["return"])
-    policy.model.catalog = news.catalog.fingerprint()
     saved = policy.save_pretrained(tmp_path / "news_policy")
     assert LLMSlatePolicy.from_pretrained(saved).model.catalog == news.catalog.fingerprint()
 
