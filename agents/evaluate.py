@@ -12,6 +12,8 @@ by a return the next day: retention), CTR (clicked slates / slates), mean
 consumption of clicked items, final satisfaction (hidden state after the last
 step of the life), intra-slate diversity (distinct topics / K, averaged over the
 user's slates); and per seed the catalog coverage (fraction of items ever shown).
+On a cold-start env (``new_item_share > 0``: the core's ``is_new_item``) it also
+splits the return by the clicked item (``COLD_START_METRICS``).
 Every metric gets a 95% confidence interval: normal-approximation over users
 (pooled over seeds; bootstrap over users for coverage), and, when S > 1, a
 Student-t interval over the S per-seed means (``<metric>_seed_ci95``). This is
@@ -46,6 +48,16 @@ USER_METRICS = (
     "length",
 )
 """metrics with one value per user (``length`` = slates seen in the life)"""
+
+COLD_START_METRICS = (
+    "return_new_clicks",
+    "return_old_clicks",
+    "new_click_share",
+    "new_shown_share",
+)
+"""per-user metrics of an env with new items (``core.is_new_item.any()``): the return earned on clicks of new
+items and the rest (clicks of old items; a step without a click earns nothing but a duplicate penalty), so the
+two add up to ``return``; the share of the user's clicks that were new items and of the items shown"""
 
 AgentSpec = Agent | str | Callable[[BatchedSimulator], Agent]
 """an agent, a baseline name (``make_baseline``), or a factory called with the evaluation core"""
@@ -109,6 +121,9 @@ def run_lives(
     sessions = np.zeros(n)
     final_satisfaction = np.full(n, np.nan)
     seen = np.zeros((n, catalog.num_items), dtype=bool)
+    is_new_item = core.is_new_item if core.is_new_item.any() else None
+    if is_new_item is not None:
+        totals.update({name: np.zeros(n) for name in ("return_new", "return_old", "new_clicks", "new_shown")})
     placeholder = np.tile(np.arange(k, dtype=np.int64), (n, 1))
     steps = 0
     for _ in range(max_steps):
@@ -133,6 +148,13 @@ def run_lives(
         totals["diversity"][rows] += _distinct_per_row(catalog.topic[slate_items]) / k
         length[rows] += 1
         seen[rows[:, None], slate_items] = True
+        if is_new_item is not None:
+            reward = result.reward[rows]
+            clicked_new = clicked & is_new_item[info["clicked_item_id"][rows]]  # a no-click's id -1 is masked
+            totals["return_new"][rows] += np.where(clicked_new, reward, 0.0)
+            totals["return_old"][rows] += np.where(clicked_new, 0.0, reward)
+            totals["new_clicks"][rows] += clicked_new
+            totals["new_shown"][rows] += is_new_item[slate_items].sum(axis=1)
 
         done = result.terminated | result.truncated
         finished = alive & done
@@ -159,6 +181,11 @@ def run_lives(
             "diversity": totals["diversity"] / length,
             "length": length.astype(np.float64),
         }
+        if is_new_item is not None:
+            values["return_new_clicks"] = totals["return_new"]
+            values["return_old_clicks"] = totals["return_old"]
+            values["new_click_share"] = np.where(totals["clicks"] > 0, totals["new_clicks"] / totals["clicks"], np.nan)
+            values["new_shown_share"] = totals["new_shown"] / (length * k)
     return LivesRecord(seed, values, seen, steps)
 
 
@@ -196,7 +223,9 @@ def evaluate_agent(
     evaluation core). Returns an ``Evaluation`` whose ``row`` is a flat JSON-ready
     dict: ``agent``, ``env_id``, ``num_users``, ``seeds``, ``env_steps``, ``seconds``,
     and for each metric ``<metric>`` (mean over all users of all seeds),
-    ``<metric>_ci95`` (over users) and, when S > 1, ``<metric>_seed_ci95``.
+    ``<metric>_ci95`` (over users) and, when S > 1, ``<metric>_seed_ci95``; the
+    metrics are ``USER_METRICS``, plus ``COLD_START_METRICS`` when the env has new
+    items (``new_item_share > 0``).
     """
     if num_users < 1:
         raise ValueError(f"num_users={num_users!r} must be >= 1")
@@ -223,7 +252,8 @@ def evaluate_agent(
         "env_steps": int(sum(r.steps for r in records)),
         "seconds": round(time.perf_counter() - start, 3),
     }
-    for metric in USER_METRICS:
+    metrics = USER_METRICS + (COLD_START_METRICS if core.is_new_item.any() else ())
+    for metric in metrics:
         mean, half = mean_ci95(np.concatenate([r.values[metric] for r in records]))
         row[metric], row[f"{metric}_ci95"] = mean, half
         if len(seeds) > 1:
@@ -240,11 +270,15 @@ def evaluate_agent(
 
 def format_row(row: dict[str, Any]) -> str:
     """One-line summary ``agent: return m ± h | ctr ... | return rate ...`` (privileged agents marked)."""
-    return (
+    line = (
         f"{display_name(row['agent'])}: return {row['return']:.1f} ± {row['return_ci95']:.1f} | "
         f"sessions {row['sessions']:.2f} | return rate {row['return_rate']:.3f} | ctr {row['ctr']:.3f} | "
         f"coverage {row['coverage']:.3f}"
     )
+    if "return_new_clicks" in row:
+        line += (f" | return on new items {row['return_new_clicks']:.1f} ± {row['return_new_clicks_ci95']:.1f} "
+                 f"(new clicks {row['new_click_share']:.3f})")
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> None:

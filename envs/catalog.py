@@ -9,6 +9,7 @@ sees only item ids, texts and popularity.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -79,6 +80,20 @@ def check_catalog(saved: str | None, current: str, what: str, hint: str = LLM_CA
     if saved is not None and saved != current:
         raise CatalogMismatch(f"{what} learned the catalog {saved}, but this env's catalog is {current} (another "
                               f"catalog_seed or preset): its item ids would name other items; {hint}")
+
+
+def new_item_mask(num_items: int, share: float, seed: int = 0) -> np.ndarray:
+    """(N,) bool: the ``share`` of the items that are new in a cold-start env (``SessionConfig.new_item_share``).
+
+    A seeded draw of round(share * N) ids that does not touch the catalog (texts and fingerprint stay the
+    same, so a policy trained where the new items never appear can be evaluated where they do); a larger
+    share with the same seed keeps the new items of a smaller one.
+    """
+    if not (0.0 <= share < 1.0):
+        raise ValueError(f"new_item_share={share!r} is out of range; allowed: [0, 1)")
+    is_new = np.zeros(num_items, dtype=bool)
+    is_new[np.random.default_rng(seed).permutation(num_items)[: math.floor(share * num_items + 0.5)]] = True
+    return is_new
 
 
 def sample_catalog(

@@ -84,6 +84,13 @@ class SessionConfig:
     """session time spent per unit of consumed length (1 for minutes of video; small for prices)"""
     max_steps_per_session: int = 40
     """safety cap on slates per session (normalises the step-in-session context)"""
+    # cold start inside one catalog (0 = off: every item can be a candidate)
+    new_item_share: float = 0.0
+    """share of the catalog's items that are new (a fixed, seeded set); with new_candidate_share 0 never a candidate"""
+    new_candidate_share: float = 0.0
+    """share of each step's candidates drawn from the new items, from day 1 of a life on (day 0 has none)"""
+    new_item_seed: int = 0
+    """which items are new (the same set in every env of a catalog with this share and seed)"""
 
     def __post_init__(self) -> None:
         if self.num_candidates < 1:
@@ -102,6 +109,25 @@ class SessionConfig:
         _check_range("session", "time_per_length", self.time_per_length, 0.0)
         if self.max_steps_per_session < 1:
             raise ValueError(f"session.max_steps_per_session={self.max_steps_per_session!r} must be >= 1")
+        if not (0.0 <= self.new_item_share < 1.0):
+            raise ValueError(f"session.new_item_share={self.new_item_share!r} is out of range; allowed: [0, 1)")
+        _check_range("session", "new_candidate_share", self.new_candidate_share, 0.0, 1.0)
+        if self.new_candidate_share > 0.0:
+            if self.new_item_share == 0.0:
+                raise ValueError(
+                    f"session.new_candidate_share={self.new_candidate_share!r} needs new_item_share in (0, 1); "
+                    "it is 0, so no item is new"
+                )
+            if self.new_candidates_per_step == 0:
+                raise ValueError(
+                    f"session.new_candidate_share={self.new_candidate_share!r} gives 0 of num_candidates="
+                    f"{self.num_candidates} candidates; allowed: 0 or >= {0.5 / self.num_candidates:g}"
+                )
+
+    @property
+    def new_candidates_per_step(self) -> int:
+        """New items among the C candidates of a step from day 1 on: new_candidate_share * C, rounded half up."""
+        return math.floor(self.new_candidate_share * self.num_candidates + 0.5)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ Randomness comes only from ``self.np_random``, created in ``reset(seed=...)``,
 through ``self.rng`` (``envs.block_random.BlockRandom``: uniforms and candidate
 ids are drawn from it in blocks, which a one-user step would otherwise spend a
 fifth of its time on).
+
+Cold start inside one catalog (``SessionConfig.new_item_share`` /
+``new_candidate_share``, off by default): a fixed, seeded share of the items is
+new (``BatchedSimulator.is_new_item``). They are never candidates unless
+``new_candidate_share > 0``; then, from day 1 of a user's life on, that share
+of each step's candidates is drawn from them (at random positions).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from envs.block_random import BlockRandom
-from envs.catalog import Catalog
+from envs.catalog import Catalog, new_item_mask
 from envs.config import SessionConfig
 
 RESPONSE_PAD, RESPONSE_SKIP, RESPONSE_CLICK = 0, 1, 2
@@ -158,6 +164,9 @@ class BatchedSimulator:
     a new hidden state. A user whose episode ends is replaced by a fresh user
     in the same step (the observation returned is the new user's; the final
     observation of the old one is in ``StepResult.final_observation``).
+
+    ``is_new_item`` (N,) bool marks the cold-start items (all False unless
+    ``session.new_item_share > 0``); see the module docstring.
     """
 
     def __init__(
@@ -177,6 +186,10 @@ class BatchedSimulator:
                 f"num_candidates={session.num_candidates} exceeds the catalog size "
                 f"{user_model.catalog.num_items}"
             )
+        self.is_new_item = new_item_mask(user_model.catalog.num_items, session.new_item_share, session.new_item_seed)
+        self.is_new_item.flags.writeable = False
+        self._old_item_ids, self._new_item_ids = _cold_start_pools(self.is_new_item, session)
+        self._new_candidates_per_step = session.new_candidates_per_step
         self.user_model = user_model
         self.catalog = user_model.catalog
         self.session = session
@@ -238,9 +251,7 @@ class BatchedSimulator:
         self.history_consumption = np.zeros((b, h), dtype=np.float32)
         self.episode_return = np.zeros(b)
         self.episode_length = np.zeros(b, dtype=np.int64)
-        self.candidate_item_ids = sample_distinct_candidates(
-            self.rng, self.catalog.num_items, self._candidate_shape
-        )
+        self.candidate_item_ids = self._draw_candidates()
         return self.observation()
 
     def observation(self) -> dict[str, np.ndarray]:
@@ -338,7 +349,7 @@ class BatchedSimulator:
             final_observation = self.observation()
             final_hidden_state = self.hidden_state()  # the models return copies: the reset below leaves them
             self._reset_users(done)
-        self.candidate_item_ids = sample_distinct_candidates(self.rng, self.catalog.num_items, self._candidate_shape)
+        self.candidate_item_ids = self._draw_candidates()
         return StepResult(
             self.observation(), reward, transition.terminated, transition.truncated, info, final_observation,
             final_hidden_state,
@@ -390,7 +401,7 @@ class BatchedSimulator:
         if terminated or truncated:
             final_observation = self.user_observation()
             self._reset_users(self._one_user_mask)
-        self.candidate_item_ids = sample_distinct_candidates(self.rng, self.catalog.num_items, self._candidate_shape)
+        self.candidate_item_ids = self._draw_candidates()
         return self.user_observation(), float(reward), terminated, truncated, info, final_observation
 
     def _choose(
@@ -476,10 +487,38 @@ class BatchedSimulator:
         """Replace the users in ``mask`` by new ones and redraw their candidates."""
         self._reset_users(mask)
         self.candidate_item_ids = self.candidate_item_ids.copy()
-        self.candidate_item_ids[mask] = sample_distinct_candidates(
-            self.rng, self.catalog.num_items, (int(mask.sum()), self.num_candidates)
-        )
+        num_users = int(mask.sum())
+        if self._old_item_ids is None:
+            candidates = sample_distinct_candidates(self.rng, self.catalog.num_items, (num_users, self.num_candidates))
+        else:  # the new users are on day 0
+            candidates = self._cold_start_candidates(np.zeros(num_users, dtype=np.int64))
+        self.candidate_item_ids[mask] = candidates
         return self.observation()
+
+    # -- candidates ----------------------------------------------------------
+    def _draw_candidates(self) -> np.ndarray:
+        """(B, C) candidates of every user for the next step (uniform over the catalog unless cold start is on)."""
+        if self._old_item_ids is None:
+            return sample_distinct_candidates(self.rng, self.catalog.num_items, self._candidate_shape)
+        return self._cold_start_candidates(self.user_model.sessions(self._state))
+
+    def _cold_start_candidates(self, days: np.ndarray) -> np.ndarray:
+        """Candidates of users on ``days`` (R,): old items only on day 0 (and in training mode, always);
+        from day 1 on, ``new_candidates_per_step`` new items among them at random positions."""
+        old, new, c, m = self._old_item_ids, self._new_item_ids, self.num_candidates, self._new_candidates_per_step
+        later = np.flatnonzero(days >= 1) if m else np.zeros(0, dtype=np.int64)
+        if not len(later):
+            return old.take(sample_distinct_candidates(self.rng, len(old), (len(days), c)))
+        candidates = np.empty((len(days), c), dtype=np.int64)
+        first = np.flatnonzero(days < 1)
+        if len(first):
+            candidates[first] = old.take(sample_distinct_candidates(self.rng, len(old), (len(first), c)))
+        mixed = new.take(sample_distinct_candidates(self.rng, len(new), (len(later), m)))
+        if m < c:
+            mixed = np.concatenate([old.take(sample_distinct_candidates(self.rng, len(old), (len(later), c - m))),
+                                    mixed], axis=1)
+        candidates[later] = self.rng.permuted(mixed, axis=1)
+        return candidates
 
     # -- privileged access (oracles, analysis) -------------------------------
     def hidden_state(self) -> dict[str, np.ndarray]:
@@ -501,6 +540,25 @@ class BatchedSimulator:
     @property
     def position_bias(self) -> np.ndarray:
         return self._position_bias.copy()
+
+
+def _cold_start_pools(is_new_item: np.ndarray, session: SessionConfig) -> tuple[np.ndarray | None, np.ndarray]:
+    """(old item ids or None when no item is new, new item ids), checked against the session's candidate counts."""
+    if session.new_item_share == 0.0:
+        return None, np.zeros(0, dtype=np.int64)
+    old, new = np.flatnonzero(~is_new_item), np.flatnonzero(is_new_item)
+    num_items, share = len(is_new_item), session.new_item_share
+    if not len(new):
+        raise ValueError(f"new_item_share={share!r} makes 0 of the catalog's {num_items} items new; "
+                         f"allowed: 0 or >= {0.5 / num_items:g}")
+    if session.num_candidates > len(old):
+        raise ValueError(f"num_candidates={session.num_candidates} exceeds the {len(old)} old items "
+                         f"(new_item_share={share!r} of {num_items}); lower new_item_share or num_candidates")
+    if session.new_candidates_per_step > len(new):
+        raise ValueError(f"new_candidate_share={session.new_candidate_share!r} asks for "
+                         f"{session.new_candidates_per_step} new candidates per step, but only {len(new)} items are "
+                         f"new (new_item_share={share!r} of {num_items}); raise new_item_share")
+    return old.astype(np.int64), new.astype(np.int64)
 
 
 SHIFT_MIN_USERS = 256

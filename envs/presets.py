@@ -6,6 +6,10 @@ statistics, session shape and dynamics parameters. Keyword arguments override
 any catalog / session / user field by name (``num_candidates=10``,
 ``num_items=500``, ``user={"clickbait_penalty": 0.2}``), plus ``catalog_seed``
 (which world; default 0) and ``duplicate_mode`` (``"error"`` or ``"penalty"``).
+Cold start (off by default): ``new_item_share=0.2`` holds a seeded share of the
+items out of the candidates (the training env); adding ``new_candidate_share=0.1``
+makes that share of each step's candidates new items from day 1 of a life on
+(the evaluation env). See ``envs.core``.
 
 Version history: v0 (initial release).
 """
