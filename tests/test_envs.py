@@ -45,8 +45,11 @@ def test_two_rollouts_with_same_seed_are_identical(env_id):
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("env_id", ["longrec/Video-v0", "longrec/News-v0"])
-def test_single_vector_and_sb3_views_agree_step_for_step(env_id):
+@pytest.mark.parametrize(("env_id", "steps", "by_quality"), [
+    ("longrec/Video-v0", 400, False), ("longrec/News-v0", 400, False),
+    ("longrec/Travel-v0", 600, True),  # good trips: long lives and some of its rare bookings (purchase rewards)
+])
+def test_single_vector_and_sb3_views_agree_step_for_step(env_id, steps, by_quality):
     k = gym.make(env_id).action_space.shape[0]
     rng = np.random.default_rng(0)
     single = gym.make(env_id).unwrapped
@@ -56,25 +59,27 @@ def test_single_vector_and_sb3_views_agree_step_for_step(env_id):
     v_obs, _ = vector.reset(seed=11)
     sb3.seed(11)
     b_obs = sb3.reset()
-    episodes_ended = 0
-    for _ in range(400):
+    episodes_ended = rewarded = 0
+    for _ in range(steps):
         for key in s_obs:
             np.testing.assert_array_equal(s_obs[key], v_obs[key][0])
             np.testing.assert_array_equal(s_obs[key], b_obs[key][0])
-        slate = rng.permutation(single.core.num_candidates)[:k]
+        quality = single.core.catalog.quality[s_obs["candidate_item_ids"]]
+        slate = np.argsort(-quality)[:k] if by_quality else rng.permutation(single.core.num_candidates)[:k]
         s_obs, s_r, s_term, s_trunc, _ = single.step(slate)
         v_obs, v_r, v_term, v_trunc, v_info = vector.step(slate[None])
         b_obs, b_r, b_done, b_info = sb3.step(slate[None])
         assert s_r == pytest.approx(v_r[0]) and s_r == pytest.approx(float(b_r[0]), rel=1e-6)
         assert (s_term, s_trunc) == (bool(v_term[0]), bool(v_trunc[0]))
         assert (s_term or s_trunc) == bool(b_done[0])
+        rewarded += s_r > 0
         if s_term or s_trunc:
             episodes_ended += 1
             for key in s_obs:
                 np.testing.assert_array_equal(s_obs[key], v_info["final_obs"][0][key])
                 np.testing.assert_array_equal(s_obs[key], b_info[0]["terminal_observation"][key])
             s_obs, _ = single.reset()
-    assert episodes_ended >= 1
+    assert episodes_ended >= 1 and rewarded >= 1
 
 
 def test_batched_vector_env_matches_sb3_vec_env_for_many_users():

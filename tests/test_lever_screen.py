@@ -1,8 +1,6 @@
 """benchmarks/lever_screen.py: one PPO variant from a CE folder, its held-out curve appended as a JSON line."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,13 +8,11 @@ import torch
 from experiments.config import ConfigError
 from llm_policy.config import SlatePolicyConfig
 from llm_policy.model import SlateModel
+from tests.benchmark_scripts import load_benchmark
 
 
 def load_screen():
-    spec = importlib.util.spec_from_file_location("lever_screen", Path(__file__).parent.parent / "benchmarks" / "lever_screen.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("lever_screen")
 
 
 @pytest.fixture

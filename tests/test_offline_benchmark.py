@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.benchmark_scripts import load_benchmark
+
 FIXTURE = Path(__file__).parent / "fixtures" / "ml_tiny"
 
 
-def load_benchmark():
-    path = Path(__file__).parent.parent / "benchmarks" / "offline_movielens.py"
-    spec = importlib.util.spec_from_file_location("offline_movielens", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_offline():
+    return load_benchmark("offline_movielens")
 
 
 def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path, capsys):
-    bench = load_benchmark()
+    bench = load_offline()
     args = ["--data", str(FIXTURE), "--sasrec-epochs", "2", "--llm-epochs", "2", "--skip-calibration", "--threads", "1",
             "--out", str(tmp_path)]
     summary = bench.main([*args, "--seeds", "0-1"])
@@ -48,10 +45,7 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
 def test_recbole_atomic_files_become_a_movielens_folder(tmp_path):
     from envs.movielens import load_movielens
 
-    path = Path(__file__).parent.parent / "benchmarks" / "recbole_to_movielens.py"
-    spec = importlib.util.spec_from_file_location("recbole_to_movielens", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("recbole_to_movielens")
     source = tmp_path / "atomic"
     source.mkdir()
     (source / "ml-100k.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"

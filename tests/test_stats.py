@@ -1,6 +1,5 @@
 """``agents.stats``: confidence intervals and paired differences across seeds."""
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -8,14 +7,11 @@ import numpy as np
 import pytest
 
 from agents.stats import mean_ci95, paired_difference, t_ci95
+from tests.benchmark_scripts import load_benchmark
 
 
 def load_long_term():
-    """``benchmarks/long_term.py`` as a module (benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("long_term", Path(__file__).parent.parent / "benchmarks" / "long_term.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("long_term")
 
 
 def test_paired_difference_is_per_user_within_a_seed_then_across_seeds():

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.benchmark_scripts import load_benchmark
+
 
 def load_transfer():
-    path = Path(__file__).parent.parent / "benchmarks" / "transfer.py"
-    spec = importlib.util.spec_from_file_location("transfer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("transfer")
 
 
 def test_targets_parse_with_their_env_options():

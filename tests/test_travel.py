@@ -135,34 +135,3 @@ def test_two_rollouts_with_same_seed_are_identical() -> None:
     np.testing.assert_array_equal(r1, r2)
     np.testing.assert_array_equal(i1, i2)
     assert not np.array_equal(i1, i3)
-
-
-def test_single_vector_and_sb3_views_agree_step_for_step() -> None:
-    single = gym.make(ENV_ID).unwrapped
-    quality = single.core.catalog.quality
-    vector = envs.make_vec(ENV_ID, num_envs=1)
-    sb3 = envs.make_sb3_vec(ENV_ID, num_envs=1)
-    s_obs, _ = single.reset(seed=11)
-    v_obs, _ = vector.reset(seed=11)
-    sb3.seed(11)
-    b_obs = sb3.reset()
-    episodes_ended = bookings = 0
-    for _ in range(600):
-        for key in s_obs:
-            np.testing.assert_array_equal(s_obs[key], v_obs[key][0])
-            np.testing.assert_array_equal(s_obs[key], b_obs[key][0])
-        slate = np.argsort(-quality[s_obs["candidate_item_ids"]])[:6]  # good trips: long lives, some bookings
-        s_obs, s_r, s_term, s_trunc, _ = single.step(slate)
-        v_obs, v_r, v_term, v_trunc, v_info = vector.step(slate[None])
-        b_obs, b_r, b_done, b_info = sb3.step(slate[None])
-        assert s_r == pytest.approx(v_r[0]) and s_r == pytest.approx(float(b_r[0]), rel=1e-6)
-        assert (s_term, s_trunc) == (bool(v_term[0]), bool(v_trunc[0]))
-        assert (s_term or s_trunc) == bool(b_done[0])
-        bookings += s_r > 0
-        if s_term or s_trunc:
-            episodes_ended += 1
-            for key in s_obs:
-                np.testing.assert_array_equal(s_obs[key], v_info["final_obs"][0][key])
-                np.testing.assert_array_equal(s_obs[key], b_info[0]["terminal_observation"][key])
-            s_obs, _ = single.reset()
-    assert episodes_ended >= 1 and bookings >= 1
