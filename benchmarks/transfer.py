@@ -260,9 +260,28 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                                      [np.array(found["target_ce_ppo"][s]["returns"]) for s in common])
             tuned[name]["transfer_ft_minus_target_ce_ppo"] = {"diff": diff.diff, "ci95": diff.ci95, "seeds": common}
     print_tables(zero, tuned, in_domain)
+    for text in args.targets:
+        plot_finetune_curves(records.get(target_name(text), {}), out / f"finetune_{target_name(text)}.png")
     summary = {"zero_shot": zero, "fine_tuned": tuned, "in_domain": in_domain, "seeds": seeds}
     print(json.dumps(summary))
     return summary
+
+
+def plot_finetune_curves(found: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
+    """Held-out return during fine-tuning on one target: the transferred policy vs the target's own CE start
+    (mean and 95% band across seeds; ``experiments.compare``'s curves)."""
+    from experiments.compare import CompareError, curve_data, load_records, plot_curve_data
+
+    curves = {}
+    for agent in FINE_TUNED:
+        try:
+            records, _ = load_records([record["run"] for record in found.get(agent, {}).values()])
+        except CompareError:
+            continue
+        curves[agent] = [curve for runs in curve_data(records, "heldout/return").values() for curve in runs]
+    curves = {agent: runs for agent, runs in curves.items() if runs}
+    if curves and plot_curve_data(curves, "heldout/return", path) is not None:
+        print(f"fine-tuning curves: {path}")
 
 
 def print_tables(zero: dict[str, Any], tuned: dict[str, Any], in_domain: dict[str, Any]) -> None:
