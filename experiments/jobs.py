@@ -28,6 +28,7 @@ evaluated in the same run go to ``summary["agents"]``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -48,8 +49,10 @@ from envs.atomic_file import atomic_open
 from envs.registration import make_core
 from experiments.config import ConfigError, ExperimentConfig
 from experiments.preflight import check_files, resolve_checkpoint
+from llm_policy.config import PretrainConfig
 from llm_policy.device import resolve_device
 from llm_policy.pretrain import pretrain
+from llm_policy.privacy import require_opacus
 from llm_policy.text_encoder import ItemTextEncoder, resolve_text_encoder
 
 # --------------------------------------------------------------------------- what each job reads
@@ -73,6 +76,8 @@ def check_config(job: str, cfg: ExperimentConfig) -> None:
         if cfg.data.path and not Path(cfg.data.path).is_dir():
             raise ConfigError(f"config key 'data.path' must name a MovieLens folder (ratings.csv, movies.csv) or be "
                               f"null (the project's copy of ml-latest-small, or $LONGREC_MOVIELENS); got {cfg.data.path!r}")
+    if job in ("pretrain", "train", "quickstart") and _pretrains(job, cfg) and cfg.pretrain.dp.enabled:
+        _check_private_pretraining(cfg)
     if cfg.resume is not None and job in ("train", "quickstart"):  # `longrec train` turns it into a resume first
         raise ConfigError(f"config key 'resume' continues a stopped run: `longrec train --resume {cfg.resume}` "
                           f"(not `longrec {job}` with resume=, nor a sweep)")
@@ -161,16 +166,39 @@ def unread_keys(job: str, cfg: ExperimentConfig) -> list[tuple[str, str]]:
 
 def _unread_by_pretraining(job: str, cfg: ExperimentConfig) -> list[tuple[str, str]]:
     """What pretraining on ``data.source`` does not read of the ``data``, ``text``, ``policy``, ``pretrain`` and
-    ``movielens`` sections."""
+    ``movielens`` sections. ``pretrain.dp`` (user-level differential privacy) is read on both sources."""
+    out = _unread_by_privacy(cfg)
     if cfg.data.source == "simulator":
         why = "`longrec pretrain` keeps the item embeddings fixed (the option is llm_policy.pretrain's)"
-        return [("movielens", "used with data.source=movielens"),
-                ("pretrain.finetune_text_encoder", why), ("pretrain.text_encoder_lr", why)]
+        return out + [("movielens", "used with data.source=movielens"),
+                      ("pretrain.finetune_text_encoder", why), ("pretrain.text_encoder_lr", why)]
     why = "MovieLens next-item pretraining reads the movielens section (its model: movielens.train.model)"
-    keys = ["data.num_users", "data.behaviour", "text.cache_dir", "pretrain", "policy"]
+    keys = ["data.num_users", "data.behaviour", "text.cache_dir",
+            *(f"pretrain.{f.name}" for f in dataclasses.fields(PretrainConfig) if f.name != "dp"), "policy"]
     if job == "pretrain":
         keys.append("env.kwargs")
-    return [(key, why) for key in keys]
+    return out + [(key, why) for key in keys]
+
+
+def _unread_by_privacy(cfg: ExperimentConfig) -> list[tuple[str, str]]:
+    """The ``pretrain.dp`` keys that are not read while it is off, and what its per-user clip replaces while it is on."""
+    if not cfg.pretrain.dp.enabled:
+        why = "pretrain.dp is off (set pretrain.dp.epsilon or pretrain.dp.noise_multiplier)"
+        return [(f"pretrain.dp.{key}", why) for key in ("max_grad_norm", "delta", "accountant")]
+    why = "with pretrain.dp each user's gradient is clipped to pretrain.dp.max_grad_norm instead"
+    return [("movielens.train.grad_clip" if cfg.data.source == "movielens" else "pretrain.grad_clip", why)]
+
+
+def _check_private_pretraining(cfg: ExperimentConfig) -> None:
+    """``pretrain.dp`` needs Opacus, and on MovieLens one training window per user."""
+    try:
+        require_opacus()
+    except ImportError as exc:
+        raise ConfigError(f"config key 'pretrain.dp': {exc}") from None
+    objective = cfg.movielens.train.objective
+    if cfg.data.source == "movielens" and objective != "all_positions":
+        raise ConfigError(f"config key 'pretrain.dp' needs movielens.train.objective='all_positions' (one window "
+                          f"per user, the unit that is clipped); got {objective!r}")
 
 
 # --------------------------------------------------------------------------- setup
@@ -208,7 +236,16 @@ def _pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     metrics = {f"pretrain/{k}": v for k, v in result.metrics.items() if _is_number(v)}
     run.update_summary(metrics=metrics, pretrained_policy=str(result.best_dir))
     run.log_checkpoint(result.best_dir, final=run.job_type == "pretrain")
+    _say_privacy(metrics)
     return {"policy_dir": Path(result.best_dir), "metrics": metrics}
+
+
+def _say_privacy(metrics: Mapping[str, Any]) -> None:
+    """One line with the (epsilon, delta) a private pretraining spent (nothing without DP)."""
+    if "pretrain/dp_epsilon" in metrics:
+        print(f"user-level DP: epsilon = {metrics['pretrain/dp_epsilon']:.3f} spent at delta = "
+              f"{metrics['pretrain/dp_delta']:.3g} ({metrics['pretrain/dp_steps']} steps, noise multiplier "
+              f"{metrics['pretrain/dp_noise_multiplier']:.3f}, {metrics['pretrain/dp_users']} training users)", flush=True)
 
 
 def _pretrain_movielens(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
@@ -219,10 +256,15 @@ def _pretrain_movielens(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
                                       seed=cfg.seed)
     result = pretrain_movielens(cfg.movielens, data_path=cfg.data.path, text_model=text_model, seed=cfg.seed,
                                 device=str(setup_torch(cfg)), output_dir=run.checkpoints_dir / "pretrained",
-                                progress=print if cfg.logging.progress else None)
+                                progress=print if cfg.logging.progress else None, dp=cfg.pretrain.dp)
+    if cfg.pretrain.dp.enabled:  # the epsilon spent after each epoch
+        for row in result.train_log["history"]:
+            run.log({"pretrain/dp_epsilon": row["dp_epsilon"], "pretrain/valid_ndcg@10": row["valid_ndcg@10"]},
+                    step=None)
     metrics = {f"pretrain/{k}": v for k, v in result.flat_metrics().items() if _is_number(v)}
     run.update_summary(metrics=metrics, pretrained_policy=str(result.best_dir))
     run.log_checkpoint(result.best_dir, final=run.job_type == "pretrain")
+    _say_privacy(metrics)
     return {"policy_dir": Path(result.best_dir), "metrics": metrics}
 
 

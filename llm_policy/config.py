@@ -1,17 +1,20 @@
 """Config classes of the LLM slate policy: the model (nanoGPT style commented fields) and its CE pretraining.
 
 Plain dataclasses (no torch), so a config loads fast; they are also the ``policy`` and
-``pretrain`` sections of an experiment config (``experiments.config``).
+``pretrain`` sections of an experiment config (``experiments.config``). :class:`DPConfig` (user-level
+differential privacy, ``pretrain.dp``) is read by both pretraining trainers: ``llm_policy.pretrain`` on
+logs and ``llm_policy.next_item`` on item sequences (MovieLens).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from llm_policy.config_fields import check_fields, param
 
-__all__ = ["SlatePolicyConfig", "PretrainConfig", "LLMNextItemConfig"]
+__all__ = ["SlatePolicyConfig", "DPConfig", "PretrainConfig", "LLMNextItemConfig"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,43 @@ class SlatePolicyConfig:
 
 
 @dataclass(frozen=True)
+class DPConfig:
+    """User-level differential privacy of CE pretraining (DP-SGD, Abadi et al. 2016, with Opacus).
+
+    The unit the guarantee protects is one *user*: each step samples users (Poisson, rate
+    ``q`` = expected users per step / training users), clips each sampled user's whole gradient
+    (the sum over all their logged steps) to ``max_grad_norm`` and adds Gaussian noise of std
+    ``noise_multiplier * max_grad_norm``; Opacus's accountant reports the (epsilon, delta) spent
+    (``llm_policy.privacy``). Off unless ``epsilon`` or ``noise_multiplier`` is set.
+    """
+
+    epsilon: float | None = param(None, gt=0.0)
+    """target epsilon at the end of training (the noise multiplier is chosen for the planned steps); None = off
+    unless noise_multiplier is set"""
+    noise_multiplier: float | None = param(None, gt=0.0)
+    """noise std / max_grad_norm, set directly instead of epsilon (the spent epsilon is then only reported)"""
+    max_grad_norm: float = param(1.0, gt=0.0)
+    """bound C on each sampled user's gradient norm per step (replaces the global grad_clip)"""
+    delta: float | None = param(None, gt=0.0, lt=1.0)
+    """delta of the (epsilon, delta) guarantee; None = 1 / number of training users"""
+    accountant: Literal["rdp", "prv"] = "rdp"
+    """Opacus privacy accountant: Renyi DP (``rdp``) or privacy random variables (``prv``, tighter)"""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.epsilon is not None and self.noise_multiplier is not None:
+            raise ValueError(f"set pretrain.dp.epsilon={self.epsilon} or pretrain.dp.noise_multiplier="
+                             f"{self.noise_multiplier}, not both (the target epsilon picks the noise multiplier)")
+        if self.epsilon is not None and not math.isfinite(self.epsilon):
+            raise ValueError(f"pretrain.dp.epsilon must be finite, got {self.epsilon}; leave it null to train without DP")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether pretraining runs DP-SGD."""
+        return self.epsilon is not None or self.noise_multiplier is not None
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     """Cross-entropy pretraining settings (the ``pretrain`` section of an experiment config)."""
 
@@ -144,9 +184,18 @@ class PretrainConfig:
     """cap on gradient steps per epoch (None: a full pass over the training split)"""
     eval_batch_size: int = param(1024, ge=1)
     """logged steps per validation forward pass"""
+    dp: DPConfig = field(default_factory=DPConfig)
+    """user-level differential privacy (``DPConfig``; off by default); with it, ``batch_size`` is the expected
+    number of logged steps per gradient step (users are sampled, each with all their steps); also read by
+    MovieLens next-item pretraining"""
 
     def __post_init__(self) -> None:
+        if isinstance(self.dp, dict):
+            object.__setattr__(self, "dp", DPConfig(**self.dp))
         check_fields(self)
+        if self.dp.enabled and self.finetune_text_encoder != "none":
+            raise ValueError("pretrain.dp needs finetune_text_encoder='none' (the text encoder's weights would "
+                             "learn from the users outside the private step)")
         if self.finetune_text_encoder != "none" and self.full_catalog:
             raise ValueError("finetune_text_encoder needs full_catalog=False (it would re-encode the whole catalog every step)")
         if self.full_catalog and self.target != "click":

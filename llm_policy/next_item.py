@@ -13,6 +13,10 @@ McAuley, ICDM 2018; full cross-entropy over all items as in Klenitskiy and Vasil
 * :class:`LLMScorer` scores the whole catalog for a batch of histories (a next-item scorer, as an
   offline leave-one-out protocol ranks them).
 
+With ``dp`` (``llm_policy.config.DPConfig``), :func:`train_llm_next_item` trains with user-level DP-SGD
+(``llm_policy.privacy``): one user's training window is one clipped gradient, users are Poisson-sampled
+and the (epsilon, delta) spent is recorded per epoch (``dp_epsilon``) and in the log (``"privacy"``).
+
 The validation users are given as histories and targets (``valid_histories``, ``valid_targets``);
 ranks exclude each user's history items (``llm_policy.metrics.target_ranks``). The trained
 ``SlateModel`` is saved with ``save_pretrained`` and loads into ``LLMSlatePolicy`` for PPO.
@@ -28,11 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_policy.config import LLMNextItemConfig
+from llm_policy.config import DPConfig, LLMNextItemConfig
 from llm_policy.device import resolve_device
 from llm_policy.early_stopping import BestOnValidation
 from llm_policy.metrics import full_catalog_ranks, ranking_metrics, target_ranks
 from llm_policy.model import SlateModel
+from llm_policy.privacy import UserLevelDP, used_parameters
 from llm_policy.slate_decoder import PreparedCandidates
 
 __all__ = [
@@ -234,6 +239,7 @@ def train_llm_next_item(
     seed: int = 0,
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
+    dp: DPConfig | None = None,
 ) -> tuple[SlateModel, dict[str, Any]]:
     """Train the LLM policy's encoder + decoder to predict each next training item (full-catalog CE).
 
@@ -247,6 +253,9 @@ def train_llm_next_item(
         seed: seeds initialisation, example sampling and dropout.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``, ...
         progress: called with one line per epoch.
+        dp: user-level differential privacy (None or a disabled ``DPConfig``: none); needs
+            ``objective="all_positions"`` (a user's window is the unit that is clipped). Each step then
+            samples users at rate ``batch_size / users``; ``grad_clip`` is replaced by ``dp.max_grad_norm``.
 
     ``objective="next_item"``: examples are all (user, position t >= 1) pairs of the training
     sequences: the history is the last H items before t, the target the item at t.
@@ -255,6 +264,9 @@ def train_llm_next_item(
     the best validation NDCG@10 (text-match weights then calibrated) and a log dict.
     """
     config = config or LLMNextItemConfig()
+    private = dp is not None and dp.enabled
+    if private and config.objective != "all_positions":
+        raise ValueError(f"user-level DP needs objective='all_positions' (one window per user), got {config.objective!r}")
     start = time.perf_counter()
     torch_device = resolve_device(device)
     torch.manual_seed(seed)  # module initialisers and dropout draw from the global generator
@@ -266,7 +278,12 @@ def train_llm_next_item(
     # The features-only text-match offset is not trained: cross-entropy would fit it to the rare
     # items' likelihood, and calibrate_text_match sets it for the ranking afterwards anyway.
     params = [p for p in model.parameters() if p.requires_grad and p is not model.text_match_offset]
+    if private:
+        model.train()
+        params = used_parameters(batches.user_loss(model, 0), params)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    user_dp = UserLevelDP(optimizer, params, dp, batches.units, batches.batch_size,
+                          config.max_epochs * batches.steps_per_epoch, seed) if private else None
     scheduler = None
     if config.lr_decay_patience is not None:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -278,7 +295,10 @@ def train_llm_next_item(
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         total = 0.0
-        for _ in range(batches.steps_per_epoch):
+        if user_dp is not None:
+            total, count = batches.private_epoch(model, user_dp)
+            targets_seen += count
+        for _ in range(batches.steps_per_epoch if user_dp is None else 0):
             loss, count = batches.next_loss(model, train_sequences, torch_device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -291,6 +311,8 @@ def train_llm_next_item(
         valid = ranking_metrics(full_catalog_ranks(scorer.score, valid_histories, valid_targets, model.num_items))
         record = {"epoch": float(epoch), "train_loss": total / batches.steps_per_epoch,
                   "lr": optimizer.param_groups[0]["lr"], **{f"valid_{k}": v for k, v in valid.items()}}
+        if user_dp is not None:
+            record["dp_epsilon"] = user_dp.epsilon()
         history.append(record)
         if progress is not None:
             progress("llm " + " ".join(f"{k}={v:.4g}" for k, v in record.items()) + f" t={time.perf_counter() - start:.0f}s")
@@ -311,6 +333,8 @@ def train_llm_next_item(
         "targets_seen": targets_seen,
         "history": history,
     }
+    if user_dp is not None:
+        log["privacy"] = user_dp.report()
     return model, log
 
 
@@ -357,6 +381,21 @@ class _Batches:
             return all_positions_loss(model, self.windows[torch.from_numpy(idx)], self.config.context_dim)
         loss = _next_item_loss(model, train_sequences, self.users[idx], self.positions[idx], self.config, device)
         return loss, len(idx) * self.config.next_items
+
+    def user_loss(self, model: SlateModel, user: int) -> torch.Tensor:
+        """The loss of one user's training window alone (``objective="all_positions"``)."""
+        return all_positions_loss(model, self.windows[user : user + 1], self.config.context_dim)[0]
+
+    def private_epoch(self, model: SlateModel, user_dp: UserLevelDP) -> tuple[float, int]:
+        """``steps_per_epoch`` user-level DP steps; (sum of the steps' mean losses, targets seen)."""
+        total, targets = 0.0, 0
+        for _ in range(self.steps_per_epoch):
+            users = user_dp.sample_users()
+            step = user_dp.step(lambda u: self.user_loss(model, u), users)
+            total += step.loss if step.users else 0.0
+            windows = self.windows[torch.from_numpy(users)]
+            targets += int(((windows[:, :-1] != model.num_items) & (windows[:, 1:] != model.num_items)).sum())
+        return total, targets
 
 
 def _calibrate_after_training(

@@ -22,6 +22,11 @@ clicked item) and multi-target for ``target="slate"`` (binary relevance of the
 K logged items). ``val/click_ndcg@K`` (rank of the clicked item) is reported
 for both targets whenever the validation users clicked.
 
+With ``config.dp`` set (``DPConfig``), training is user-level DP-SGD (``llm_policy.privacy``): each
+step samples training users, clips each one's gradient over all their steps and adds noise; the
+(epsilon, delta) spent is logged per epoch (``dp_epsilon``), returned in the metrics and saved in
+the best folder's ``config.json`` (``"privacy"``). Without it, nothing changes.
+
 The best folder loads straight into the PPO policy:
 ``PPO(LLMSlatePolicy, env, policy_kwargs=dict(pretrained_path=result.best_dir))``.
 """
@@ -283,6 +288,8 @@ def pretrain(
     if len(train_idx) == 0:
         raise ValueError(f"no training steps for target={config.target!r} (no clicks logged?)")
     texts = list(item_texts) if config.finetune_text_encoder != "none" and item_texts is not None else []
+    if config.dp.enabled:
+        return _pretrain_private(model, config, train, val, train_idx, output_dir, seed, torch_device, progress)
     optimizer, params = _optimizer(model, config, text_encoder, texts)
     run = _EarlyStopping(model, config, val, output_dir, text_encoder if texts else None)
     n_batches = -(-len(train_idx) // config.batch_size)
@@ -300,6 +307,53 @@ def pretrain(
             break
     bar.close()
     result_metrics = run.finish(len(train_idx), asdict(config))
+    return PretrainResult(model=model, metrics=result_metrics, best_dir=run.best_dir)
+
+
+def _pretrain_private(model: SlateModel, config: PretrainConfig, train: LogTensors, val: LogTensors,
+                      train_idx: np.ndarray, output_dir: str | os.PathLike[str] | None, seed: int,
+                      device: torch.device, progress: bool) -> PretrainResult:
+    """:func:`pretrain` with user-level DP-SGD (``llm_policy.privacy.UserLevelDP``): a step samples training
+    users, and each sampled user's loss is the mean over all of their training steps (one clipped gradient)."""
+    from llm_policy.privacy import UserLevelDP, record_privacy, used_parameters
+
+    users, owner = np.unique(train.user_id[train_idx], return_inverse=True)
+    by_user = np.split(train_idx[np.argsort(owner, kind="stable")], np.cumsum(np.bincount(owner))[:-1])
+    # batch_size keeps its meaning in expectation: logged steps per gradient step
+    expected_users = max(1.0, config.batch_size * len(users) / len(train_idx))
+    n_batches = -(-len(users) // max(1, round(expected_users)))
+    if config.max_batches_per_epoch is not None:
+        n_batches = min(n_batches, config.max_batches_per_epoch)
+
+    def user_loss(u: int) -> torch.Tensor:
+        return _loss(model, config, *_batch(train, torch.as_tensor(by_user[u]), device))
+
+    model.train()
+    all_params = [p for p in model.parameters() if p.requires_grad]
+    params = used_parameters(user_loss(0), all_params)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    private = UserLevelDP(optimizer, params, config.dp, len(users), expected_users, config.epochs * n_batches, seed)
+    run = _EarlyStopping(model, config, val, output_dir, None)
+    bar = tqdm(total=config.epochs * n_batches, desc=f"pretrain ({config.target}, user-level DP)", unit="batch",
+               disable=not progress)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        losses = []
+        for _ in range(n_batches):
+            step = private.step(user_loss)
+            if step.users:
+                losses.append(step.loss)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses) if losses else float('nan'):.4f}")
+        epsilon = private.epsilon()
+        bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses) if losses else float('nan'):.4f}", epsilon=f"{epsilon:.2f}")
+        if run.after_epoch(epoch, float(np.mean(losses)) if losses else float("nan"), {"dp_epsilon": epsilon}):
+            break
+    bar.close()
+    report = private.report()
+    result_metrics = run.finish(len(train_idx), asdict(config), report)
+    if run.best_dir is not None:
+        record_privacy(run.best_dir, report)
     return PretrainResult(model=model, metrics=result_metrics, best_dir=run.best_dir)
 
 
@@ -389,11 +443,12 @@ class _EarlyStopping:
         if self.best_dir is not None:
             model.save_pretrained(self.best_dir)
 
-    def after_epoch(self, epoch: int, train_loss: float) -> bool:
-        """Record epoch ``epoch``; True when training should stop."""
+    def after_epoch(self, epoch: int, train_loss: float, extra: dict[str, float] | None = None) -> bool:
+        """Record epoch ``epoch`` (and ``extra`` values in its history row); True when training should stop."""
         val_metrics = evaluate(self.model, self.val, self.config)
         self.epochs_run = epoch
-        self.history.append({"epoch": epoch, "train/loss": train_loss, **{f"val/{k}": v for k, v in val_metrics.items()}})
+        self.history.append({"epoch": epoch, "train/loss": train_loss, **{f"val/{k}": v for k, v in val_metrics.items()},
+                             **(extra or {})})
         if self.best.record(val_metrics[self.key], epoch):
             self.best_val = val_metrics
             if self.best_dir is not None:
@@ -403,8 +458,8 @@ class _EarlyStopping:
                     self.text_encoder.tokenizer.save_pretrained(self.output_dir / "best_text_encoder")
         return self.best.should_stop
 
-    def finish(self, train_steps: int, config: dict[str, Any]) -> dict[str, Any]:
-        """Load the best weights (eval mode); the result metrics, written to ``output_dir/metrics.json``."""
+    def finish(self, train_steps: int, config: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Load the best weights (eval mode); the result metrics (with ``extra``), written to ``output_dir/metrics.json``."""
         self.best.restore_best()
         metrics: dict[str, Any] = {
             **{f"val_before/{k}": v for k, v in self.before.items()},
@@ -413,6 +468,7 @@ class _EarlyStopping:
             "epochs_run": self.epochs_run,
             "train_steps": train_steps,
             "val_users": int(len(np.unique(self.val.user_id))),
+            **(extra or {}),
             "config": config,
             "history": self.history,
         }
