@@ -392,6 +392,15 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out, write (making the folder) and close a matplotlib figure; returns ``path``."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_bars(stats: Mapping[str, Mapping[str, AgentStat]], path: Path, metrics: Sequence[str] = BAR_METRICS,
               title: str = "") -> Path | None:
     """One panel per metric present (long-term return, retention, CTR): a bar per agent with 95% CI."""
@@ -419,11 +428,7 @@ def plot_bars(stats: Mapping[str, Mapping[str, AgentStat]], path: Path, metrics:
         ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -503,11 +508,7 @@ def plot_curve_data(curves: Mapping[str, Sequence[Curve]], metric: str, path: Pa
                  else f"{metric}" + (": 95% CI over held-out users" if metric == "heldout/return" else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.compare import save_figure
 from llm_policy.model import SlateModel
 
 DEFAULT_STEPS = 64
@@ -255,8 +256,4 @@ def plot_attributions(panels: Sequence[tuple[str, SlateAttribution]], obs: Mappi
         if row == 0:
             ax.legend(fontsize=6, loc="lower right")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

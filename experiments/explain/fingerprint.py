@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.catalog import Catalog
+from experiments.compare import save_figure
 
 METRICS: dict[str, str] = {
     "clickbait_shown": "share of shown items that are clickbait",
@@ -161,11 +162,7 @@ def plot_fingerprints(fingerprints: Mapping[str, Mapping[str, float]], base_rate
     axes[0].set_title("what the policy shows (shares)")
     axes[1].set_title("hidden item properties (means)")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_by_day(by_day: Mapping[str, Mapping[int, Mapping[str, float]]], path: Path,
@@ -192,8 +189,4 @@ def plot_by_day(by_day: Mapping[str, Mapping[int, Mapping[str, float]]], path: P
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"how the policies shift over a user's life (days with >= {min_users} users alive; marker size = users)",
                  fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

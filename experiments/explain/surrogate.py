@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.core import RESPONSE_CLICK
+from experiments.compare import save_figure
 
 FEATURES: dict[str, str] = {
     "topic_click_share": "share of the user's clicked history items with the candidate's topic",
@@ -267,8 +268,4 @@ def plot_coefficients(surrogates: Mapping[str, Surrogate], fidelities: Mapping[s
     ax.set_title("linear surrogate of each policy's ranking (visible features only)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
