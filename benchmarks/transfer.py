@@ -57,14 +57,13 @@ FINE_TUNED = ("transfer_ft", "target_ce_ppo")
 
 def parse_target(text: str) -> tuple[str, dict[str, Any]]:
     """``longrec/Video-v0:catalog_seed=1`` -> ``("longrec/Video-v0", {"catalog_seed": 1})``."""
+    from experiments.config import ConfigError, parse_override
+
     env_id, _, options = text.partition(":")
-    kwargs = {}
-    for item in filter(None, options.split(",")):
-        key, equals, value = item.partition("=")
-        if not equals:
-            raise argparse.ArgumentTypeError(f"target {text!r}: options are KEY=VALUE, e.g. longrec/Video-v0:catalog_seed=1")
-        kwargs[key] = json.loads(value) if value.lstrip("-").replace(".", "", 1).isdigit() else value
-    return env_id, kwargs
+    try:  # each option is a config override's KEY=VALUE, its value read as YAML
+        return env_id, dict(parse_override(item) for item in filter(None, options.split(",")))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"target {text!r}: {exc}; e.g. longrec/Video-v0:catalog_seed=1") from None
 
 
 def target_name(text: str) -> str:
