@@ -5,13 +5,13 @@ to aggregate):
 
 1. **Source.** On ``--source`` (catalog 0), logs of the production logger -> CE pretraining -> PPO for
    ``--source-steps`` (``ce_ppo``, through ``benchmarks/long_term.py``'s code path, i.e. ``longrec train``),
-   and the id-based ``ppo_mlp`` for the same budget; each evaluated on fresh users of the source catalog
-   (the in-catalog return).
+   and the id-based ``ppo_mlp`` and ``slateq`` (privileged: it reads the true choice model) for the same
+   budget; each evaluated on fresh users of the source catalog (the in-catalog return).
 2. **Targets** (``--targets``; ``catalog_seed=1`` of the source preset is a whole new catalog: every item
    new): the source RL policy and its CE start serve the target's items through
    ``LLMSlatePolicy.set_catalog`` (the target catalog's texts embedded by the source's text encoder), zero
-   shot; ``ppo_mlp`` only on a catalog of the same size, its ids mapped as they are (the "no transfer"
-   baseline); references ``random``, ``popularity`` and the privileged ``watch_greedy``; all on the same
+   shot; ``ppo_mlp`` and ``slateq`` only on a catalog of the same size, their ids mapped as they are (the
+   "no transfer" baselines); references ``random``, ``popularity`` and the privileged ``watch_greedy``; all on the same
    fresh users of the target (``seed + 10000``).
 3. **Fine-tuning.** ``--finetune-steps`` of PPO on the target from the transferred RL policy
    (``transfer_ft``) against the same PPO budget from the target's own CE start on the target's logger
@@ -51,7 +51,9 @@ from experiments.seeds import parse_seeds  # noqa: E402
 DEFAULT_TARGETS = ("longrec/Video-v0:catalog_seed=1", "longrec/News-v0", "longrec/Music-v0", "longrec/Ecommerce-v0",
                    "longrec/Travel-v0")
 REFERENCES = ("random", "popularity", "watch_greedy")
-ZERO_SHOT = ("transfer_rl", "transfer_ce", "ppo_mlp_ids")
+ZERO_SHOT = ("transfer_rl", "transfer_ce", "ppo_mlp_ids", "slateq_ids")
+ID_AGENTS = {"ppo_mlp": "final.zip", "slateq": "slateq.pt"}
+"""the id-based source agents and their checkpoint file: served on a same-size catalog as ``<agent>_ids``"""
 FINE_TUNED = ("transfer_ft", "target_ce_ppo")
 
 
@@ -76,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source", default="longrec/Video-v0")
     parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), help="ENV_ID[:KEY=VALUE,...]")
     parser.add_argument("--seeds", type=parse_seeds, default=[0])
-    parser.add_argument("--source-steps", type=int, default=300_000, help="PPO steps on the source (ce_ppo, ppo_mlp)")
+    parser.add_argument("--source-steps", type=int, default=300_000, help="training steps on the source (ce_ppo, ppo_mlp, slateq)")
     parser.add_argument("--finetune-steps", type=int, default=50_000, help="PPO steps on each target")
     parser.add_argument("--eval-users", type=int, default=500, help="fresh users per agent, target and seed")
     parser.add_argument("--text-encoder", default="minilm", help="minilm, or tiny for smoke runs")
@@ -142,10 +144,11 @@ def run_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> None:
     rl = record_once(source / "ce_ppo.json", lambda: train(args, args.source, {}, "ce_ppo", seed, args.source_steps,
                                                            source / "runs", ce_dir))
     print(f"seed {seed}: source {args.source} ce_ppo {rl['row']['return']:.1f}", flush=True)
-    mlp = record_once(source / "ppo_mlp.json", lambda: train(args, args.source, {}, "ppo_mlp", seed, args.source_steps,
-                                                             source / "runs", None))
-    sources = {"transfer_rl": Path(rl["run"]) / "checkpoints" / "final_policy", "transfer_ce": ce_dir,
-               "ppo_mlp": Path(mlp["run"]) / "checkpoints" / "final.zip"}
+    sources = {"transfer_rl": Path(rl["run"]) / "checkpoints" / "final_policy", "transfer_ce": ce_dir}
+    for agent, checkpoint in ID_AGENTS.items():
+        row = record_once(source / f"{agent}.json", lambda a=agent: train(args, args.source, {}, a, seed,
+                                                                          args.source_steps, source / "runs", None))
+        sources[agent] = Path(row["run"]) / "checkpoints" / checkpoint
     encoder = text_encoder_of(Path(json.loads((source / "pretrain.json").read_text())["run"]))
     for text in args.targets:
         run_target(args, seed, seed_dir / target_name(text), *parse_target(text), sources, encoder)
@@ -158,8 +161,9 @@ def run_target(args: argparse.Namespace, seed: int, folder: Path, env_id: str, k
     for name in ("transfer_rl", "transfer_ce"):
         record_once(folder / f"{name}.json", lambda n=name: zero_shot(args, env_id, kwargs, sources[n], encoder, seed))
     if catalog_size(env_id, kwargs) == catalog_size(args.source, {}):  # ids of the same range: the no-transfer baseline
-        record_once(folder / "ppo_mlp_ids.json", lambda: evaluate(args, env_id, kwargs, seed, "ppo_mlp",
-                                                                  path=sources["ppo_mlp"], map_ids=True))
+        for agent in ID_AGENTS:
+            record_once(folder / f"{agent}_ids.json", lambda a=agent: evaluate(args, env_id, kwargs, seed, a,
+                                                                               path=sources[a], map_ids=True))
     for name in REFERENCES:
         record_once(folder / f"{name}.json", lambda n=name: evaluate(args, env_id, kwargs, seed, n))
     moved = folder / "transferred_policy"
@@ -238,7 +242,7 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 "seeds": sorted(by_seed)}
 
     source = records.get("source", {})
-    in_domain = {name: stat(by_seed) for name, by_seed in source.items() if name in ("ce_ppo", "ppo_mlp")}
+    in_domain = {name: stat(by_seed) for name, by_seed in source.items() if name in ("ce_ppo", *ID_AGENTS)}
     zero, tuned = {}, {}
     for text in args.targets:
         name = target_name(text)
@@ -249,7 +253,7 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         for agent in (*ZERO_SHOT, *REFERENCES):
             if agent in found:
                 row = stat(found[agent])
-                base = in_domain.get("ppo_mlp") if agent == "ppo_mlp_ids" and same_preset else reference
+                base = in_domain.get(agent.removesuffix("_ids")) if agent.endswith("_ids") and same_preset else reference
                 row["fraction_of_in_domain"] = row["return"] / base["return"] if base else None
                 zero[name][agent] = row
         tuned[name] = {agent: stat(found[agent]) for agent in FINE_TUNED if agent in found}

@@ -29,9 +29,14 @@ def test_smoke_run_writes_every_record_and_the_json_line(tmp_path, capsys, one_t
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last == json.loads(json.dumps(summary))
     zero = summary["zero_shot"]["Video-v0_catalog_seed1"]
-    assert set(zero) == {"transfer_rl", "transfer_ce", "ppo_mlp_ids", "random", "popularity", "watch_greedy"}
+    assert set(zero) == {"transfer_rl", "transfer_ce", "ppo_mlp_ids", "slateq_ids", "random", "popularity",
+                         "watch_greedy"}
     in_catalog = summary["in_domain"]["ce_ppo"]["return"]
     assert zero["transfer_rl"]["fraction_of_in_domain"] == pytest.approx(zero["transfer_rl"]["return"] / in_catalog)
+    # an id agent's fraction is of its own in-catalog return
+    for agent in ("ppo_mlp", "slateq"):
+        own = summary["in_domain"][agent]["return"]
+        assert zero[f"{agent}_ids"]["fraction_of_in_domain"] == pytest.approx(zero[f"{agent}_ids"]["return"] / own)
     tuned = summary["fine_tuned"]["Video-v0_catalog_seed1"]
     assert {"transfer_ft", "target_ce_ppo", "transfer_ft_minus_target_ce_ppo"} <= set(tuned)
     # the transferred policy serves the new catalog: its saved folder records that catalog
