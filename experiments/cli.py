@@ -47,7 +47,11 @@ examples:
 examples:
   longrec pretrain                                       # logs of a behaviour policy on Video-v0 -> CE pretraining
   longrec pretrain data.num_users=5000 pretrain.epochs=10
-  longrec pretrain -c movielens data.path=data/ml-latest-small""",
+  longrec pretrain -c movielens data.path=data/ml-latest-small
+  longrec pretrain --nproc 2                             # data-parallel in 2 processes (DDP), same global batch
+  longrec pretrain --resume runs/Video-v0__ce_ppo_kl__0__<time>   # continue a stopped pretraining
+  # on each of 2 machines, K = 0 on HOST (which writes the run folder) and 1 on the other:
+  torchrun --nnodes 2 --node_rank K --nproc_per_node 8 --rdzv_endpoint HOST:29500 -m experiments pretrain""",
     "eval": """\
 examples:
   longrec eval agent=myopic eval.num_users=2000
@@ -171,11 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a stopped run (Ctrl-C, killed, failed) in its folder, from its last checkpoint, "
                         "with its own config (the same as the config key resume)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N", help=argparse.SUPPRESS)  # refused: pretrain's
     p = add("pretrain", "cross-entropy pretraining of the LLM policy on logs or MovieLens",
             "Cross-entropy pretraining (behaviour cloning of logged slates, or next-item prediction) "
             "of the LLM slate policy on simulator logs (data.source=simulator) or real data "
             "(data.source=movielens, data.path=...). Saves the policy under checkpoints/pretrained.")
     _add_config_args(p, "default")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel in N processes on this machine (torchrun + DistributedDataParallel; "
+                        "gloo on CPU, NCCL on GPU): each takes its share of every batch of pretrain.batch_size "
+                        "rows, rank 0 writes the run (default: 1, this process)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped pretraining run in its folder from its last finished epoch, with its "
+                        "own config (also with --nproc)")
     p = add("eval", "evaluate agents on fresh users (long-term return, retention, CTR, with 95%% CIs)",
             "Evaluate agent=<name> (from --checkpoint / eval.checkpoint for learned agents) and "
             "eval.baselines on eval.num_users fresh users per eval seed.")
@@ -321,34 +333,74 @@ def _config_to_run(args: argparse.Namespace) -> ExperimentConfig | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """train / pretrain / eval: one run folder."""
+    """train / pretrain / eval: one run folder; ``pretrain --nproc N`` or under torchrun: one run of N processes
+    (``experiments.launch``)."""
+    from llm_policy import distributed
+
+    if distributed.launched():
+        distributed.init()
+    try:
+        return _run_in_folder(args, getattr(args, "nproc", 1))
+    finally:
+        distributed.cleanup()
+
+
+def _run_in_folder(args: argparse.Namespace, nproc: int) -> int:
+    from experiments import jobs, launch
+    from experiments.run import Run
+    from llm_policy import distributed
+
     target = _resume_target(args)
+    if nproc > 1:
+        return _spawn(args, target, nproc)
     if target is not None:
         return resume_run(args, target)
-    cfg = _config_to_run(args)
+
+    def checked() -> ExperimentConfig | None:
+        cfg = _config_to_run(args)
+        if cfg is not None:
+            launch.check_nproc(args.command, cfg, distributed.world_size())
+            jobs.check_config(args.command, cfg)
+        return cfg
+
+    cfg = distributed.from_main(checked)
     if cfg is None:
         return 0
-    from experiments import jobs
-    from experiments.run import Run
-
-    jobs.check_config(args.command, cfg)
     seeds = getattr(args, "seeds", None) or list(cfg.seeds)
     if seeds:
         return launch_seeds(args, cfg, seeds)
     if args.command == "train" and (args.workers != 1 or args.backend != "local"):
         raise ConfigError(f"--workers {args.workers} / --backend {args.backend} apply only to a multi-seed launch: "
                           "add --seeds (e.g. --seeds 0-4) or the config key seeds")
-    with Run.create(cfg, job_type=args.command) as run:
+    with launch.open_run(lambda: Run.create(cfg, job_type=args.command), cfg) as run:
         args.run_path = run.path
         _say(args, f"run folder: {run.path}")
         jobs.JOBS[args.command](cfg, run)
-    _report(args, run.path)
+    if distributed.is_main():
+        _report(args, run.path)
     return 0
 
 
+def _spawn(args: argparse.Namespace, target: str | None, nproc: int) -> int:
+    """``longrec pretrain --nproc N``: every check here first (nothing made), then N processes (torchrun)."""
+    from experiments import jobs, launch
+    from experiments.resume import resumable_run
+
+    if target is not None:
+        _, cfg, summary = resumable_run(target, args.command)
+        job = summary.get("job_type", "train")
+    else:
+        cfg, job = _config_to_run(args), args.command
+        if cfg is None:
+            return 0
+    launch.check_nproc(job, cfg, nproc)
+    jobs.check_config(job, cfg)
+    return launch.spawn(args.argv, nproc)
+
+
 def _resume_target(args: argparse.Namespace) -> str | None:
-    """``--resume RUN`` or ``resume=RUN`` of ``longrec train`` (the only overrides allowed beside it)."""
-    if args.command != "train":
+    """``--resume RUN`` or ``resume=RUN`` of ``longrec train`` / ``pretrain`` (the only overrides allowed beside it)."""
+    if args.command not in ("train", "pretrain"):
         return None
     from experiments.config import parse_override
 
@@ -358,7 +410,7 @@ def _resume_target(args: argparse.Namespace) -> str | None:
         return None
     others = [o for o in args.overrides if parse_override(o)[0] != "resume"]
     others += [flag for flag, used in (("-c", args.config != "default"), ("--runs-dir", args.runs_dir),
-                                       ("--no-wandb", args.no_wandb), ("--seeds", args.seeds),
+                                       ("--no-wandb", args.no_wandb), ("--seeds", getattr(args, "seeds", None)),
                                        ("--dry-run", args.dry_run)) if used]
     if others:
         raise ConfigError(f"--resume continues the run with its own config.yaml; drop {', '.join(others)} "
@@ -367,20 +419,33 @@ def _resume_target(args: argparse.Namespace) -> str | None:
 
 
 def resume_run(args: argparse.Namespace, target: str) -> int:
-    """``longrec train --resume RUN``: checks first (one line, nothing touched), then the rest of the run."""
-    from experiments import jobs
+    """``longrec train|pretrain --resume RUN``: checks first (one line, nothing touched), then the rest of the run
+    (under torchrun: rank 0 checks and reopens the folder, every rank trains)."""
+    from experiments import jobs, launch
     from experiments.resume import reopen_run, resumable_run
+    from llm_policy import distributed
 
-    folder, cfg, summary = resumable_run(target)
-    if args.quiet:
-        cfg = cfg.override("logging.progress=false")
+    def checked() -> tuple[Path, ExperimentConfig, dict]:
+        folder, cfg, summary = resumable_run(target, args.command)
+        if args.quiet:
+            cfg = cfg.override("logging.progress=false")
+        job = summary.get("job_type", "train")
+        launch.check_nproc(job, cfg, distributed.world_size())
+        jobs.check_config(job, cfg)
+        return folder, cfg, summary
+
+    folder, cfg, summary = distributed.from_main(checked)
     job = summary.get("job_type", "train")
-    jobs.check_config(job, cfg)
-    with reopen_run(folder, cfg, summary) as run:
+    with launch.open_run(lambda: reopen_run(folder, cfg, summary), cfg) as run:
         args.run_path = run.path
-        _say(args, f"resuming {run.path} ({run.resume['from_status']}) from step {run.resume['from_step']}")
-        jobs._train(cfg, run)
-    _report(args, run.path)
+        where = (f"epoch {run.resume['from_epoch']}" if job == "pretrain" else f"step {run.resume['from_step']}")
+        _say(args, f"resuming {run.path} ({run.resume['from_status']}) from {where}")
+        if job == "pretrain":
+            jobs._pretrain(cfg, run)
+        else:
+            jobs._train(cfg, run)
+    if distributed.is_main():
+        _report(args, run.path)
     return 0
 
 
@@ -628,8 +693,13 @@ COMMANDS = {"train": cmd_run, "pretrain": cmd_run, "eval": cmd_run, "quickstart"
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
-    if not args.quiet:
+    if not args.quiet and _main_process():
         print(text)
+
+
+def _main_process() -> bool:
+    """False in the ranks > 0 of a torchrun launch (rank 0 speaks for the run)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -638,7 +708,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv  # what `pretrain --nproc N` runs again in each process
     # KEY=VALUE overrides may come after options (`longrec sweep tiny --workers 2 seed=1`)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if unknown:
@@ -656,14 +728,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `kill` / a scheduler's SIGTERM ends the run as "interrupted" (summary written), like Ctrl-C
         signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if hasattr(args, "nproc") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from experiments.launch import check_command
+
+            check_command(args.command, getattr(args, "nproc", 1))  # --nproc and torchrun: pretrain only
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         where = getattr(args, "run_path", None)
-        again = (f"; continue it with `longrec train --resume {where}`" if where is not None
-                 and args.command in ("train", "quickstart") else "")
-        print(f"longrec {args.command}: interrupted (the run folder is marked 'interrupted'; "
-              f"metrics so far are in its metrics.jsonl){again}", file=sys.stderr)
+        command = "train" if args.command == "quickstart" else args.command
+        again = (f"; continue it with `longrec {command} --resume {where}`" if where is not None
+                 and args.command in ("train", "quickstart", "pretrain") else "")
+        if _main_process():
+            print(f"longrec {args.command}: interrupted (the run folder is marked 'interrupted'; "
+                  f"metrics so far are in its metrics.jsonl){again}", file=sys.stderr)
         return 130
     except (ConfigError, SweepError, CompareError) as exc:
-        print(f"longrec {args.command}: error: {exc}", file=sys.stderr)
+        if _main_process():
+            print(f"longrec {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -49,6 +49,7 @@ from envs.atomic_file import atomic_open
 from envs.registration import make_core
 from experiments.config import ConfigError, ExperimentConfig
 from experiments.preflight import check_files, resolve_checkpoint
+from llm_policy import distributed
 from llm_policy.config import PretrainConfig
 from llm_policy.device import resolve_device
 from llm_policy.pretrain import pretrain
@@ -217,23 +218,34 @@ def setup_torch(cfg: ExperimentConfig) -> torch.device:
 
 def run_pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     """Cross-entropy pretraining of the LLM policy on simulator logs or MovieLens (``data.source``)."""
-    check_config("pretrain", cfg)
+    distributed.from_main(lambda: check_config("pretrain", cfg))  # rank 0's files (data.path, ...) are checked
     return _pretrain(cfg, run)
 
 
 def _pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
+    """CE pretraining; a resumed run continues from its last finished epoch. Under torchrun every rank runs
+    this: rank 0 prepares the logs and embeddings and hands them to the others (``llm_policy.distributed``),
+    and ranks > 0 hold an ``experiments.launch.FollowerRun``, which writes nothing."""
     if cfg.data.source == "movielens":
         return _pretrain_movielens(cfg, run)
     device = setup_torch(cfg)
-    logs = simulator_logs(cfg, run)
-    embeddings = item_embeddings(cfg, run, device)
+    resuming = getattr(run, "resume", None) is not None
+    if not resuming and hasattr(run, "metrics_lines"):  # a resumed pretraining logs its history again from here
+        run.update_summary(pretrain_first_metrics_line=run.metrics_lines)
+
+    def prepared() -> tuple[Any, torch.Tensor, str]:
+        logs, embeddings = simulator_logs(cfg, run), torch.as_tensor(item_embeddings(cfg, run, device)).cpu()
+        return logs, embeddings, make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog.fingerprint()
+
+    logs, embeddings, catalog = distributed.from_main(prepared)
     result = pretrain(logs, embeddings, config=cfg.pretrain, model_config=cfg.policy,
                       output_dir=run.checkpoints_dir / "pretrained", seed=cfg.seed, device=device,
-                      progress=cfg.logging.progress,
-                      catalog=make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog.fingerprint())
+                      progress=cfg.logging.progress, catalog=catalog, resume=resuming)
     for row in result.metrics.get("history", []):
         run.log({f"pretrain/{k}": v for k, v in row.items() if k != "epoch"}, step=None)
     metrics = {f"pretrain/{k}": v for k, v in result.metrics.items() if _is_number(v)}
+    if result.best_dir is None:  # a rank > 0: rank 0 records the policy
+        return {"policy_dir": None, "metrics": metrics}
     run.update_summary(metrics=metrics, pretrained_policy=str(result.best_dir))
     run.log_checkpoint(result.best_dir, final=run.job_type == "pretrain")
     _say_privacy(metrics)
@@ -277,9 +289,12 @@ def item_embeddings(cfg: ExperimentConfig, run: Any, device: torch.device) -> An
 
 
 def simulator_logs(cfg: ExperimentConfig, run: Any) -> Any:
-    """Logs of ``data.behaviour`` on ``env.id`` (or the ``.npz`` at ``data.path``), saved in the run folder."""
+    """Logs of ``data.behaviour`` on ``env.id`` (or the ``.npz`` at ``data.path``), saved in the run folder
+    (and read back from there when the run resumes)."""
     if cfg.data.path:
         return load_logs(cfg.data.path)
+    if getattr(run, "resume", None) is not None and (run.path / "logs.npz").is_file():
+        return load_logs(run.path / "logs.npz")
     return generate_logs(cfg.env.id, cfg.data.num_users, seed=cfg.seed, path=run.path / "logs.npz",
                          behaviour=cfg.data.behaviour, progress=cfg.logging.progress, **cfg.env.kwargs)
 
@@ -315,13 +330,16 @@ def _train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
 
 
 def _pretrained_before(run: Any) -> str | None:
-    """A resumed run's own pretrained policy (its pretraining is not repeated), else None."""
+    """A resumed run's own pretrained policy when its pretraining finished (it is not repeated), else None
+    (an unfinished pretraining continues from its last epoch)."""
     if getattr(run, "resume", None) is None:
         return None
     recorded = run.summary.get("pretrained_policy")
-    for folder in ([Path(recorded)] if recorded else []) + [run.checkpoints_dir / "pretrained" / "best"]:
-        if (folder / "config.json").is_file():
-            return str(folder)
+    if recorded and (Path(recorded) / "config.json").is_file():
+        return str(recorded)
+    folder = run.checkpoints_dir / "pretrained"  # finished (metrics.json), but stopped before the summary said so
+    if (folder / "metrics.json").is_file() and (folder / "best" / "config.json").is_file():
+        return str(folder / "best")
     return None
 
 

@@ -75,6 +75,17 @@ class BestOnValidation:
         over_budget = self.time_budget_s is not None and time.perf_counter() - self.start > self.time_budget_s
         return self.stale > self.patience or over_budget
 
+    def state_dict(self) -> dict[str, Any]:
+        """The best weights, score, epoch and evaluations since: what a resumed run continues from
+        (the time budget, a wall-clock matter, starts again)."""
+        return {"best_state": self.best_state, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                "stale": self.stale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`."""
+        self.best_state = copy.deepcopy(state["best_state"])
+        self.best_score, self.best_epoch, self.stale = state["best_score"], state["best_epoch"], state["stale"]
+
     def restore_best(self) -> None:
         """Load the best weights into the model and put it in eval mode."""
         self.model.load_state_dict(self.best_state)

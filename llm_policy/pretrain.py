@@ -27,6 +27,12 @@ step samples training users, clips each one's gradient over all their steps and 
 (epsilon, delta) spent is logged per epoch (``dp_epsilon``), returned in the metrics and saved in
 the best folder's ``config.json`` (``"privacy"``). Without it, nothing changes.
 
+After every epoch the whole training state goes to ``output_dir/last.pt`` (atomically); a run killed
+at any point continues from its last finished epoch with ``resume=True`` and ends with the numbers of
+an uninterrupted run. Launched with ``torchrun`` the training is data-parallel
+(``DistributedDataParallel``, ``llm_policy.distributed``): each rank takes its share of every global
+batch, so N processes follow one process with the same ``batch_size`` up to float rounding.
+
 The best folder loads straight into the PPO policy:
 ``PPO(LLMSlatePolicy, env, policy_kwargs=dict(pretrained_path=result.best_dir))``.
 """
@@ -44,14 +50,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from envs.atomic_file import atomic_write_bytes
+from envs.atomic_file import atomic_open, atomic_write_bytes
+from llm_policy import distributed
 from llm_policy import metrics as M
 from llm_policy.config import PretrainConfig, SlatePolicyConfig
 from llm_policy.device import resolve_device
 from llm_policy.early_stopping import BestOnValidation
 from llm_policy.model import OBS_KEYS, SlateModel
 
-__all__ = ["PretrainConfig", "PretrainResult", "LogTensors", "pretrain", "evaluate", "split_users"]
+__all__ = ["PretrainConfig", "PretrainResult", "LogTensors", "pretrain", "evaluate", "split_users", "STATE_FILE",
+           "read_training_state"]
 
 @dataclass
 class PretrainResult:
@@ -188,14 +196,22 @@ def _refresh_item_embeddings(model: SlateModel, text_encoder: Any, texts: Sequen
 
 
 @torch.no_grad()
-def evaluate(model: SlateModel, data: LogTensors, cfg: PretrainConfig) -> dict[str, float]:
-    """Validation metrics of ``model`` on ``data`` (see the module docstring)."""
+def evaluate(model: SlateModel, data: LogTensors, cfg: PretrainConfig, *, across_ranks: bool = False
+             ) -> dict[str, float]:
+    """Validation metrics of ``model`` on ``data`` (see the module docstring).
+
+    With ``across_ranks`` (a distributed run, ``llm_policy.distributed``) each rank scores every
+    ``world_size``-th row and the per-row sums are all-reduced: every rank returns the same numbers,
+    those of all rows (equal to one process's up to float rounding).
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     k = cfg.eval_k
     losses, weights, ndcg, hr, mrr, click_ranks = [], [], [], [], [], []
     rows = _rows_for_target(data, cfg.target)
+    if across_ranks:
+        rows = rows[distributed.rank():: distributed.world_size()]
     for start in range(0, len(rows), cfg.eval_batch_size):
         idx = torch.as_tensor(rows[start : start + cfg.eval_batch_size])
         obs, slate, cpos, citem = _batch(data, idx, device)
@@ -214,6 +230,8 @@ def evaluate(model: SlateModel, data: LogTensors, cfg: PretrainConfig) -> dict[s
         if clicked.any():
             click_ranks.append(M.rank_of_target(scores[clicked], target[clicked]))
     model.train(was_training)
+    if across_ranks:
+        return _metrics_across_ranks(cfg, sum(losses), sum(weights), click_ranks, ndcg, hr, mrr)
     out: dict[str, float] = {"loss": sum(losses) / max(sum(weights), 1), "num_steps": float(sum(weights))}
     if click_ranks:
         ranks = torch.cat(click_ranks)
@@ -232,6 +250,28 @@ def evaluate(model: SlateModel, data: LogTensors, cfg: PretrainConfig) -> dict[s
     return out
 
 
+def _metrics_across_ranks(cfg: PretrainConfig, loss_sum: float, steps: int, click_ranks: list[torch.Tensor],
+                          ndcg: list[torch.Tensor], hr: list[torch.Tensor], mrr: list[torch.Tensor]) -> dict[str, float]:
+    """:func:`evaluate`'s metrics from every rank's share of the rows: sums and counts all-reduced, then divided."""
+    k = cfg.eval_k
+    ranks = torch.cat(click_ranks) if click_ranks else torch.zeros(0, dtype=torch.long)
+    per_row = {f"click_ndcg@{k}": M.ndcg_at_k(ranks, k), f"click_hr@{k}": M.hit_rate_at_k(ranks, k),
+               "click_mrr": M.mrr(ranks), "click_hr@1": M.top1_accuracy(ranks)}
+    if cfg.target == "slate":
+        for name, values in ((f"ndcg@{k}", ndcg), ("top1_in_slate", hr), ("mrr_first_position", mrr)):
+            per_row[name] = torch.cat(values) if values else torch.zeros(0)
+    totals = distributed.all_reduce_sum([loss_sum, steps, *(float(v.double().sum()) for v in per_row.values()),
+                                         *(v.numel() for v in per_row.values())])
+    loss_sum, steps, sums, counts = totals[0], totals[1], totals[2: 2 + len(per_row)], totals[2 + len(per_row):]
+    means = {name: total / count for name, total, count in zip(per_row, sums, counts, strict=True) if count > 0}
+    out = {"loss": loss_sum / max(steps, 1), "num_steps": steps,
+           **{name: value for name, value in means.items() if name.startswith("click_")}}
+    if cfg.target == "slate":
+        return {**out, **{name: means[name] for name in (f"ndcg@{k}", "top1_in_slate", "mrr_first_position")}}
+    return {**out, f"ndcg@{k}": out.get(f"click_ndcg@{k}", 0.0), f"hr@{k}": out.get(f"click_hr@{k}", 0.0),
+            "mrr": out.get("click_mrr", 0.0)}
+
+
 def pretrain(
     logs: Any,
     item_embeddings: Any = None,
@@ -246,8 +286,15 @@ def pretrain(
     device: str | torch.device = "cpu",
     progress: bool = True,
     catalog: str | None = None,
+    resume: bool = False,
 ) -> PretrainResult:
     """Train the slate model with cross-entropy on logged data.
+
+    Launched with ``torchrun`` (``llm_policy.distributed``), every rank calls this with the same
+    arguments and trains one replica in ``DistributedDataParallel``: all ranks draw the same batch
+    order, each takes its share of every global batch of ``config.batch_size`` rows (the gradient is
+    the one of the whole batch), validation is scored in shares and all-reduced (so every rank stops
+    at the same epoch), and only rank 0 writes ``output_dir`` and shows a progress bar.
 
     Args:
         logs: ``agents.logs.LoggedData`` (``agents.logs.load_logs(path)`` reads a saved one) or a mapping with
@@ -269,12 +316,21 @@ def pretrain(
         progress: show a tqdm bar.
         catalog: fingerprint of the catalog the logs come from (``envs.catalog.Catalog.fingerprint``), saved
             with the policy so that it is not served another catalog by mistake (None: keep the model's).
+        resume: continue from the training state that each finished epoch leaves in ``output_dir``
+            (:data:`STATE_FILE`: model, optimizer, batch order and random state, early stopping, history),
+            to the result of an uninterrupted run; without that file, start afresh.
 
     Returns:
-        :class:`PretrainResult` with the best model, metrics and the checkpoint folder.
+        :class:`PretrainResult` with the best model, metrics and the checkpoint folder (None on ranks > 0).
     """
     config = config or PretrainConfig()
-    torch_device = resolve_device(device)
+    parallel = distributed.init()
+    if parallel:
+        _check_data_parallel(config)
+    if resume and config.dp.enabled:
+        raise ValueError("resume=True does not continue user-level DP pretraining (config.dp): its privacy "
+                         "accountant is not checkpointed; rerun it")
+    torch_device = distributed.rank_device(resolve_device(device))
     data = LogTensors.from_logs(logs)
     if len(data) == 0:
         raise ValueError("the log is empty")
@@ -290,24 +346,168 @@ def pretrain(
     texts = list(item_texts) if config.finetune_text_encoder != "none" and item_texts is not None else []
     if config.dp.enabled:
         return _pretrain_private(model, config, train, val, train_idx, output_dir, seed, torch_device, progress)
+    written = Path(output_dir) if output_dir is not None and distributed.is_main() else None  # rank 0 writes
+    identity = {"seed": seed, "config": asdict(config), "train_steps": len(train_idx), "val_steps": len(val),
+                "num_items": model.num_items}
+    state = distributed.from_main(lambda: _load_training_state(written, identity) if resume else None)
     optimizer, params = _optimizer(model, config, text_encoder, texts)
-    run = _EarlyStopping(model, config, val, output_dir, text_encoder if texts else None)
+    run = _EarlyStopping(model, config, val, written, text_encoder if texts else None, across_ranks=parallel,
+                         state=state["early_stopping"] if state is not None else None)
+    gen = torch.Generator().manual_seed(seed)
+    if state is not None:
+        _restore_training_state(state, model, optimizer, gen, text_encoder if texts else None)
+    first_epoch = state["epoch"] + 1 if state is not None else 1
+    loss_of = _data_parallel(model, config, torch_device) if parallel else None
     n_batches = -(-len(train_idx) // config.batch_size)
     if config.max_batches_per_epoch is not None:
         n_batches = min(n_batches, config.max_batches_per_epoch)
-    gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(total=config.epochs * n_batches, desc=f"pretrain ({config.target})", unit="batch", disable=not progress)
-    for epoch in range(1, config.epochs + 1):
+    bar = tqdm(total=config.epochs * n_batches, initial=(first_epoch - 1) * n_batches,
+               desc=f"pretrain ({config.target})", unit="batch", disable=not (progress and distributed.is_main()))
+    for epoch in range(first_epoch, config.epochs + 1):
+        if run.best.should_stop:  # patience ran out (also at the last epoch a resumed run had finished)
+            break
         order = torch.as_tensor(train_idx)[torch.randperm(len(train_idx), generator=gen)]
         train_loss = _train_epoch(model, config, train, order, n_batches, optimizer, params, text_encoder, texts,
-                                  torch_device, bar, epoch, run.best.best_score)
+                                  torch_device, bar, epoch, run.best.best_score, loss_of)
         if texts:
             _refresh_item_embeddings(model, text_encoder, texts)
-        if run.after_epoch(epoch, train_loss):
-            break
+        run.after_epoch(epoch, train_loss)
+        if output_dir is not None:
+            _save_training_state(written, epoch, model, optimizer, gen, run, identity, text_encoder if texts else None)
     bar.close()
+    del loss_of  # DDP's gradient hooks go with it: the returned model trains alone again
     result_metrics = run.finish(len(train_idx), asdict(config))
     return PretrainResult(model=model, metrics=result_metrics, best_dir=run.best_dir)
+
+
+STATE_FILE = "last.pt"
+"""the training state :func:`pretrain` writes to ``output_dir`` after every epoch (``resume=True`` reads it)"""
+STATE_FORMAT = "longrec-pretrain-state-v1"
+
+
+def _save_training_state(folder: Path | None, epoch: int, model: SlateModel, optimizer: torch.optim.Optimizer,
+                         batch_order: torch.Generator, run: _EarlyStopping, identity: dict[str, Any],
+                         text_encoder: Any) -> None:
+    """Write :data:`STATE_FILE` to ``folder`` atomically (rank 0; None: write nothing). Every rank must call it:
+    the ranks' random states are gathered (each rank's dropout draws its own numbers)."""
+    random_states = distributed.gather_object(_random_state(next(model.parameters()).device))
+    if folder is None:
+        return
+    state = {
+        "format": STATE_FORMAT,
+        "epoch": epoch,
+        "identity": identity,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "batch_order": batch_order.get_state(),
+        "random": random_states,
+        "early_stopping": run.state_dict(),
+        "text_encoder": text_encoder.model.state_dict() if text_encoder is not None else None,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_open(folder / STATE_FILE, "wb") as handle:
+        torch.save(state, handle)
+
+
+def read_training_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The training state saved by :func:`pretrain` at ``path`` (``<output_dir>/last.pt``): ``epoch`` (the last
+    finished one), ``identity`` (seed, config, data sizes), weights, optimizer, random and early-stopping state."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"{path} is not a readable pretraining state ({type(exc).__name__}: {exc}); delete it "
+                         "to start afresh") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a pretraining state (format {STATE_FORMAT!r})")
+    return state
+
+
+def _load_training_state(folder: Path | None, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The state in ``folder``, checked against this run's ``identity``; None when there is none."""
+    if folder is None or not (folder / STATE_FILE).is_file():
+        return None
+    state = read_training_state(folder / STATE_FILE)
+    for key, value in identity.items():
+        if state["identity"].get(key) != value:
+            raise ValueError(f"{folder / STATE_FILE} was written by another pretraining ({key}: "
+                             f"{state['identity'].get(key)!r}, now {value!r}); resume with the same logs, seed and "
+                             "config, or start in another output_dir")
+    return state
+
+
+def _random_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _restore_training_state(state: dict[str, Any], model: SlateModel, optimizer: torch.optim.Optimizer,
+                            batch_order: torch.Generator, text_encoder: Any) -> None:
+    """Put a saved state back (the early-stopping part is restored by :class:`_EarlyStopping`)."""
+    model.load_state_dict(state["model"])
+    if text_encoder is not None:
+        text_encoder.model.load_state_dict(state["text_encoder"])
+    optimizer.load_state_dict(state["optimizer"])
+    batch_order.set_state(state["batch_order"])
+    saved = state["random"]
+    # each rank continues its own random stream when the number of ranks is the one the state was saved with
+    mine = saved[distributed.rank()] if len(saved) == distributed.world_size() else saved[0]
+    torch.set_rng_state(mine["torch"])
+    device = next(model.parameters()).device
+    if mine["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], device)
+
+
+def _check_data_parallel(config: PretrainConfig) -> None:
+    """What :func:`pretrain` cannot split across processes."""
+    if config.dp.enabled:
+        raise ValueError("user-level DP pretraining (config.dp) runs in one process: launch it without torchrun")
+    if config.finetune_text_encoder != "none":
+        raise ValueError(f"finetune_text_encoder={config.finetune_text_encoder!r} runs in one process (the text "
+                         "encoder is not wrapped in DistributedDataParallel): launch it without torchrun")
+
+
+class _LossOf(torch.nn.Module):
+    """A batch's CE loss as a module's ``forward``: the call ``DistributedDataParallel`` wraps."""
+
+    def __init__(self, model: SlateModel, config: PretrainConfig) -> None:
+        super().__init__()
+        self.model, self.config = model, config
+
+    def forward(self, obs: dict[str, torch.Tensor], slate: torch.Tensor, clicked_position: torch.Tensor,
+                clicked_item_id: torch.Tensor) -> torch.Tensor:
+        return _loss(self.model, self.config, obs, slate, clicked_position, clicked_item_id)
+
+
+def _data_parallel(model: SlateModel, config: PretrainConfig, device: torch.device) -> torch.nn.Module:
+    """``model``'s loss in ``DistributedDataParallel``: backward averages the ranks' gradients."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # the item table buffer is the same on every rank and fixed while training: no syncing per forward
+    # (the flag's name since torch 2.13; before it, broadcast_buffers)
+    no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel)
+                      .parameters else "broadcast_buffers": False}
+    return DistributedDataParallel(
+        _LossOf(model, config), device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,  # the value head (PPO's) gets no gradient from the CE loss
+        **no_buffer_sync,
+    )
+
+
+def _rank_share(batch: torch.Tensor, rank: int, world_size: int) -> tuple[torch.Tensor, int, float]:
+    """This rank's rows of a global ``batch``, how many of them count, and the weight of their mean loss.
+
+    The batch is cut into ``world_size`` contiguous, nearly equal parts. DDP averages the ranks'
+    gradients, so weighting a part's mean loss by ``world_size * len(part) / len(batch)`` makes the
+    average the gradient of the whole batch's mean loss (weight 1 when the parts are equal). A rank
+    whose part is empty (a last batch with fewer rows than ranks) scores the batch's first row with
+    weight 0: it still has to take part in the gradient all-reduce.
+    """
+    part = torch.tensor_split(batch, world_size)[rank]
+    if len(part) == 0:
+        return batch[:1], 0, 0.0
+    return part, len(part), world_size * len(part) / len(batch)
 
 
 def _pretrain_private(model: SlateModel, config: PretrainConfig, train: LogTensors, val: LogTensors,
@@ -404,24 +604,37 @@ def _optimizer(model: SlateModel, config: PretrainConfig, text_encoder: Any, tex
 
 def _train_epoch(model: SlateModel, config: PretrainConfig, train: LogTensors, order: torch.Tensor, n_batches: int,
                  optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], text_encoder: Any,
-                 texts: Sequence[str], device: torch.device, bar: Any, epoch: int, best_score: float) -> float:
-    """One pass of ``n_batches`` gradient steps over ``order`` (row indices); returns the mean training loss."""
+                 texts: Sequence[str], device: torch.device, bar: Any, epoch: int, best_score: float,
+                 loss_of: torch.nn.Module | None = None) -> float:
+    """One pass of ``n_batches`` gradient steps over ``order`` (row indices); returns the mean training loss.
+
+    With ``loss_of`` (the loss in ``DistributedDataParallel``) each step trains on this rank's share of
+    the global batch (:func:`_rank_share`) and the returned mean is over every rank's rows.
+    """
     model.train()
     total, count = 0.0, 0
     for b in range(n_batches):
         idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+        rows, weight = len(idx), 1.0
+        if loss_of is not None:
+            idx, rows, weight = _rank_share(idx, distributed.rank(), distributed.world_size())
         obs, slate, cpos, citem = _batch(train, idx, device)
-        table = _live_item_table(model, text_encoder, texts, obs) if texts else None
-        loss = _loss(model, config, obs, slate, cpos, citem, table)
+        if loss_of is None:
+            table = _live_item_table(model, text_encoder, texts, obs) if texts else None
+            loss = _loss(model, config, obs, slate, cpos, citem, table)
+        else:
+            loss = loss_of(obs, slate, cpos, citem)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if loss_of is None else loss * weight).backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
-        total += float(loss.detach()) * len(idx)
-        count += len(idx)
+        total += float(loss.detach()) * rows
+        count += rows
         bar.update(1)
-        bar.set_postfix(epoch=epoch, loss=f"{total / count:.4f}", best=f"{best_score:.4f}")
+        bar.set_postfix(epoch=epoch, loss=f"{total / max(count, 1):.4f}", best=f"{best_score:.4f}")
+    if loss_of is not None:
+        total, count = distributed.all_reduce_sum([total, count])
     return total / max(count, 1)
 
 
@@ -429,23 +642,37 @@ class _EarlyStopping:
     """Validation after each epoch: the best model by NDCG@K is kept (``BestOnValidation``) and saved."""
 
     def __init__(self, model: SlateModel, config: PretrainConfig, val: LogTensors,
-                 output_dir: str | os.PathLike[str] | None, text_encoder: Any) -> None:
-        self.model, self.config, self.val = model, config, val
+                 output_dir: str | os.PathLike[str] | None, text_encoder: Any, *, across_ranks: bool = False,
+                 state: dict[str, Any] | None = None) -> None:
+        """``across_ranks``: validation in shares, all-reduced (``evaluate``); ``state``: a :meth:`state_dict`
+        to continue from (a resumed run: no evaluation of the starting model, ``best/`` left as it is)."""
+        self.model, self.config, self.val, self.across_ranks = model, config, val, across_ranks
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.text_encoder = text_encoder  # saved next to the best model when it is fine-tuned
         self.key = f"ndcg@{config.eval_k}"
-        self.before = evaluate(model, val, config)
+        self.best_dir = self.output_dir / "best" if self.output_dir is not None else None
+        if state is not None:
+            self.before, self.best_val = state["before"], state["best_val"]
+            self.history, self.epochs_run = state["history"], state["epochs_run"]
+            self.best = BestOnValidation(model, config.patience)
+            self.best.load_state_dict(state["best"])
+            return
+        self.before = evaluate(model, val, config, across_ranks=across_ranks)
         self.best = BestOnValidation(model, config.patience, initial_score=self.before[self.key])
         self.best_val = self.before
         self.history: list[dict[str, float]] = []
         self.epochs_run = 0
-        self.best_dir = self.output_dir / "best" if self.output_dir is not None else None
         if self.best_dir is not None:
             model.save_pretrained(self.best_dir)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to stop and report as an uninterrupted one."""
+        return {"before": self.before, "best_val": self.best_val, "history": self.history,
+                "epochs_run": self.epochs_run, "best": self.best.state_dict()}
+
     def after_epoch(self, epoch: int, train_loss: float, extra: dict[str, float] | None = None) -> bool:
         """Record epoch ``epoch`` (and ``extra`` values in its history row); True when training should stop."""
-        val_metrics = evaluate(self.model, self.val, self.config)
+        val_metrics = evaluate(self.model, self.val, self.config, across_ranks=self.across_ranks)
         self.epochs_run = epoch
         self.history.append({"epoch": epoch, "train/loss": train_loss, **{f"val/{k}": v for k, v in val_metrics.items()},
                              **(extra or {})})
