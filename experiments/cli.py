@@ -19,6 +19,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agents.registry import AGENTS, FIXED_AGENTS
 from experiments.config import (
@@ -31,8 +32,12 @@ from experiments.config import (
 )
 from experiments.seeds import parse_seeds
 
+if TYPE_CHECKING:
+    from experiments.sweep_ray import RayOptions
+
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 LEARNED = tuple(a for a in AGENTS if a not in FIXED_AGENTS)
+BACKENDS = ("local", "wandb", "ray")
 
 EXAMPLES = {
     "train": """\
@@ -40,6 +45,7 @@ examples:
   longrec train                                          # CE -> PPO + KL on longrec/Video-v0 (config: default)
   longrec train -c video agent=ppo_scratch seed=1
   longrec train -c smoke --seeds 0-4 --workers 2         # one run per seed, then the cross-seed table
+  longrec train -c smoke --seeds 0-4 --backend ray --address auto   # the seeds as Ray Tune trials on a cluster
   longrec train ppo.learning_rate=1e-4 kl.coef=0.1 env.id=longrec/News-v0
   longrec train -c quickstart --dry-run                  # print the resolved config and stop
   longrec train --list-keys                              # every config key with its type, default and meaning""",
@@ -70,12 +76,16 @@ runs/sweeps/<name>__<time>/ with one run folder per trial, trials.jsonl and the 
 results.md / results.csv. Each trial runs in its own process: a trial that fails or is killed
 (out of memory) is recorded as failed and the others run on; the exit code is 1 when any
 trial failed. --resume reruns a sweep folder's unfinished trials with its stored settings.
+--backend ray runs the same trials as Ray Tune trials (pip install -e .[ray]) in the same
+sweep folder: on a local Ray of --workers CPUs, or on a cluster with --address.
 
 examples:
   longrec sweep experiments/sweeps/kl_lr.yaml --backend local --workers 2
   longrec sweep tiny --workers 2 logging.wandb=false     # overrides apply to every trial
   longrec sweep kl_lr_bayes --backend local --count 20   # bayes needs `pip install optuna`
   longrec sweep --resume runs/sweeps/kl_lr__<time>       # rerun its failed / unfinished trials only
+  longrec sweep kl_lr --backend ray --workers 4          # Ray Tune trials on a local Ray of 4 CPUs
+  longrec sweep kl_lr --backend ray --address auto --gpus-per-trial 0.5   # on a cluster (`ray start` first)
   longrec sweep kl_lr --backend wandb --workers 1        # registers the sweep, starts 1 agent here
   longrec sweep --backend wandb --sweep-id ENTITY/PROJECT/ID --workers 4   # join it from another machine""",
     "compare": """\
@@ -131,6 +141,33 @@ def _add_config_args(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--list-keys", action="store_true", help="list every config key (type, default, meaning)")
 
 
+def _add_ray_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", metavar="ADDR",
+                        help="--backend ray: a running Ray cluster, auto (from one of its nodes), HOST:PORT or "
+                             "ray://HOST:PORT (default: start a local Ray with --workers CPUs)")
+    parser.add_argument("--cpus-per-trial", type=float, metavar="N", help="--backend ray: CPUs per trial (default: 1)")
+    parser.add_argument("--gpus-per-trial", type=float, metavar="N",
+                        help="--backend ray: GPUs per trial; a fraction shares a GPU (default: 0)")
+
+
+def _ray_options(args: argparse.Namespace) -> RayOptions | None:
+    """RayOptions of ``--backend ray`` (None for another backend, where the Ray flags are an error)."""
+    from experiments.sweep import SweepError
+
+    flags = {"--address": args.address, "--cpus-per-trial": args.cpus_per_trial, "--gpus-per-trial": args.gpus_per_trial}
+    given = [f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+             for flag, value in flags.items() if value is not None]
+    if args.backend != "ray":
+        if given:
+            raise SweepError(f"{given[0]} applies only to --backend ray; got --backend {args.backend} "
+                             f"(backends: {', '.join(BACKENDS)})")
+        return None
+    from experiments.sweep_ray import RayOptions
+
+    return RayOptions(args.address, args.workers, 1.0 if args.cpus_per_trial is None else args.cpus_per_trial,
+                      0.0 if args.gpus_per_trial is None else args.gpus_per_trial)
+
+
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars; print only the essentials (for scripts)")
@@ -169,9 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one run per training seed: a range (0-4) or a list (0,1,2); the same as the config key "
                         "seeds; ends with the cross-seed table (mean ± CI, IQM, probability of improvement)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="with --seeds: runs in parallel here (local) or W&B agents started here (default: 1)")
-    p.add_argument("--backend", choices=("local", "wandb"), default="local",
-                   help="with --seeds: local process pool, or a W&B sweep over the seeds run by W&B agents")
+                   help="with --seeds: runs in parallel here (local), W&B agents started here (wandb) or CPUs of "
+                        "the local Ray (ray) (default: 1)")
+    p.add_argument("--backend", choices=BACKENDS, default="local",
+                   help="with --seeds: local process pool, a W&B sweep over the seeds run by W&B agents, or Ray "
+                        "Tune trials")
+    _add_ray_args(p)
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a stopped run (Ctrl-C, killed, failed) in its folder, from its last checkpoint, "
                         "with its own config (the same as the config key resume)")
@@ -193,22 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
             "eval.baselines on eval.num_users fresh users per eval seed.")
     _add_config_args(p, "default")
     p.add_argument("--checkpoint", metavar="PATH", help="policy checkpoint to evaluate (eval.checkpoint)")
-    p = add("sweep", "hyperparameter sweep (W&B sweep YAML) on a local process pool or on W&B agents",
+    p = add("sweep", "hyperparameter sweep (W&B sweep YAML) on a local process pool, W&B agents or Ray Tune",
             "Run a hyperparameter sweep written in W&B's sweep format.")
     p.add_argument("file", nargs="?", metavar="FILE",
                    help="sweep YAML (a path or a name in experiments/sweeps/: kl_lr, kl_lr_bayes, tiny)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides applied to every trial")
-    p.add_argument("--backend", choices=("local", "wandb"), default="local",
-                   help="local: process pool here; wandb: wandb.sweep + `wandb agent` processes (default: local)")
+    p.add_argument("--backend", choices=BACKENDS, default="local",
+                   help="local: process pool here; wandb: wandb.sweep + `wandb agent` processes; ray: Ray Tune "
+                        "trials on a local Ray or a cluster (default: local)")
+    _add_ray_args(p)
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="parallel trials (local) or W&B agents started on this machine (default: 1)")
+                   help="parallel trials (local), W&B agents started on this machine (wandb) or CPUs of the "
+                        "local Ray (ray) (default: 1)")
     p.add_argument("--count", type=int, metavar="N",
                    help="number of trials (random/bayes; caps grid); per agent with --backend wandb")
     p.add_argument("--seed", type=int, help="seed of the random / bayes sampler (default: 0)")
     p.add_argument("--out", metavar="DIR", help="sweep folder (default: runs/sweeps/<name>__<time>)")
     p.add_argument("--runs-dir", metavar="DIR", help="parent of runs/sweeps (default: runs)")
     p.add_argument("--resume", metavar="SWEEP_FOLDER",
-                   help="local: rerun only the unfinished (failed, interrupted, never started) trials of that "
+                   help="local or ray: rerun only the unfinished (failed, interrupted, never started) trials of that "
                         "sweep folder, with its stored sweep.yaml, count, seed and overrides")
     p.add_argument("--project", default="longrec", help="W&B project (wandb backend)")
     p.add_argument("--entity", help="W&B entity (wandb backend)")
@@ -372,6 +415,8 @@ def _run_in_folder(args: argparse.Namespace, nproc: int) -> int:
     if args.command == "train" and (args.workers != 1 or args.backend != "local"):
         raise ConfigError(f"--workers {args.workers} / --backend {args.backend} apply only to a multi-seed launch: "
                           "add --seeds (e.g. --seeds 0-4) or the config key seeds")
+    if args.command == "train":
+        _ray_options(args)  # --address / --cpus-per-trial / --gpus-per-trial without --backend ray
     with launch.open_run(lambda: Run.create(cfg, job_type=args.command), cfg) as run:
         args.run_path = run.path
         _say(args, f"run folder: {run.path}")
@@ -457,8 +502,8 @@ def launch_seeds(args: argparse.Namespace, cfg: ExperimentConfig, seeds: Sequenc
     if args.workers < 1:
         raise SweepError(f"--workers must be >= 1; got {args.workers}")
     _, code = run_seeds(cfg, args.config, _overrides_from_args(args), seeds, workers=args.workers,
-                        backend=args.backend, progress=not args.quiet, project=cfg.logging.project,
-                        entity=cfg.logging.entity)
+                        backend=args.backend, ray_options=_ray_options(args), progress=not args.quiet,
+                        project=cfg.logging.project, entity=cfg.logging.entity)
     return code
 
 
@@ -499,12 +544,15 @@ def _report(args: argparse.Namespace, path: Path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Run, join or resume a sweep; a local sweep returns 1 when any trial failed (each named on stderr)."""
+    """Run, join or resume a sweep; a local or Ray sweep returns 1 when any trial failed (each named on stderr)."""
     from experiments import sweep as sweeps
 
     if args.workers < 1 and args.backend == "local":
         raise sweeps.SweepError(f"--workers must be >= 1; got {args.workers}")
     sweeps.check_count(args.count)
+    ray_options = _ray_options(args)
+    if args.sweep_id and args.backend != "wandb":
+        raise sweeps.SweepError(f"--sweep-id joins a W&B sweep: it needs --backend wandb; got --backend {args.backend}")
     if args.resume:
         overrides = list(args.overrides)
         if args.file and "=" in args.file:  # `--resume DIR key=value`: argparse took the override for FILE
@@ -514,10 +562,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                    "--backend wandb": args.backend == "wandb"}
         clash = next((name for name, value in clashes.items() if value), None)
         if clash:
-            raise sweeps.SweepError(f"--resume {args.resume} runs the sweep stored in that folder (local backend); "
-                                    f"drop {clash}")
-        folder, results = sweeps.resume_local_sweep(args.resume, workers=args.workers, count=args.count,
-                                                    seed=args.seed, overrides=overrides, progress=not args.quiet)
+            raise sweeps.SweepError(f"--resume {args.resume} runs the sweep stored in that folder (local or ray "
+                                    f"backend); drop {clash}")
+        if ray_options is not None:
+            from experiments.sweep_ray import resume_ray_sweep
+
+            folder, results = resume_ray_sweep(args.resume, ray_options, count=args.count, seed=args.seed,
+                                               overrides=overrides, progress=not args.quiet)
+        else:
+            folder, results = sweeps.resume_local_sweep(args.resume, workers=args.workers, count=args.count,
+                                                        seed=args.seed, overrides=overrides, progress=not args.quiet)
     elif args.backend == "wandb":
         if args.sweep_id:
             if args.overrides:
@@ -537,11 +591,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return sweeps.run_wandb_agents(sweep_id, args.workers, args.count)
     else:
         if not args.file:
-            raise sweeps.SweepError("the local backend needs a sweep FILE (or --resume SWEEP_FOLDER)")
+            raise sweeps.SweepError(f"the {args.backend} backend needs a sweep FILE (or --resume SWEEP_FOLDER)")
         spec = sweeps.load_sweep(args.file)
-        folder, results = sweeps.run_local_sweep(spec, workers=args.workers, count=args.count, out_dir=args.out,
-                                                 overrides=args.overrides, seed=args.seed or 0,
-                                                 runs_dir=args.runs_dir or "runs", progress=not args.quiet)
+        settings = {"count": args.count, "out_dir": args.out, "overrides": args.overrides, "seed": args.seed or 0,
+                    "runs_dir": args.runs_dir or "runs", "progress": not args.quiet}
+        if ray_options is not None:
+            from experiments.sweep_ray import run_ray_sweep
+
+            folder, results = run_ray_sweep(spec, ray_options, **settings)
+        else:
+            folder, results = sweeps.run_local_sweep(spec, workers=args.workers, **settings)
     print((folder / "results.md").read_text())
     print(f"sweep folder: {folder}  (results.csv, one run folder per trial; "
           f"`longrec compare {folder}` for tables and plots)")

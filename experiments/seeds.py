@@ -1,11 +1,12 @@
 """Multi-seed launching: ``longrec train ... --seeds 0-4`` (or ``seeds: [0, 1, 2, 3, 4]`` in a config).
 
 One run per training seed, launched as a grid sweep over ``seed`` (``experiments.sweep``), so
-the same two back-ends serve it: the local process pool (``--workers N``) or W&B agents
-(``--backend wandb``). Every run of one launch shares a W&B group, so W&B's "Group" view shows
-the mean and band across seeds; the launch folder ``runs/seeds/<env>__<experiment>__<time>/``
-holds one run folder per seed and ends with the cross-seed table of ``longrec compare``
-(``compare/compare.md``: mean ± CI, IQM, probability of improvement, paired differences).
+the sweep back-ends serve it: the local process pool (``--workers N``), W&B agents
+(``--backend wandb``) or Ray Tune trials (``--backend ray``, ``experiments.sweep_ray``). Every
+run of one launch shares a W&B group, so W&B's "Group" view shows the mean and band across
+seeds; the launch folder ``runs/seeds/<env>__<experiment>__<time>/`` holds one run folder per
+seed and ends with the cross-seed table of ``longrec compare`` (``compare/compare.md``: mean ±
+CI, IQM, probability of improvement, paired differences).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import argparse
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from experiments.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from experiments.sweep_ray import RayOptions
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -55,12 +59,14 @@ def seeds_sweep(config: str, seeds: Sequence[int], name: str, job: str = "train"
 
 def run_seeds(cfg: ExperimentConfig, config: str, overrides: Sequence[str], seeds: Sequence[int], workers: int = 1,
               backend: str = "local", out_dir: str | Path | None = None, progress: bool = True,
-              project: str = "longrec", entity: str | None = None) -> tuple[Path, int]:
+              project: str = "longrec", entity: str | None = None,
+              ray_options: RayOptions | None = None) -> tuple[Path, int]:
     """Train ``cfg`` once per seed; returns the launch folder and an exit code.
 
     ``config`` and ``overrides`` are what resolved ``cfg`` (the trials rebuild it with ``seed=<s>``,
     ``seeds=[]`` and the launch's W&B group). Local: the runs, ``results.md`` and the comparison are in the
-    folder. W&B: the sweep is registered and ``workers`` agents run it here (others may join).
+    folder. W&B: the sweep is registered and ``workers`` agents run it here (others may join). Ray: the
+    local backend's folder, the runs as Ray Tune trials (``ray_options``; default: a local Ray of ``workers`` CPUs).
     """
     from experiments import sweep as sweeps
 
@@ -77,7 +83,13 @@ def run_seeds(cfg: ExperimentConfig, config: str, overrides: Sequence[str], seed
         sweep_id = sweeps.wandb_sweep_id(spec, project, entity)
         print(f"W&B sweep of {len(seeds)} seeds: {sweep_id} (group {group})")
         return folder, sweeps.run_wandb_agents(sweep_id, workers)
-    _, results = sweeps.run_local_sweep(spec, workers=workers, out_dir=folder, overrides=extra, progress=progress)
+    if backend == "ray":
+        from experiments.sweep_ray import RayOptions, run_ray_sweep
+
+        _, results = run_ray_sweep(spec, ray_options or RayOptions(workers=workers), out_dir=folder, overrides=extra,
+                                   progress=progress)
+    else:
+        _, results = sweeps.run_local_sweep(spec, workers=workers, out_dir=folder, overrides=extra, progress=progress)
     finished = [r for r in results if r.status == "finished"]
     for failed in (r for r in results if r.status != "finished"):
         print(f"seed {failed.params.get('seed')}: {failed.status}: {failed.error} ({failed.run_dir})")

@@ -22,6 +22,8 @@ configuration")::
 * ``--backend wandb``: ``wandb.sweep`` registers the same file and ``wandb agent``
   processes run its ``command`` (``longrec train ... key=value``); agents started on
   other machines with the sweep id share the work.
+* ``--backend ray``: the same trials as Ray Tune trials, on a local Ray or a cluster
+  (``experiments.sweep_ray``); the sweep folder, its records and resume are the local backend's.
 """
 
 from __future__ import annotations
@@ -425,7 +427,7 @@ class SweepState:
         path = folder / STATE_FILE
         if not path.is_file() or not (folder / "sweep.yaml").is_file():
             raise SweepError(f"--resume {str(folder)!r} is not a local sweep folder (it needs the {STATE_FILE} and "
-                             "sweep.yaml that `longrec sweep --backend local` writes when it starts)")
+                             "sweep.yaml that `longrec sweep --backend local` or `--backend ray` writes when it starts)")
         try:
             data = json.loads(path.read_text())
             return cls(count=data["count"], seed=int(data["seed"]), overrides=tuple(data["overrides"]),
@@ -434,7 +436,7 @@ class SweepState:
             raise SweepError(f"--resume {str(folder)!r}: {STATE_FILE} is unreadable ({exc!r})") from None
 
 
-def _init_worker(threads: int) -> None:
+def init_worker(threads: int) -> None:
     # before torch is imported in the worker: each trial gets its share of the cores
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
@@ -506,7 +508,7 @@ def metric_value(run_dir: str | Path, metric: str) -> float | None:
 
 def _trial_main(trial: TrialSpec, threads: int, writer: Any) -> None:
     """Entry point of a trial's process: its share of the cores, the trial, the result sent to the parent."""
-    _init_worker(threads)
+    init_worker(threads)
     try:
         writer.send(run_trial(trial))
     finally:
@@ -636,6 +638,43 @@ def check_count(count: int | None) -> None:
         raise SweepError(f"--count must be >= 1; got {count}")
 
 
+Executor = Callable[[dict[int, TrialResult], Callable[[int, dict[str, Any]], TrialSpec],
+                     Callable[[TrialResult], None]], None]
+"""Where a sweep's trials run: ``execute(previous, make_trial, record)`` runs every trial not finished in
+``previous`` (``make_trial(index, params)`` builds each) and calls ``record`` as each one ends."""
+
+
+def new_sweep(sweep: str | Path | SweepSpec, count: int | None = None, out_dir: str | Path | None = None,
+              overrides: Sequence[str] = (), seed: int = 0, runs_dir: str | Path = "runs",
+              job: str | None = None) -> tuple[SweepSpec, SweepState, Path]:
+    """A new sweep's file, settings and folder, every value checked; nothing is created yet."""
+    spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
+    check_count(count)
+    cap = count or spec.run_cap
+    if spec.method != "grid" and not cap:
+        raise SweepError(f"method {spec.method} needs a trial count: --count N (or run_cap in the sweep file)")
+    if spec.method == "bayes":
+        import_optuna()
+    load_config(spec.base_config, list(overrides))  # bad extra overrides fail before any trial
+    state = SweepState(cap, seed, tuple(overrides), job or spec.job, _sha256(spec.path), spec.path.name)
+    resolve_job(state.job)
+    planned_trials(spec, state)  # e.g. a grid over a continuous parameter fails before the folder exists
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    folder = Path(out_dir) if out_dir else Path(runs_dir) / "sweeps" / f"{spec.path.stem}__{stamp}"
+    if (folder / TRIALS_FILE).exists():
+        raise SweepError(f"{folder} already holds a sweep ({TRIALS_FILE}); continue it with "
+                         f"`longrec sweep --resume {folder}`, or choose another --out")
+    return spec, state, folder
+
+
+def create_sweep_folder(spec: SweepSpec, state: SweepState, folder: Path) -> None:
+    """The sweep folder with its ``sweep.yaml`` (copy of the file) and ``sweep_state.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if spec.path.resolve() != (folder / "sweep.yaml").resolve():
+        shutil.copyfile(spec.path, folder / "sweep.yaml")
+    state.write(folder)
+
+
 def run_local_sweep(sweep: str | Path | SweepSpec, workers: int = 1, count: int | None = None,
                     out_dir: str | Path | None = None, overrides: Sequence[str] = (), seed: int = 0,
                     runs_dir: str | Path = "runs", progress: bool = True, job: str | None = None,
@@ -648,28 +687,32 @@ def run_local_sweep(sweep: str | Path | SweepSpec, workers: int = 1, count: int 
     folder per trial, ``trials.jsonl`` (appended as trials end) and the ranked ``results.md`` /
     ``results.csv``. A trial that fails, or whose process dies, is a failed result; the others run on.
     """
-    spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
     _check_workers(workers)
+    spec, state, folder = new_sweep(sweep, count, out_dir, overrides, seed, runs_dir, job)
+    create_sweep_folder(spec, state, folder)
+    return run_sweep(spec, state, folder, {}, local_executor(spec, state, workers), progress, on_result)
+
+
+def open_sweep(folder: str | Path, count: int | None = None, seed: int | None = None,
+               overrides: Sequence[str] = ()) -> tuple[SweepSpec, SweepState, dict[int, TrialResult]]:
+    """A sweep folder to resume: its file, stored settings and trial records; given options may only repeat them."""
+    folder = Path(folder)
+    state = SweepState.read(folder)
+    if _sha256(folder / "sweep.yaml") != state.spec_sha256:
+        raise SweepError(f"--resume {str(folder)!r}: its sweep.yaml changed since the sweep started; a resume "
+                         "runs the same trials (start a new sweep with the edited file instead)")
     check_count(count)
-    cap = count or spec.run_cap
-    if spec.method != "grid" and not cap:
-        raise SweepError(f"method {spec.method} needs a trial count: --count N (or run_cap in the sweep file)")
+    for option, given, stored in (("--count", count, state.count), ("--seed", seed, state.seed)):
+        if given is not None and given != stored:
+            raise SweepError(f"--resume {str(folder)!r}: {option} {given} differs from the sweep's stored "
+                             f"{option} {stored if stored is not None else 'none (the whole grid)'}; drop {option}")
+    if overrides and tuple(overrides) != state.overrides:
+        raise SweepError(f"--resume {str(folder)!r}: overrides {' '.join(overrides)} differ from the sweep's stored "
+                         f"overrides ({' '.join(state.overrides) or 'none'}); drop them")
+    spec = load_sweep(folder / "sweep.yaml")
     if spec.method == "bayes":
-        _import_optuna()
-    load_config(spec.base_config, list(overrides))  # bad extra overrides fail before any trial
-    state = SweepState(cap, seed, tuple(overrides), job or spec.job, _sha256(spec.path), spec.path.name)
-    resolve_job(state.job)
-    planned_trials(spec, state)  # e.g. a grid over a continuous parameter fails before the folder exists
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    folder = Path(out_dir) if out_dir else Path(runs_dir) / "sweeps" / f"{spec.path.stem}__{stamp}"
-    if (folder / TRIALS_FILE).exists():
-        raise SweepError(f"{folder} already holds a sweep ({TRIALS_FILE}); continue it with "
-                         f"`longrec sweep --resume {folder}`, or choose another --out")
-    folder.mkdir(parents=True, exist_ok=True)
-    if spec.path.resolve() != (folder / "sweep.yaml").resolve():
-        shutil.copyfile(spec.path, folder / "sweep.yaml")
-    state.write(folder)
-    return _run_sweep(spec, state, folder, workers, {}, progress, on_result)
+        import_optuna()
+    return spec, state, read_trials(folder)
 
 
 def resume_local_sweep(folder: str | Path, workers: int = 1, count: int | None = None, seed: int | None = None,
@@ -684,23 +727,10 @@ def resume_local_sweep(folder: str | Path, workers: int = 1, count: int | None =
     study, retries each failed trial with its parameters, and asks TPE for the trials never started.
     Earlier attempts' run folders stay (marked failed or interrupted).
     """
-    folder = Path(folder)
-    state = SweepState.read(folder)
-    if _sha256(folder / "sweep.yaml") != state.spec_sha256:
-        raise SweepError(f"--resume {str(folder)!r}: its sweep.yaml changed since the sweep started; a resume "
-                         "runs the same trials (start a new sweep with the edited file instead)")
+    spec, state, previous = open_sweep(folder, count, seed, overrides)
     _check_workers(workers)
-    check_count(count)
-    for option, given, stored in (("--count", count, state.count), ("--seed", seed, state.seed)):
-        if given is not None and given != stored:
-            raise SweepError(f"--resume {str(folder)!r}: {option} {given} differs from the sweep's stored "
-                             f"{option} {stored if stored is not None else 'none (the whole grid)'}; drop {option}")
-    if overrides and tuple(overrides) != state.overrides:
-        raise SweepError(f"--resume {str(folder)!r}: overrides {' '.join(overrides)} differ from the sweep's stored "
-                         f"overrides ({' '.join(state.overrides) or 'none'}); drop them")
-    spec = load_sweep(folder / "sweep.yaml")
-    close_stale_runs(folder, None, "interrupted", INTERRUPTED)
-    return _run_sweep(spec, state, folder, workers, read_trials(folder), progress, on_result)
+    close_stale_runs(Path(folder), None, "interrupted", INTERRUPTED)
+    return run_sweep(spec, state, Path(folder), previous, local_executor(spec, state, workers), progress, on_result)
 
 
 def planned_trials(spec: SweepSpec, state: SweepState) -> list[dict[str, Any]] | None:
@@ -728,9 +758,14 @@ def read_trials(folder: str | Path) -> dict[int, TrialResult]:
     return latest
 
 
-def _run_sweep(spec: SweepSpec, state: SweepState, folder: Path, workers: int, previous: dict[int, TrialResult],
-               progress: bool, on_result: Callable[[TrialResult], None] | None) -> tuple[Path, list[TrialResult]]:
-    """Run every trial of the sweep not finished in ``previous``; record, rank and return all of them."""
+def run_sweep(spec: SweepSpec, state: SweepState, folder: Path, previous: dict[int, TrialResult], execute: Executor,
+              progress: bool = True, on_result: Callable[[TrialResult], None] | None = None,
+              ) -> tuple[Path, list[TrialResult]]:
+    """Run every trial of the sweep not finished in ``previous`` through ``execute``; record, rank and return all.
+
+    The bookkeeping is the same whatever runs the trials: each result is appended to ``trials.jsonl``
+    as it arrives, and ``results.md`` / ``results.csv`` rank all trials (also when interrupted).
+    """
     finished = {i: r for i, r in previous.items() if r.status == "finished"}
     extra = (f"logging.group={json.dumps(spec.raw.get('name') or Path(state.source).stem)}", *state.overrides)
 
@@ -738,20 +773,13 @@ def _run_sweep(spec: SweepSpec, state: SweepState, folder: Path, workers: int, p
         return TrialSpec(index, params, spec.base_config, extra, state.job, str(folder), spec.metric)
 
     planned = planned_trials(spec, state)
-    if planned is not None:
-        source: _PlannedTrials | _BayesTrials = _PlannedTrials(
-            [make_trial(i, p) for i, p in enumerate(planned) if i not in finished])
-        total = len(planned)
-    else:
-        source = _BayesTrials(spec, state, previous, make_trial)
-        total = int(state.count or 0)
+    total = len(planned) if planned is not None else int(state.count or 0)
     results = list(finished.values())
     log_path = folder / TRIALS_FILE
     _end_last_line(log_path)
     bar = _bar(total, progress, initial=len(finished))
 
     def record(result: TrialResult) -> None:
-        source.tell(result)
         results.append(result)
         with open(log_path, "a") as fh:
             fh.write(json.dumps(result.__dict__) + "\n")
@@ -761,9 +789,8 @@ def _run_sweep(spec: SweepSpec, state: SweepState, folder: Path, workers: int, p
         if on_result is not None:
             on_result(result)
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
     try:
-        run_trials(source.next_trial, record, workers, threads)
+        execute(previous, make_trial, record)
     except KeyboardInterrupt:
         write_results(spec, sorted(results, key=lambda r: r.index), folder, state.source)
         print(f"sweep interrupted: `longrec sweep --resume {folder}` runs its unfinished trials", file=sys.stderr)
@@ -774,6 +801,28 @@ def _run_sweep(spec: SweepSpec, state: SweepState, folder: Path, workers: int, p
     results.sort(key=lambda r: r.index)
     write_results(spec, results, folder, state.source)
     return folder, results
+
+
+def local_executor(spec: SweepSpec, state: SweepState, workers: int) -> Executor:
+    """Trials in fresh spawn processes on this machine, ``workers`` at once, each with its share of the cores."""
+
+    def execute(previous: dict[int, TrialResult], make_trial: Callable[[int, dict[str, Any]], TrialSpec],
+                record: Callable[[TrialResult], None]) -> None:
+        planned = planned_trials(spec, state)
+        if planned is not None:
+            finished = {i for i, r in previous.items() if r.status == "finished"}
+            source: _PlannedTrials | _BayesTrials = _PlannedTrials(
+                [make_trial(i, p) for i, p in enumerate(planned) if i not in finished])
+        else:
+            source = _BayesTrials(spec, state, previous, make_trial)
+
+        def done(result: TrialResult) -> None:
+            source.tell(result)
+            record(result)
+
+        run_trials(source.next_trial, done, workers, max(1, (os.cpu_count() or 1) // workers))
+
+    return execute
 
 
 class _PlannedTrials:
@@ -798,7 +847,7 @@ class _BayesTrials:
 
     def __init__(self, spec: SweepSpec, state: SweepState, previous: dict[int, TrialResult],
                  make_trial: Callable[[int, dict[str, Any]], TrialSpec]) -> None:
-        optuna = _import_optuna()
+        optuna = import_optuna()
         self.optuna, self.spec, self.make_trial = optuna, spec, make_trial
         self.study = optuna.create_study(direction=spec.goal, sampler=optuna.samplers.TPESampler(seed=state.seed))
         self.retry = {i: r.params for i, r in previous.items() if r.status != "finished"}
@@ -847,11 +896,12 @@ def _optuna_params(spec: SweepSpec, params: Mapping[str, Any]) -> dict[str, Any]
     return named
 
 
-def _import_optuna() -> Any:
+def import_optuna() -> Any:
+    """Optuna, quiet; SweepError naming the install command when it is missing."""
     try:
         import optuna
     except ImportError:
-        raise SweepError("method bayes with --backend local needs Optuna (pip install optuna); "
+        raise SweepError("method bayes with --backend local or ray needs Optuna (pip install optuna); "
                          "or run it with --backend wandb, or use method random") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna

