@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ConfigError, ExperimentConfig
+from experiments.run import RunPaths
 from llm_policy import distributed
 
 PARALLEL_JOB = "pretrain"
@@ -98,7 +99,7 @@ def spawn(argv: Sequence[str], nproc: int) -> int:
     return 0
 
 
-class FollowerRun:
+class FollowerRun(RunPaths):
     """A rank > 0's stand-in for rank 0's :class:`experiments.run.Run`: the same config, folder and resume
     point, and no writes (every logging and summary call does nothing)."""
 
@@ -108,14 +109,6 @@ class FollowerRun:
         self.name = self.path.name
         self.resume = dict(resume) if resume is not None else None
         self.wandb = None
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def plots_dir(self) -> Path:
-        return self.path / "plots"
 
     @property
     def summary(self) -> dict[str, Any]:

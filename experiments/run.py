@@ -122,7 +122,38 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-class Run:
+class RunPaths:
+    """Where a run folder keeps each part (``self.path`` is the folder): shared by :class:`Run` and the
+    read-only stand-ins of other processes (``experiments.launch.FollowerRun``)."""
+
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.path / "tables"
+
+
+class Run(RunPaths):
     """One run folder plus its (optional) W&B run. Use as a context manager::
 
         with Run.create(cfg, job_type="train") as run:
@@ -209,32 +240,6 @@ class Run:
             atomic_write_text(path / "metrics.jsonl", "".join(lines[:keep_metrics_lines]))
         job_type = read_json(path / "summary.json").get("job_type", "train")
         return cls(cfg, path, job_type=job_type, resume=resume)
-
-    # ------------------------------------------------------------------ paths
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def plots_dir(self) -> Path:
-        return self.path / "plots"
-
-    @property
-    def tables_dir(self) -> Path:
-        return self.path / "tables"
 
     @property
     def summary(self) -> dict[str, Any]:

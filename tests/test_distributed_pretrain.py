@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from experiments import cli
 from experiments.listing import list_runs
 from llm_policy.config import DPConfig
 from llm_policy.pretrain import STATE_FILE, PretrainConfig, pretrain, read_training_state
+from tests.cli_processes import ENV, finish, longrec, only_run, summary
 from tests.test_llm_pretrain import TINY, synthetic_log
 
 GAUGE_WEIGHTS = ("model.decoder.key_proj.bias", "decoder.key_proj.bias")
@@ -187,7 +187,6 @@ PRETRAIN = ["pretrain", "torch_threads=1", "data.num_users=20", "text.encoder=ti
             "policy.n_decoder_heads=2", "pretrain.epochs=5", "pretrain.patience=5", "pretrain.batch_size=16",
             "logging.wandb=false", "--quiet"]
 """CE pretraining of a tiny policy on 20 simulated users' logs: 27 batches x 5 epochs, a few seconds"""
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 
 FILE_AUDIT = '''
 import os, sys
@@ -224,30 +223,15 @@ if os.environ.get("LONGREC_FILE_AUDIT") and "RANK" in os.environ:
 (a Python audit hook), as lines ``w PATH`` (writes) and ``r PATH`` (reads)."""
 
 
-def longrec(*args: str, runs_dir: Path | None = None, audit: Path | None = None) -> subprocess.Popen:
+def launch(*args: str, runs_dir: Path | None = None, audit: Path | None = None) -> subprocess.Popen:
+    """``longrec ARGS`` in a child process; with ``audit``, every process of the launch records the files it opens."""
     env = dict(ENV)
     if audit is not None:  # every process of the launch imports this sitecustomize first
         (audit / "site").mkdir()
         (audit / "site" / "sitecustomize.py").write_text(FILE_AUDIT)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(audit / "site"), env.get("PYTHONPATH")]))
         env["LONGREC_FILE_AUDIT"] = str(audit / "files")
-    extra = ["--runs-dir", str(runs_dir)] if runs_dir is not None else []
-    return subprocess.Popen([sys.executable, "-m", "experiments", *args, *extra], env=env, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def finish(process: subprocess.Popen) -> tuple[int, str]:
-    _, err = process.communicate(timeout=600)
-    return process.returncode, err
-
-
-def only_run(runs_dir: Path) -> Path:
-    (run,) = [p for p in runs_dir.iterdir() if (p / "summary.json").exists()]
-    return run
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
+    return longrec(*args, runs_dir=runs_dir, env=env)
 
 
 def curve(run: Path) -> list[dict]:
@@ -289,7 +273,7 @@ def one_process(tmp_path_factory) -> Path:
 def two_processes(tmp_path_factory) -> tuple[Path, Path]:
     """``longrec pretrain --nproc 2``, each rank's file accesses recorded; (run folder, audit folder)."""
     runs_dir, audit = tmp_path_factory.mktemp("two"), tmp_path_factory.mktemp("audit")
-    code, err = finish(longrec(*PRETRAIN, "--nproc", "2", runs_dir=runs_dir, audit=audit))
+    code, err = finish(launch(*PRETRAIN, "--nproc", "2", runs_dir=runs_dir, audit=audit))
     assert code == 0, err
     return only_run(runs_dir), audit
 

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,28 +14,11 @@ import pytest
 
 from experiments import cli
 from experiments.listing import list_runs
+from tests.cli_processes import finish, longrec, only_run, summary
 
 TRAIN = ["train", "-c", "smoke", "agent=ce_ppo", "total_timesteps=3072", "ppo.eval_every=1024", "ppo.eval_users=8",
          "ppo.log_interval_steps=256", "logging.wandb=true", "--quiet"]
 """CE -> PPO on a tiny policy: 24 rollouts of 128 steps, held-out evaluation every 1024 steps"""
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-
-
-def longrec(*args: str, runs_dir: Path | None = None) -> subprocess.Popen:
-    extra = ["--runs-dir", str(runs_dir)] if runs_dir is not None else []
-    return subprocess.Popen([sys.executable, "-m", "experiments", *args, *extra], env=ENV, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def finish(process: subprocess.Popen) -> tuple[int, str]:
-    _, err = process.communicate(timeout=600)
-    return process.returncode, err
-
-
-def only_run(runs_dir: Path) -> Path:
-    (run,) = [p for p in runs_dir.iterdir() if (p / "summary.json").exists()]
-    return run
-
 
 def stop_when_logged(process: subprocess.Popen, runs_dir: Path, step: int, sig: int) -> Path:
     """Send ``sig`` once the run has logged a training row at ``step`` or later (mid-training)."""
@@ -50,10 +32,6 @@ def stop_when_logged(process: subprocess.Popen, runs_dir: Path, step: int, sig: 
             return runs[0].parent
         assert process.poll() is None, "the run ended before it could be stopped"
     raise AssertionError("the run never reached the step")
-
-
-def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
 
 
 def curve(run: Path) -> list[tuple]:
