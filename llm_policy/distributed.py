@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["launched", "init", "active", "rank", "world_size", "local_rank", "is_main", "rank_device",
-           "barrier", "all_reduce_sum", "broadcast_object", "gather_object", "from_main", "cleanup"]
+           "all_reduce_sum", "broadcast_object", "gather_object", "from_main", "cleanup"]
 
 T = TypeVar("T")
 
@@ -79,12 +79,6 @@ def rank_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None and active():
         return torch.device("cuda", local_rank())
     return device
-
-
-def barrier() -> None:
-    """Wait until every rank gets here (nothing in one process)."""
-    if active():
-        dist.barrier()
 
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:
