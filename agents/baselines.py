@@ -26,6 +26,8 @@ core's full batch; the others accept any sub-batch of users.
   the upper reference.
 * ``pctr_greedy``: a (CE-pretrained) ``LLMSlatePolicy`` used greedily, no RL
   (``PolicyAgent`` over any SB3 policy).
+* ``completion_greedy``: the candidates of highest logged completion rate (the item statistics of a
+  CE-pretrained policy, ``agents.item_statistics``); non-privileged, no model.
 * ``slateq``: ``agents.slateq.SlateQAgent`` (Ie et al. 2019).
 * ``ppo_mlp``: SB3 PPO with an MLP over item-id embeddings (``agents.ppo``).
 
@@ -388,6 +390,16 @@ def _pctr_greedy(core: BatchedSimulator, seed: int, policy: Any = None, path: An
     return PolicyAgent(policy, deterministic=True, seed=seed, **kwargs)
 
 
+def _completion_greedy(core: BatchedSimulator, seed: int, policy: Any = None, path: Any = None) -> Agent:
+    """The completion column of an LLM policy's logged item statistics (``agents.item_statistics``), ranked."""
+    from agents.item_statistics import CompletionGreedyAgent
+
+    policy = _given_or_loaded("completion_greedy", "policy", policy, path, _load_llm_policy)
+    check_catalog(policy.model.catalog, core.catalog.fingerprint(), f"the LLM policy {path or ''}".rstrip())
+    completion = policy.model.item_statistics()[:, 0].detach().cpu().numpy()
+    return CompletionGreedyAgent(completion, core.slate_size)
+
+
 def _slateq(core: BatchedSimulator, seed: int, agent: Any = None, path: Any = None, map_ids: bool = False) -> Agent:
     from agents.slateq import SlateQAgent
 
@@ -427,6 +439,7 @@ _BUILDERS: dict[str, Callable[..., Agent]] = {
     "watch_greedy": lambda core, seed, **kw: OracleAgent(core, WATCH_GREEDY, **kw),
     "logger": _logger,
     "pctr_greedy": _pctr_greedy,
+    "completion_greedy": _completion_greedy,
     "slateq": _slateq,
     "ppo_mlp": _ppo_mlp,
 }
@@ -446,6 +459,8 @@ def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> Agent:
       features); optional ``config=LoggerConfig(...)``.
     * ``pctr_greedy``: ``policy=`` an SB3 policy (e.g. a CE-pretrained ``LLMSlatePolicy``)
       or ``path=`` a folder saved by ``LLMSlatePolicy.save_pretrained``.
+    * ``completion_greedy``: ``policy=`` or ``path=`` as ``pctr_greedy``, a policy with logged item statistics
+      (``policy.item_statistics``): its candidates ranked by their logged completion rate.
     * ``slateq``: ``agent=`` a trained ``SlateQAgent`` or ``path=`` a file saved by
       ``SlateQAgent.save`` (it is re-attached to this env's core).
     * ``ppo_mlp``: ``model=`` a trained SB3 PPO, or ``path=`` a saved one (``PPO.load``).

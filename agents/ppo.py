@@ -515,6 +515,10 @@ def _llm_policy_kwargs(core: BatchedSimulator, seed: int, pretrained_path: str |
     kwargs["item_embeddings"] = encoder.encode_catalog(core.catalog)
     if not isinstance(model_config, SlatePolicyConfig):
         model_config = SlatePolicyConfig.from_dict(dict(model_config or {}))
+    if model_config.item_statistics:  # from scratch: no logs were read, so nothing is known of any item
+        from agents.item_statistics import with_item_statistics
+
+        kwargs["item_embeddings"] = with_item_statistics(kwargs["item_embeddings"], None)
     kwargs["model_config"] = model_config
     return kwargs
 

@@ -49,6 +49,8 @@ AGENT_INFO: dict[str, AgentInfo] = {row.name: row for row in (
     AgentInfo("popularity", "none", False, False, "most popular candidates (visible catalog popularity)"),
     AgentInfo("myopic", "none", False, True, "maximises the immediate click probability under the true model"),
     AgentInfo("pctr_greedy", "none", True, False, "the CE-pretrained LLM policy used greedily (no RL)"),
+    AgentInfo("completion_greedy", "none", True, False,
+              "the candidates of highest logged completion rate (the CE start's item statistics; no model, no RL)"),
     AgentInfo("slateq", "slateq", False, True,
               "SlateQ (Ie et al. 2019) over item-id features; reads the true choice model (utilities)"),
     AgentInfo("ppo_mlp", "ppo", False, False, "PPO with an item-id MLP policy (no language model)"),

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.registry import AGENT_INFO, AGENTS, FIXED_AGENTS, PRETRAINED_AGENTS, display_name
+from agents.registry import AGENT_INFO, AGENTS, PRETRAINED_AGENTS, display_name
 from experiments.seeds import parse_seeds
 
 CE_START = "pctr_greedy"
@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny", choices=("tiny", "small", "base"), help="LLM policy size")
     parser.add_argument("--text-encoder", default="minilm",
                         help="item-text encoder of the LLM policy (text.encoder: minilm, or tiny for smoke runs)")
+    parser.add_argument("--item-statistics", default="on", choices=("on", "off"),
+                        help="the LLM policy reads each item's logged engagement statistics next to its text "
+                             "(policy.item_statistics; agents.item_statistics); 'off': text alone")
     parser.add_argument("--pretrain-users", type=int, default=400, help="logged users for CE pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
     parser.add_argument("--pretrain-batches", type=int, default=150, help="max batches per pretraining epoch")
@@ -117,7 +120,7 @@ def policy_overrides(args: argparse.Namespace) -> list[str]:
     from agents.ppo import LLM_SIZES
 
     return [f"policy.{key}={value}" for key, value in LLM_SIZES[args.model].items()] + [
-        f"text.encoder={args.text_encoder}"]
+        f"text.encoder={args.text_encoder}", f"policy.item_statistics={str(args.item_statistics == 'on').lower()}"]
 
 
 def agent_overrides(args: argparse.Namespace, agent: str, seed: int, policy_dir: Path | None) -> list[str]:
@@ -191,6 +194,10 @@ def run_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> None:
     """Every wanted agent of ``seed`` not finished yet, each saved as it ends."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     wanted = [agent for agent in AGENTS if agent in args.agents]
+    if args.item_statistics == "off" and "completion_greedy" in wanted:
+        print(f"seed {seed}: completion_greedy skipped: it ranks by logged item statistics (--item-statistics off)",
+              flush=True)
+        wanted.remove("completion_greedy")
     policy_dir = pretrain_for_seed(args, seed, seed_dir) if set(wanted) & set(PRETRAINED_AGENTS) else None
     for agent in wanted:
         record = seed_dir / f"{agent}.json"
@@ -201,7 +208,7 @@ def run_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> None:
         run_dir, result = run_job("train", overrides)
         seconds = time.perf_counter() - start
         row = result["agents"][agent]
-        steps = 0 if agent in FIXED_AGENTS or agent == CE_START else args.budget_steps
+        steps = 0 if AGENT_INFO[agent].trainer == "none" else args.budget_steps
         print(f"seed {seed}: {agent} return {row['return']:.1f} ± {row['return_ci95']:.1f} "
               f"({steps} training steps, {seconds:.0f} s)", flush=True)
         _write_json(record, {"agent": agent, "seed": seed, "run": str(run_dir), "row": row, "steps": steps,
@@ -262,7 +269,7 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     other_out = finished_runs(Path(args.paired_with)) if args.paired_with else {}
     paired = {}
-    for agent in (a for a in agents if AGENT_INFO[a].from_pretrained and a != CE_START):
+    for agent in (a for a in agents if AGENT_INFO[a].from_pretrained and AGENT_INFO[a].trainer != "none"):
         start = pair(agent, CE_START)
         if start is None:
             continue

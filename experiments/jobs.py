@@ -29,6 +29,7 @@ evaluated in the same run go to ``summary["agents"]``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ import torch
 
 from agents.baselines import BEHAVIOURS, make_baseline
 from agents.evaluate import evaluate_agent
+from agents.item_statistics import with_item_statistics
 from agents.logs import generate_logs, load_logs
 from agents.movielens_pretrain import pretrain_movielens
 from agents.ppo import train_ppo
@@ -84,6 +86,9 @@ def check_config(job: str, cfg: ExperimentConfig) -> None:
                           f"(not `longrec {job}` with resume=, nor a sweep)")
     if job == "eval" and cfg.agent not in FIXED_AGENTS and cfg.eval.checkpoint is None:
         raise ConfigError(f"evaluating agent={cfg.agent} needs its checkpoint: --checkpoint PATH (eval.checkpoint)")
+    if cfg.agent == "completion_greedy" and _pretrains(job, cfg) and not cfg.policy.item_statistics:
+        raise ConfigError("agent=completion_greedy ranks by the items' logged statistics: set policy.item_statistics=true "
+                          "(or init_from= a policy pretrained with them)")
     ignored = ignored_keys(job, cfg)
     if ignored:
         command = f"longrec {job}" + ("" if job == "pretrain" else f" agent={cfg.agent}")
@@ -235,6 +240,8 @@ def _pretrain(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
 
     def prepared() -> tuple[Any, torch.Tensor, str]:
         logs, embeddings = simulator_logs(cfg, run), torch.as_tensor(item_embeddings(cfg, run, device)).cpu()
+        if cfg.policy.item_statistics:  # the items' logged engagement, appended to their text embeddings
+            embeddings = torch.as_tensor(with_item_statistics(embeddings, logs))
         return logs, embeddings, make_core(cfg.env.id, num_users=1, **cfg.env.kwargs).catalog.fingerprint()
 
     logs, embeddings, catalog = distributed.from_main(prepared)
@@ -313,8 +320,8 @@ def _train(cfg: ExperimentConfig, run: Any) -> dict[str, Any]:
     init_from = cfg.init_from
     if cfg.agent in PRETRAINED_AGENTS and init_from is None:
         init_from = _pretrained_before(run) or str(_pretrain(cfg, run)["policy_dir"])
-    learned = {"pctr_greedy": init_from} if init_from is not None else {}
-    if cfg.agent == "pctr_greedy":
+    learned = pretrained_agents(init_from)
+    if agent_info(cfg.agent).trainer == "none":  # pctr_greedy, completion_greedy: the CE start, read, not trained
         return _evaluate(cfg, run, checkpoint=init_from, checkpoints=learned)
     if cfg.agent == "slateq":
         result = train_slateq_agent(cfg, run, device)
@@ -470,12 +477,26 @@ def load_per_user(run_dir: str | Path) -> dict[str, np.ndarray]:
         return {key: archive[key] for key in archive.files}
 
 
+def pretrained_agents(policy_dir: str | None) -> dict[str, str]:
+    """The agents read from a CE-pretrained policy folder: ``pctr_greedy``, and ``completion_greedy`` when the
+    policy carries logged item statistics (``policy.item_statistics``); none without a folder."""
+    if policy_dir is None:
+        return {}
+    agents = {"pctr_greedy": policy_dir}
+    config = Path(policy_dir) / "config.json"
+    if config.is_file() and json.loads(config.read_text())["model_config"].get("item_statistics"):
+        agents["completion_greedy"] = policy_dir
+    return agents
+
+
 def agent_spec(name: str, checkpoint: str | None, seed: int) -> Any:
     """What ``agents.evaluate.evaluate_agent`` takes: a baseline name, or a factory ``core -> Agent``."""
     if checkpoint is None:
         return name
-    # an LLM policy folder is used greedily (as pctr_greedy); a .zip is SB3 PPO's; a .pt SlateQ's
+    # an LLM policy folder is used greedily (as pctr_greedy; completion_greedy reads its item statistics);
+    # a .zip is SB3 PPO's; a .pt SlateQ's
     kind = {"llm_policy": "pctr_greedy", "sb3_zip": "ppo_mlp", "slateq": "slateq"}[agent_info(name).checkpoint]
+    kind = "completion_greedy" if name == "completion_greedy" else kind
     return lambda core: make_baseline(kind, core, seed=seed, path=checkpoint)
 
 

@@ -14,7 +14,11 @@ from typing import Any, Literal
 
 from llm_policy.config_fields import check_fields, param
 
-__all__ = ["SlatePolicyConfig", "DPConfig", "PretrainConfig", "LLMNextItemConfig"]
+__all__ = ["ITEM_STATISTICS", "SlatePolicyConfig", "DPConfig", "PretrainConfig", "LLMNextItemConfig"]
+
+ITEM_STATISTICS: tuple[str, ...] = ("completion", "click_rate", "log_clicks")
+"""the logged engagement statistics a policy with ``item_statistics=True`` reads after the text
+embedding, in column order (computed by ``agents.item_statistics``)"""
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,10 @@ class SlatePolicyConfig:
     """initial value of the text-match weights (parameters; 0: the model starts as the one without the
     term, as next-item pretraining trains it, which then picks the weights on validation data:
     ``llm_policy.next_item.calibrate_text_match``)"""
+    item_statistics: bool = False
+    """the last ``len(ITEM_STATISTICS)`` columns of the item features are the items' logged engagement
+    statistics (completion, click rate, clicks: ``agents.item_statistics``), computed from the pretraining
+    logs and appended to the text embeddings; an item nothing was logged for (a new catalog's) gets zeros"""
     value_hidden: int = param(64, ge=1)
     """hidden width of the value head MLP"""
 

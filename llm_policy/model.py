@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from envs.atomic_file import atomic_write_bytes
-from llm_policy.config import SlatePolicyConfig
+from llm_policy.config import ITEM_STATISTICS, SlatePolicyConfig
 from llm_policy.slate_decoder import PreparedCandidates, SlateDecoder, SlateOutput
 from llm_policy.state_encoder import StateEncoder
 
@@ -117,6 +117,9 @@ class SlateModel(nn.Module):
             active[-1] = False
             self.register_buffer("item_id_active", active, persistent=True)
             """which items use their id vector (see :meth:`restrict_item_ids`); row N = padding"""
+        if config.item_statistics and self.item_dim <= len(ITEM_STATISTICS):
+            raise ValueError(f"item_statistics=True needs the text embedding before the {len(ITEM_STATISTICS)} statistic "
+                             f"columns, but the item features have only {self.item_dim} columns")
         if config.text_match_dims > self.item_dim:
             raise ValueError(f"text_match_dims={config.text_match_dims} exceeds the item feature size {self.item_dim}")
         self.text_match_weight = (
@@ -246,9 +249,13 @@ class SlateModel(nn.Module):
         embeddings of the new items, by the same text encoder) replace the item table, id ``N'`` becomes
         the padding id, and every item is represented by its features alone, as an item the model has
         never seen (learned id vectors belong to the old items: the new ones get none). ``catalog`` is the
-        new catalog's fingerprint (``envs.catalog.Catalog.fingerprint``). Returns ``self``.
+        new catalog's fingerprint (``envs.catalog.Catalog.fingerprint``). A model with
+        ``config.item_statistics`` also takes text embeddings alone: the new items then get zero statistics
+        (nothing logged). Returns ``self``.
         """
         emb = as_item_embeddings(item_embeddings).to(self.item_embeddings.device, self.item_embeddings.dtype)
+        if self.config.item_statistics and emb.shape[1] == self.item_dim - len(ITEM_STATISTICS):
+            emb = torch.cat([emb, emb.new_zeros(emb.shape[0], len(ITEM_STATISTICS))], dim=1)
         if emb.shape[1] != self.item_dim:
             raise ValueError(f"the new catalog's item features have {emb.shape[1]} dimensions, the model {self.item_dim}: "
                              "embed its texts with the text encoder the model was trained with")
@@ -263,6 +270,13 @@ class SlateModel(nn.Module):
             self.obs_sizes = {**self.obs_sizes, "N": self.num_items}
         self.catalog = catalog
         return self
+
+    def item_statistics(self) -> torch.Tensor:
+        """``(N, len(ITEM_STATISTICS))`` the items' logged statistics (the last feature columns; see
+        ``SlatePolicyConfig.item_statistics``); a ValueError for a model built without them."""
+        if not self.config.item_statistics:
+            raise ValueError("this model was built without item statistics (policy.item_statistics=false)")
+        return self.item_embeddings[: self.num_items, -len(ITEM_STATISTICS):]
 
     # ------------------------------------------------------------------ encoding
 

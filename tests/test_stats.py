@@ -81,7 +81,7 @@ def write_finished_runs(out: Path, lift: dict[str, float], noise_seed: int = 0) 
             save_per_user(run / "eval_per_user.npz", {f"{agent}/return": returns})
             (run / "summary.json").write_text(json.dumps({"env": "longrec/Video-v0", "agent": agent, "seed": seed,
                                                           "status": "finished", "metrics": {"eval/return": returns.mean()}}))
-            if agent != "pctr_greedy":  # held-out curves of the learning agents
+            if agent not in ("pctr_greedy", "completion_greedy", "random"):  # held-out curves of the learning agents
                 curve = [{"step": step, "heldout/return": 100 + gain * step / 200} for step in (0, 100, 200)]
                 (run / "metrics.jsonl").write_text("\n".join(json.dumps(row) for row in curve))
             row = {"return": returns.mean(), "return_ci95": 1.0, "ctr": 0.5, "retention": 0.8, "sessions": 9.0,
@@ -183,3 +183,29 @@ def test_paired_bootstrap_averages_seeds_per_user_then_resamples_users():
     assert not same.excludes_zero
     with pytest.raises(ValueError, match="same users"):
         paired_bootstrap_ci95(np.zeros((3, 5)), np.zeros((2, 5)))
+
+
+def test_long_term_merge_takes_completion_greedy_as_a_reference_not_as_a_fine_tuned_agent(tmp_path, capsys):
+    """``completion_greedy`` starts from the CE policy's folder but learns nothing: it is the best non-privileged
+    baseline here (above random), and only the RL agent is paired with the CE start."""
+    long_term = load_long_term()
+    write_finished_runs(tmp_path, {"pctr_greedy": 0.0, "random": 20.0, "completion_greedy": 60.0, "ce_ppo": 80.0})
+    summary = long_term.merge(long_term.parse_args(["--merge-only"]), tmp_path)
+    assert set(summary["paired"]) == {"ce_ppo"}
+    paired = summary["paired"]["ce_ppo"]
+    assert paired["best_baseline"] == "completion_greedy"
+    assert paired["ratio_to_best_baseline"] == pytest.approx(summary["agents"]["ce_ppo"]["return"]
+                                                             / summary["agents"]["completion_greedy"]["return"])
+    assert summary["agents"]["completion_greedy"]["privileged"] is False
+
+
+def test_long_term_item_statistics_flag_reaches_the_policy_config():
+    from experiments.config import load_config
+
+    long_term = load_long_term()
+    on = long_term.policy_overrides(long_term.parse_args([]))
+    off = long_term.policy_overrides(long_term.parse_args(["--item-statistics", "off"]))
+    assert load_config("default", on).policy.item_statistics is True
+    assert load_config("default", off).policy.item_statistics is False
+    keys = long_term.agent_overrides(long_term.parse_args([]), "completion_greedy", 0, Path("pretrained"))
+    assert "init_from=pretrained" in keys and not any(key.startswith("ppo.") for key in keys)
