@@ -117,7 +117,8 @@ def pipeline_args(args: argparse.Namespace) -> argparse.Namespace:
     """``benchmarks/long_term.py``'s settings for the shared overrides (environment, seed, device, runs, PPO)."""
     argv = ["--env", args.env, "--budget-steps", str(args.budget_steps), "--eval-users", str(args.eval_users),
             "--model", args.model, "--text-encoder", args.text_encoder, "--threads", str(args.threads),
-            "--device", args.device, "--eval-every", "0"]
+            "--device", args.device, "--eval-every", "0",
+            "--item-statistics", "off"]  # logged item counts are not privatised: DP covers the CE weights only
     return long_term.parse_args(argv + (["--wandb"] if args.wandb else []))
 
 

@@ -95,7 +95,8 @@ def pipeline_args(args: argparse.Namespace, env_id: str, steps: int) -> argparse
     return long_term.parse_args(["--env", env_id, "--budget-steps", str(steps), "--eval-users", str(args.eval_users),
                                  "--threads", str(args.threads), "--text-encoder", args.text_encoder,
                                  "--eval-every", str(max(steps // 5, 1)), "--curve-users", "100",
-                                 "--pretrain-users", str(args.pretrain_users), "--num-envs", str(args.num_envs)])
+                                 "--pretrain-users", str(args.pretrain_users), "--num-envs", str(args.num_envs),
+                                 "--item-statistics", "off"])  # text alone: what carries over to a new catalog
 
 
 def main(argv=None) -> dict[str, Any]:

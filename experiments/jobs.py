@@ -86,6 +86,9 @@ def check_config(job: str, cfg: ExperimentConfig) -> None:
                           f"(not `longrec {job}` with resume=, nor a sweep)")
     if job == "eval" and cfg.agent not in FIXED_AGENTS and cfg.eval.checkpoint is None:
         raise ConfigError(f"evaluating agent={cfg.agent} needs its checkpoint: --checkpoint PATH (eval.checkpoint)")
+    if cfg.pretrain.dp.enabled and cfg.policy.item_statistics and _pretrains(job, cfg):
+        raise ConfigError("pretrain.dp privatises the CE weights, not the logged item statistics the policy would read "
+                          "(policy.item_statistics=true): set policy.item_statistics=false for private pretraining")
     if cfg.agent == "completion_greedy" and _pretrains(job, cfg) and not cfg.policy.item_statistics:
         raise ConfigError("agent=completion_greedy ranks by the items' logged statistics: set policy.item_statistics=true "
                           "(or init_from= a policy pretrained with them)")

@@ -68,8 +68,9 @@ def one_observation(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("config", [{}, {"item_id_embeddings": True},
-                                    {"item_id_embeddings": True, "text_match_dims": 4, "text_match_init": 3.0}],
-                         ids=["text", "text+ids", "text+ids+match"])
+                                    {"item_id_embeddings": True, "text_match_dims": 4, "text_match_init": 3.0},
+                                    {"item_statistics": True}],
+                         ids=["text", "text+ids", "text+ids+match", "text+statistics"])
 def test_attributions_sum_to_the_logit_change_from_the_baseline(config, one_torch_thread):
     model = tiny_model(2, **config)
     if model.item_id_embedding is not None:  # zero-initialised: give the id vectors something to attribute
@@ -87,7 +88,12 @@ def test_attributions_sum_to_the_logit_change_from_the_baseline(config, one_torc
     np.testing.assert_allclose(att.total, change - att.delta, atol=1e-6)
     assert att.relative_delta <= 0.01 and np.abs(change).min() > 0
     np.testing.assert_allclose(att.history.sum(1), att.groups["history items: text"] + att.groups["history consumption"]
-                               + att.groups.get("history items: id vector", 0.0), atol=1e-9)
+                               + att.groups.get("history items: id vector", 0.0)
+                               + att.groups.get("history items: logged statistics", 0.0), atol=1e-9)
+    # the last 3 item features are the logged statistics: their share is reported apart from the text's
+    assert ("chosen item: logged statistics" in att.groups) == bool(config.get("item_statistics"))
+    if config.get("item_statistics"):
+        assert np.abs(att.groups["chosen item: logged statistics"]).max() > 0
     assert att.groups["earlier slate items"][0] == 0.0  # slot 1 has no earlier items
     assert "other candidates" not in att.groups  # a slot's logit reads only its own item's key
     if config.get("text_match_dims"):

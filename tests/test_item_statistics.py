@@ -141,3 +141,10 @@ def test_completion_greedy_needs_statistics(tmp_path, capsys):
     assert cli.main(["train", "-c", "smoke_eval", "agent=completion_greedy", "--runs-dir", str(tmp_path), "--quiet"]) != 0
     assert "set policy.item_statistics=true" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before any run folder
+
+
+def test_private_pretraining_refuses_item_statistics(tmp_path, capsys):
+    """DP-SGD privatises the CE weights only: item counts computed from the same logs would leak around it."""
+    assert cli.main(["pretrain", "-c", "smoke", "policy.item_statistics=true", "pretrain.dp.epsilon=3",
+                     "--runs-dir", str(tmp_path), "--quiet"]) != 0
+    assert "set policy.item_statistics=false for private pretraining" in capsys.readouterr().err

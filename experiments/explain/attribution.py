@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from experiments.compare import save_figure
+from llm_policy.config import ITEM_STATISTICS
 from llm_policy.model import SlateModel
 
 DEFAULT_STEPS = 64
@@ -187,7 +188,12 @@ def attribute_slate(model: SlateModel, obs: Mapping[str, np.ndarray | torch.Tens
     slots = np.arange(k)
     history = a["history_text"].sum(-1) + a["history_consumption"] + (a["history_id"].sum(-1) if function.has_ids else 0.0)
     candidate = a["candidate_text"].sum(-1)  # (K, C)
-    groups = {"chosen item: text": candidate[slots, chosen]}
+    # the item features are the text embedding, then (with policy.item_statistics) the logged statistics
+    stats = len(ITEM_STATISTICS) if model.config.item_statistics else 0
+    text_columns = slice(0, a["candidate_text"].shape[-1] - stats)
+    groups = {"chosen item: text": a["candidate_text"][..., text_columns].sum(-1)[slots, chosen]}
+    if stats:
+        groups["chosen item: logged statistics"] = a["candidate_text"][..., -stats:].sum(-1)[slots, chosen]
     if function.has_ids:
         candidate_id = a["candidate_id"].sum(-1)
         groups["chosen item: id vector"] = candidate_id[slots, chosen]
@@ -202,7 +208,9 @@ def attribute_slate(model: SlateModel, obs: Mapping[str, np.ndarray | torch.Tens
     others = np.where(in_prefix, 0.0, candidate).sum(1)
     if np.abs(others).max() > 0:  # none in this model (a logit reads only its own key); kept for completeness
         groups["other candidates"] = others
-    groups["history items: text"] = a["history_text"].sum((1, 2))
+    groups["history items: text"] = a["history_text"][..., text_columns].sum((1, 2))
+    if stats:
+        groups["history items: logged statistics"] = a["history_text"][..., -stats:].sum((1, 2))
     if function.has_ids:
         groups["history items: id vector"] = a["history_id"].sum((1, 2))
     groups["history consumption"] = a["history_consumption"].sum(1)
