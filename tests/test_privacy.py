@@ -218,7 +218,10 @@ def test_dp_keys_are_read_on_both_sources_and_refused_when_unread():
 
     for name in ("movielens", "default", "quickstart"):
         job = "quickstart" if name == "quickstart" else "pretrain"
-        check_config(job, load_config(name, ["pretrain.dp.epsilon=3", "pretrain.dp.max_grad_norm=0.5"]))
+        text_only = ["policy.item_statistics=false"] if name == "quickstart" else []  # logged counts are not private
+        check_config(job, load_config(name, ["pretrain.dp.epsilon=3", "pretrain.dp.max_grad_norm=0.5", *text_only]))
+    with pytest.raises(ConfigError, match="set policy.item_statistics=false for private pretraining"):
+        check_config("quickstart", load_config("quickstart", ["pretrain.dp.epsilon=3"]))
     with pytest.raises(ConfigError, match="pretrain.epochs=3"):  # the rest of the section stays unread on MovieLens
         check_config("pretrain", load_config("movielens", ["pretrain.epochs=3"]))
     with pytest.raises(ConfigError, match=r"pretrain.dp.delta=0.1 \(pretrain.dp is off"):
