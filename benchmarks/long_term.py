@@ -11,7 +11,8 @@ its run folder, metrics and checkpoints), so the benchmark adds no pipeline of i
 3. the merge step reads every finished run: mean return across seeds with a 95% CI (Student-t across
    seeds; with one seed, over users), and for each RL agent the paired difference to its CE start
    (``pctr_greedy``), per user within a seed, then across seeds (``agents.stats.paired_difference``), and
-   to the same RL from scratch (``ppo_scratch``, ``vs_scratch``) when it ran: whether pretraining pays;
+   to the same RL from scratch (``ppo_scratch``, ``vs_scratch``) when it ran: whether pretraining pays; and
+   to the best non-privileged fixed baseline (``vs_best_baseline``; e.g. ``completion_greedy``);
    with ``--paired-with OTHER_OUT``, also to the same agent in another benchmark folder of the same
    environment and users (``vs_other_out``): a lever's ablation, e.g. ``--ppo clip_range=0.5`` against the
    defaults, paired user by user.
@@ -287,6 +288,9 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         for agent, row in paired.items():
             row["best_baseline"] = best
             row["ratio_to_best_baseline"] = agents[agent]["return"] / agents[best]["return"]
+            versus_best = pair(agent, best)  # the same users: does RL beat what it is measured against?
+            if versus_best is not None:
+                row["vs_best_baseline"] = summary(versus_best)
     for agent, steps in steps_to_80_percent(runs).items():
         agents[agent]["steps_to_80pct"] = steps
     steps = max((record["steps"] for by_seed in runs.values() for record in by_seed.values()), default=0)
@@ -337,7 +341,8 @@ def print_table(env: str, users: list[int], steps: int, agents: dict[str, dict[s
               f"{row['ratio_to_start']:.2f}x its CE start"
               + (f", {row['ratio_to_best_baseline']:.2f}x the best non-privileged baseline ({row['best_baseline']})"
                  if "best_baseline" in row else ""))
-        for key, versus in (("vs_scratch", SCRATCH), ("vs_other_out", f"{name} of {row.get('vs_other_out', {}).get('out')}")):
+        for key, versus in (("vs_best_baseline", row.get("best_baseline")), ("vs_scratch", SCRATCH),
+                            ("vs_other_out", f"{name} of {row.get('vs_other_out', {}).get('out')}")):
             if key in row:
                 other = row[key]
                 print(f"{name} - {versus} (paired per user, {len(other['seeds'])} seed(s)): {other['diff']:+.1f} ± "

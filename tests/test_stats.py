@@ -196,6 +196,9 @@ def test_long_term_merge_takes_completion_greedy_as_a_reference_not_as_a_fine_tu
     assert paired["best_baseline"] == "completion_greedy"
     assert paired["ratio_to_best_baseline"] == pytest.approx(summary["agents"]["ce_ppo"]["return"]
                                                              / summary["agents"]["completion_greedy"]["return"])
+    versus = paired["vs_best_baseline"]  # paired per user: +20 by construction, the users' spread cancels
+    assert versus["diff"] == pytest.approx(20.0, abs=2.0) and 0 < versus["ci95"] < 5 and versus["positive_in_every_seed"]
+    assert "ce_ppo - completion_greedy (paired per user, 3 seed(s)): +" in capsys.readouterr().out
     assert summary["agents"]["completion_greedy"]["privileged"] is False
 
 
