@@ -326,11 +326,12 @@ def print_table(env: str, users: list[int], steps: int, agents: dict[str, dict[s
     """The merged table (``users``: the fresh users per agent and seed of the runs; ``steps``: their training budget)."""
     print(f"\n{env}: {'/'.join(map(str, users))} fresh users per agent and seed, {steps} training steps per learning agent; "
           "return: mean over seeds, 95% CI across seeds (over users with one seed); † = privileged")
-    header = f"{'agent':<14}{'seeds':>6}{'return':>20}{'sessions':>10}{'retention':>11}{'CTR':>8}{'final sat':>11}"
+    width = max([14, *(len(display_name(name)) + 2 for name in agents)])
+    header = f"{'agent':<{width}}{'seeds':>6}{'return':>20}{'sessions':>10}{'retention':>11}{'CTR':>8}{'final sat':>11}"
     print(header)
     print("-" * len(header))
     for name, row in agents.items():
-        print(f"{display_name(name):<14}{len(row['seeds']):>6}{row['return']:>11.1f} ± {row['ci95']:<6.1f}"
+        print(f"{display_name(name):<{width}}{len(row['seeds']):>6}{row['return']:>11.1f} ± {row['ci95']:<6.1f}"
               f"{row['sessions']:>10.2f}{row['retention']:>11.3f}{row['ctr']:>8.3f}{row['final_satisfaction']:>11.3f}")
     for name, row in agents.items():
         if "steps_to_80pct" in row:
