@@ -384,9 +384,15 @@ def _load_sb3_ppo(path: Any) -> Any:
     return PPO.load(path, device="cpu")
 
 
-def _pctr_greedy(core: BatchedSimulator, seed: int, policy: Any = None, path: Any = None, **kwargs: Any) -> Agent:
-    policy = _given_or_loaded("pctr_greedy", "policy", policy, path, _load_llm_policy)
+def _llm_policy_of(name: str, core: BatchedSimulator, policy: Any, path: Any) -> Any:
+    """The given or loaded LLM policy of agent ``name``, checked to serve ``core``'s catalog."""
+    policy = _given_or_loaded(name, "policy", policy, path, _load_llm_policy)
     check_catalog(policy.model.catalog, core.catalog.fingerprint(), f"the LLM policy {path or ''}".rstrip())
+    return policy
+
+
+def _pctr_greedy(core: BatchedSimulator, seed: int, policy: Any = None, path: Any = None, **kwargs: Any) -> Agent:
+    policy = _llm_policy_of("pctr_greedy", core, policy, path)
     return PolicyAgent(policy, deterministic=True, seed=seed, **kwargs)
 
 
@@ -394,8 +400,7 @@ def _completion_greedy(core: BatchedSimulator, seed: int, policy: Any = None, pa
     """The completion column of an LLM policy's logged item statistics (``agents.item_statistics``), ranked."""
     from agents.item_statistics import CompletionGreedyAgent
 
-    policy = _given_or_loaded("completion_greedy", "policy", policy, path, _load_llm_policy)
-    check_catalog(policy.model.catalog, core.catalog.fingerprint(), f"the LLM policy {path or ''}".rstrip())
+    policy = _llm_policy_of("completion_greedy", core, policy, path)
     completion = policy.model.item_statistics()[:, 0].detach().cpu().numpy()
     return CompletionGreedyAgent(completion, core.slate_size)
 
