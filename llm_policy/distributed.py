@@ -3,8 +3,9 @@
 ``torchrun --nproc_per_node N`` (``python -m torch.distributed.run``) starts N copies of a program with
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in their environment.
 :func:`init` reads them and joins the process group: CPU tensors travel over gloo, CUDA tensors over
-NCCL (``"cpu:gloo,cuda:nccl"`` on a machine with a GPU, ``"gloo"`` without), and each process takes the
-GPU of its ``LOCAL_RANK``. Without those variables (or with ``WORLD_SIZE=1``) nothing is initialised and
+NCCL (``"cpu:gloo,cuda:nccl"`` on a machine with a GPU for each of its processes, ``"gloo"`` otherwise), and
+each process takes the GPU of its ``LOCAL_RANK``; with fewer GPUs than processes, ``device="auto"`` trains on
+the CPU and ``device="cuda"`` is refused (two ranks cannot share one GPU under NCCL). Without those variables (or with ``WORLD_SIZE=1``) nothing is initialised and
 every helper here is the identity of one process: rank 0 of 1, :func:`is_main` true, reductions return
 their input. So code written with these helpers runs unchanged, bit for bit, in one process.
 
@@ -22,7 +23,10 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["launched", "init", "active", "rank", "world_size", "local_rank", "is_main", "rank_device",
+from llm_policy.device import resolve_device
+
+__all__ = ["launched", "init", "active", "rank", "world_size", "local_rank", "local_world_size", "gpu_per_process",
+           "is_main", "rank_device",
            "all_reduce_sum", "broadcast_object", "gather_object", "from_main", "cleanup"]
 
 T = TypeVar("T")
@@ -42,11 +46,21 @@ def init() -> bool:
     A no-op without a distributed launch, or when the group is already initialised.
     """
     if launched() and not dist.is_initialized():
-        cuda = torch.cuda.is_available()
+        cuda = gpu_per_process()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=TIMEOUT)
     return active()
+
+
+def local_world_size() -> int:
+    """Processes of this launch on this machine (torchrun's ``LOCAL_WORLD_SIZE``, else ``WORLD_SIZE``, else 1)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
+def gpu_per_process() -> bool:
+    """Whether this machine has a GPU for each of its processes (NCCL needs one GPU per rank)."""
+    return torch.cuda.is_available() and torch.cuda.device_count() >= local_world_size()
 
 
 def active() -> bool:
@@ -74,11 +88,27 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def rank_device(device: torch.device) -> torch.device:
-    """``cuda`` without an index becomes this rank's GPU (``cuda:LOCAL_RANK``); anything else as given."""
-    if device.type == "cuda" and device.index is None and active():
+def rank_device(device: str | torch.device = "auto") -> torch.device:
+    """This rank's device for ``device`` (a name or ``torch.device``, see ``llm_policy.device.resolve_device``).
+
+    In one process: ``resolve_device(device)``. As one of several ranks, ``"auto"`` and ``"cuda"`` without an
+    index become this rank's GPU (``cuda:LOCAL_RANK``) when the machine has a GPU per process; otherwise
+    ``"auto"`` is the CPU, and ``"cuda"`` raises ``ValueError`` naming the counts.
+    """
+    if not active():
+        return resolve_device(device)
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda", local_rank()) if gpu_per_process() else torch.device("cpu")
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        if not gpu_per_process():
+            raise ValueError(
+                f"device={str(device)!r} with {local_world_size()} processes on this machine needs a GPU per process "
+                f"(NCCL cannot share one), but torch sees {torch.cuda.device_count()}; use device=auto or cpu, or at "
+                f"most {torch.cuda.device_count()} processes per machine")
         return torch.device("cuda", local_rank())
-    return device
+    return resolved
 
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:

@@ -54,7 +54,6 @@ from envs.atomic_file import atomic_open, atomic_write_bytes
 from llm_policy import distributed
 from llm_policy import metrics as M
 from llm_policy.config import PretrainConfig, SlatePolicyConfig
-from llm_policy.device import resolve_device
 from llm_policy.early_stopping import BestOnValidation
 from llm_policy.model import OBS_KEYS, SlateModel
 
@@ -330,7 +329,7 @@ def pretrain(
     if resume and config.dp.enabled:
         raise ValueError("resume=True does not continue user-level DP pretraining (config.dp): its privacy "
                          "accountant is not checkpointed; rerun it")
-    torch_device = distributed.rank_device(resolve_device(device))
+    torch_device = distributed.rank_device(device)
     data = LogTensors.from_logs(logs)
     if len(data) == 0:
         raise ValueError("the log is empty")

@@ -30,6 +30,8 @@ matrix ``(N, item_dim)`` (the full catalog).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -39,6 +41,15 @@ from torch import nn
 from llm_policy.config import SlatePolicyConfig
 
 __all__ = ["SlateDecoder", "SlateOutput", "PreparedCandidates"]
+
+
+@functools.cache
+def _cache_argument() -> str:
+    """The key/value cache's name in ``GPT2Model.forward`` and its output: ``cache`` since transformers renamed
+    it (``past_key_values`` stays a deprecated alias until 5.40), ``past_key_values`` before (5.17 on a GPU image)."""
+    from transformers import GPT2Model
+
+    return "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -182,8 +193,8 @@ class SlateDecoder(nn.Module):
             inputs_embeds=embeds,
             encoder_hidden_states=memory,
             encoder_attention_mask=memory_mask.long(),
-            cache=cache,
             use_cache=use_cache,
+            **{_cache_argument(): cache},
         )
 
     def start(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -268,7 +279,7 @@ class SlateDecoder(nn.Module):
         for _ in range(slate_size):
             if use_cache:
                 out = self._run(step_input, memory, memory_mask, cache=cache, use_cache=True)
-                cache = out.cache
+                cache = getattr(out, _cache_argument())
                 h = out.last_hidden_state[:, -1:]
             else:
                 h = self._run(prefix, memory, memory_mask).last_hidden_state[:, -1:]

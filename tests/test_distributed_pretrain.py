@@ -117,6 +117,30 @@ def test_two_processes_follow_one_with_the_same_global_batch(name, two_ranks, tm
     assert not (two_ranks / f"{name}_rank1").exists()
 
 
+@pytest.mark.parametrize("gpus", [0, 1, 2])
+def test_each_rank_gets_its_own_gpu_or_auto_falls_back_to_the_cpu(gpus, monkeypatch):
+    """Two ranks on one machine: 'auto' is cuda:LOCAL_RANK only with a GPU per process (NCCL cannot share one,
+    which crashed `longrec pretrain --nproc 2` on a 1-GPU machine), else the CPU; 'cuda' is refused then."""
+    monkeypatch.setattr(pretraining.distributed, "active", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    rank_device = pretraining.distributed.rank_device
+    assert rank_device("auto") == (torch.device("cuda", 1) if gpus == 2 else torch.device("cpu"))
+    assert rank_device("cpu") == torch.device("cpu")
+    if gpus == 2:
+        assert rank_device("cuda") == torch.device("cuda", 1)
+        assert rank_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    elif gpus == 1:
+        with pytest.raises(ValueError, match=r"device='cuda' with 2 processes on this machine needs a GPU per "
+                                             r"process .* torch sees 1; use device=auto or cpu"):
+            rank_device("cuda")
+    else:
+        with pytest.raises(ValueError, match="torch sees no GPU"):
+            rank_device("cuda")
+
+
 def test_what_data_parallel_pretraining_cannot_split_is_refused():
     with pytest.raises(ValueError, match=r"user-level DP pretraining \(config.dp\) runs in one process"):
         pretraining._check_data_parallel(PretrainConfig(dp=DPConfig(epsilon=1.0)))
