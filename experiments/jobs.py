@@ -86,9 +86,6 @@ def check_config(job: str, cfg: ExperimentConfig) -> None:
                           f"(not `longrec {job}` with resume=, nor a sweep)")
     if job == "eval" and cfg.agent not in FIXED_AGENTS and cfg.eval.checkpoint is None:
         raise ConfigError(f"evaluating agent={cfg.agent} needs its checkpoint: --checkpoint PATH (eval.checkpoint)")
-    if cfg.pretrain.dp.enabled and cfg.policy.item_statistics and _pretrains(job, cfg):
-        raise ConfigError("pretrain.dp privatises the CE weights, not the logged item statistics the policy would read "
-                          "(policy.item_statistics=true): set policy.item_statistics=false for private pretraining")
     if cfg.agent == "completion_greedy" and _pretrains(job, cfg) and not cfg.policy.item_statistics:
         raise ConfigError("agent=completion_greedy ranks by the items' logged statistics: set policy.item_statistics=true "
                           "(or init_from= a policy pretrained with them)")
@@ -199,7 +196,11 @@ def _unread_by_privacy(cfg: ExperimentConfig) -> list[tuple[str, str]]:
 
 
 def _check_private_pretraining(cfg: ExperimentConfig) -> None:
-    """``pretrain.dp`` needs Opacus, and on MovieLens one training window per user."""
+    """``pretrain.dp`` reads no logged item statistics, needs Opacus, and on MovieLens one training window per user
+    (the combinations that cannot run are refused before the missing package)."""
+    if cfg.policy.item_statistics:
+        raise ConfigError("pretrain.dp privatises the CE weights, not the logged item statistics the policy would read "
+                          "(policy.item_statistics=true): set policy.item_statistics=false for private pretraining")
     try:
         require_opacus()
     except ImportError as exc:

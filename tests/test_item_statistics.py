@@ -19,7 +19,7 @@ from agents.item_statistics import (
 )
 from agents.logs import generate_logs
 from envs.registration import make_core
-from experiments import cli
+from experiments import cli, jobs
 from llm_policy import SlatePolicyConfig
 from llm_policy.model import SlateModel
 
@@ -143,8 +143,15 @@ def test_completion_greedy_needs_statistics(tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # refused before any run folder
 
 
-def test_private_pretraining_refuses_item_statistics(tmp_path, capsys):
-    """DP-SGD privatises the CE weights only: item counts computed from the same logs would leak around it."""
+@pytest.mark.parametrize("opacus_installed", [True, False])
+def test_private_pretraining_refuses_item_statistics(opacus_installed, tmp_path, capsys, monkeypatch):
+    """DP-SGD privatises the CE weights only: item counts computed from the same logs would leak around it.
+    The combination is refused whether or not Opacus is installed (it was refused only where it was)."""
+    if not opacus_installed:
+        def missing():
+            raise ImportError("pretrain.dp needs Opacus")
+
+        monkeypatch.setattr(jobs, "require_opacus", missing)
     assert cli.main(["pretrain", "-c", "smoke", "policy.item_statistics=true", "pretrain.dp.epsilon=3",
                      "--runs-dir", str(tmp_path), "--quiet"]) != 0
     assert "set policy.item_statistics=false for private pretraining" in capsys.readouterr().err
