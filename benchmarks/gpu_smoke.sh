@@ -53,7 +53,7 @@ stage pipeline "$PY" benchmarks/long_term.py --env longrec/Video-v0 --budget-ste
 
 # PPO env-steps/s with the LLM policy (and the MLP reference), and the policy's slates/s and memory
 stage train_throughput "$PY" benchmarks/train_throughput.py --env longrec/Video-v0 --steps "$TPUT" \
-  --num-envs "$((ENVS * 2))" --n-steps "$NSTEPS" --model "$MODEL" --device "$DEVICE" --threads 4
+  --num-envs "$((ENVS * 2))" --n-steps "$NSTEPS" --model "$MODEL" --text-encoder "$ENCODER" --device "$DEVICE" --threads 4
 stage policy_throughput "$PY" benchmarks/policy_throughput.py --env longrec/Video-v0 --batch "$BATCH" \
   --text-encoder "$ENCODER" --device "$DEVICE" --threads 4 --min-time 1
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
 import torch
@@ -27,19 +28,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default="tiny", choices=("tiny", "small", "base"), help="LLM policy size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--text-encoder", default="minilm",
+                        help="the LLM policy's item text encoder: minilm (bundled), tiny (random), or a model folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from agents.ppo import LLM_SIZES, PPOConfig, build_ppo
+    from envs.registration import make_core
+    from llm_policy.text_encoder import resolve_text_encoder
+
+    work_dir = tempfile.mkdtemp(prefix="train_throughput_")
+    text_encoder = resolve_text_encoder(args.text_encoder, work_dir, lambda: make_core(args.env, 1).catalog.texts[:200])
 
     config = PPOConfig(n_steps=args.n_steps, batch_size=512, n_epochs=4)
     setups = {
         "mlp": dict(policy="mlp"),
-        "llm": dict(policy="llm", model_config=LLM_SIZES[args.model]),
+        "llm": dict(policy="llm", model_config=LLM_SIZES[args.model], text_encoder=text_encoder),
     }
     rollout = args.num_envs * args.n_steps
     timed = max(rollout, args.steps // rollout * rollout)
     result: dict[str, float | str | int] = {"env": args.env, "num_envs": args.num_envs, "n_steps": args.n_steps,
-                                            "llm_model": args.model, "device": args.device,
+                                            "llm_model": args.model, "text_encoder": args.text_encoder, "device": args.device,
                                             "threads": args.threads, "timed_steps": timed}
     for name, setup in setups.items():
         model = build_ppo(config, env_id=args.env, num_envs=args.num_envs, device=args.device, seed=0, **setup)
