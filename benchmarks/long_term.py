@@ -293,6 +293,8 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 row["vs_best_baseline"] = summary(versus_best)
     for agent, steps in steps_to_80_percent(runs).items():
         agents[agent]["steps_to_80pct"] = steps
+    for agent, steps in steps_to_scratch_80_percent(runs).items():
+        agents[agent]["steps_to_scratch_80pct"] = steps
     steps = max((record["steps"] for by_seed in runs.values() for record in by_seed.values()), default=0)
     users = sorted({int(record["row"].get("num_users", args.eval_users)) for by_seed in runs.values()
                     for record in by_seed.values()})
@@ -306,6 +308,30 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def steps_to_80_percent(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, int]:
     """For each learning agent with held-out curves: the first step at which its seed-mean curve reaches 80% of
     its final return ("pretraining pays" when CE -> RL gets there before the same RL from scratch)."""
+    return {agent: first_step_at(curve, 0.8 * curve[1][-1]) for agent, curve in mean_curves(runs).items()}
+
+
+def steps_to_scratch_80_percent(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, int | None]:
+    """The same clock for every learning agent: the first step at which its seed-mean curve reaches 80% of
+    ``ppo_scratch``'s final return (None if never). Unlike :func:`steps_to_80_percent`, a higher final return
+    does not move an agent's own finishing line."""
+    curves = mean_curves(runs)
+    if "ppo_scratch" not in curves:
+        return {}
+    target = 0.8 * curves["ppo_scratch"][1][-1]
+    return {agent: first_step_at(curve, target) for agent, curve in curves.items()}
+
+
+def first_step_at(curve: tuple[np.ndarray, np.ndarray], level: float) -> int | None:
+    """The first step of ``curve`` (steps, values) whose value reaches ``level``; None if none does."""
+    steps, values = curve
+    reached = np.flatnonzero(values >= level)
+    return int(steps[reached[0]]) if reached.size else None
+
+
+def mean_curves(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each learning agent's held-out return curve, averaged over its seeds (agents whose seeds' evaluation
+    steps differ are left out)."""
     from experiments.compare import curve_data, load_records
 
     out = {}
@@ -316,8 +342,7 @@ def steps_to_80_percent(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str,
         curves = [c for runs_ in curve_data(records, "heldout/return").values() for c in runs_]
         if not curves or any(len(c[0]) != len(curves[0][0]) for c in curves):
             continue
-        steps, mean = curves[0][0], np.mean([c[1] for c in curves], axis=0)
-        out[agent] = int(steps[np.argmax(mean >= 0.8 * mean[-1])])
+        out[agent] = (np.asarray(curves[0][0]), np.mean([c[1] for c in curves], axis=0))
     return out
 
 
@@ -336,6 +361,9 @@ def print_table(env: str, users: list[int], steps: int, agents: dict[str, dict[s
     for name, row in agents.items():
         if "steps_to_80pct" in row:
             print(f"{name}: held-out return first reaches 80% of its final value at {row['steps_to_80pct']} steps")
+        if "steps_to_scratch_80pct" in row:
+            print(f"{name}: held-out return first reaches 80% of ppo_scratch's final value at "
+                  f"{row['steps_to_scratch_80pct']} steps")
     for name, row in paired.items():
         print(f"{name} - {row['vs']} (paired per user, {len(row['seeds'])} seed(s)): {row['diff']:+.1f} ± "
               f"{row['ci95']:.1f}; positive in every seed: {row['positive_in_every_seed']}; "

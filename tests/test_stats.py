@@ -103,6 +103,8 @@ def test_long_term_merge_pairs_fine_tuned_agents_with_their_start_and_with_rl_fr
     assert paired["vs_scratch"]["diff"] == pytest.approx(30.0, abs=2.0) and paired["vs_scratch"]["positive_in_every_seed"]
     assert "ppo_scratch" not in summary["paired"]  # RL from scratch has no CE start to be paired with
     assert summary["agents"]["ce_ppo"]["steps_to_80pct"] == 200  # 100 + 80 * step / 200 first reaches 80% of 180 at 200
+    # on scratch's clock (80% of its final 150 = 120): 140 at step 100 for ce_ppo, 125 at step 100 for scratch
+    assert [summary["agents"][a]["steps_to_scratch_80pct"] for a in ("ce_ppo", "ppo_scratch")] == [100, 100]
     out = capsys.readouterr().out
     assert "ce_ppo - ppo_scratch (paired per user, 3 seed(s)): +" in out and json.loads(out.strip().splitlines()[-1]) == summary
 
