@@ -291,9 +291,10 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             versus_best = pair(agent, best)  # the same users: does RL beat what it is measured against?
             if versus_best is not None:
                 row["vs_best_baseline"] = summary(versus_best)
-    for agent, steps in steps_to_80_percent(runs).items():
+    curves = mean_curves(runs)
+    for agent, steps in steps_to_80_percent(curves).items():
         agents[agent]["steps_to_80pct"] = steps
-    for agent, steps in steps_to_scratch_80_percent(runs).items():
+    for agent, steps in steps_to_scratch_80_percent(curves).items():
         agents[agent]["steps_to_scratch_80pct"] = steps
     steps = max((record["steps"] for by_seed in runs.values() for record in by_seed.values()), default=0)
     users = sorted({int(record["row"].get("num_users", args.eval_users)) for by_seed in runs.values()
@@ -305,17 +306,20 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return summary
 
 
-def steps_to_80_percent(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, int]:
+Curves = dict[str, tuple[np.ndarray, np.ndarray]]
+"""each learning agent's seed-mean held-out curve, (steps, returns): :func:`mean_curves`"""
+
+
+def steps_to_80_percent(curves: Curves) -> dict[str, int]:
     """For each learning agent with held-out curves: the first step at which its seed-mean curve reaches 80% of
     its final return ("pretraining pays" when CE -> RL gets there before the same RL from scratch)."""
-    return {agent: first_step_at(curve, 0.8 * curve[1][-1]) for agent, curve in mean_curves(runs).items()}
+    return {agent: first_step_at(curve, 0.8 * curve[1][-1]) for agent, curve in curves.items()}
 
 
-def steps_to_scratch_80_percent(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, int | None]:
+def steps_to_scratch_80_percent(curves: Curves) -> dict[str, int | None]:
     """The same clock for every learning agent: the first step at which its seed-mean curve reaches 80% of
     ``ppo_scratch``'s final return (None if never). Unlike :func:`steps_to_80_percent`, a higher final return
     does not move an agent's own finishing line."""
-    curves = mean_curves(runs)
     if "ppo_scratch" not in curves:
         return {}
     target = 0.8 * curves["ppo_scratch"][1][-1]
@@ -329,7 +333,7 @@ def first_step_at(curve: tuple[np.ndarray, np.ndarray], level: float) -> int | N
     return int(steps[reached[0]]) if reached.size else None
 
 
-def mean_curves(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def mean_curves(runs: dict[str, dict[int, dict[str, Any]]]) -> Curves:
     """Each learning agent's held-out return curve, averaged over its seeds (agents whose seeds' evaluation
     steps differ are left out)."""
     from experiments.compare import curve_data, load_records

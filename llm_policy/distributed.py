@@ -7,7 +7,8 @@ NCCL (``"cpu:gloo,cuda:nccl"`` on a machine with a GPU for each of its processes
 each process takes the GPU of its ``LOCAL_RANK``; with fewer GPUs than processes, ``device="auto"`` trains on
 the CPU and ``device="cuda"`` is refused (two ranks cannot share one GPU under NCCL). Without those
 variables (or with ``WORLD_SIZE=1``) nothing is initialised and every helper here is the identity of one
-process: rank 0 of 1, :func:`is_main` true, reductions return their input. So code written with these helpers runs unchanged, bit for bit, in one process.
+process: rank 0 of 1, :func:`is_main` true, reductions return their input. So code written with these
+helpers runs unchanged, bit for bit, in one process.
 
 Rank 0 is the main process: it alone writes files and logs; :func:`from_main` runs a step there (reading
 a run folder, preparing data) and hands its result, or its exception, to every rank.
