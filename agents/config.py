@@ -77,6 +77,11 @@ class PPOConfig:
     ``heldout/return`` and ``heldout/return_ci95`` (the learning curve); 0 = none"""
     eval_users: int = param(200, ge=1)
     """held-out users of each periodic evaluation (one life each, the same users every time)"""
+    ema_decay: float = param(0.0, ge=0.0, lt=1.0)
+    """exponential moving average of the policy's weights (Polyak averaging): after every update
+    ``average = ema_decay * average + (1 - ema_decay) * weights``, starting from the initial weights. With
+    ``ema_decay`` > 0, the periodic evaluation, ``keep_best`` and the weights the run ends with are the
+    average; training goes on from the raw weights. 0 = off (the last weights)"""
     keep_best: bool = False
     """with ``eval_every`` > 0: the run ends with the weights whose periodic evaluation scored the highest
     return, not the last ones (model selection, as SB3's ``EvalCallback`` keeps its best model). The

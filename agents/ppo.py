@@ -36,11 +36,12 @@ from the last one with the same step count.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,8 @@ class LongrecPPO(PPO):
         self.checkpoint_meta: dict[str, Any] = {}
         self.ppo_config = PPOConfig(ent_coef=float(self.ent_coef))
         """the config it was built from (``build_ppo``); read for the entropy schedule"""
+        self.weight_average: dict[str, torch.Tensor] | None = None
+        """with ``ppo_config.ema_decay`` > 0: the moving average of the policy's weights (a state dict)"""
 
     def _setup_learn(self, *args: Any, **kwargs: Any):
         result = super()._setup_learn(*args, **kwargs)
@@ -208,11 +211,41 @@ class LongrecPPO(PPO):
             self._last_obs = restore_core_state(self.core, payload["env"]["core"])
             self._last_episode_starts = payload["env"]["last_episode_starts"]
             restore_rng_state(payload["rng"], self.policy)
+        if self.ppo_config.ema_decay > 0 and self.weight_average is None:
+            self.weight_average = _detached_copy(self.policy.state_dict())  # the average starts from the initial weights
         return result
 
     def train(self) -> None:
         self.ent_coef = entropy_coefficient(self.ppo_config, self.num_timesteps)
         super().train()
+        self._update_weight_average()
+
+    @torch.no_grad()
+    def _update_weight_average(self) -> None:
+        if self.weight_average is None:
+            return
+        decay = self.ppo_config.ema_decay
+        for key, value in self.policy.state_dict().items():
+            average = self.weight_average[key]
+            if average.is_floating_point():
+                average.mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+            else:
+                average.copy_(value)
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Inside the block the policy holds the averaged weights (``ppo.ema_decay``); the raw ones come back after.
+
+        Without an average, the policy is left as it is."""
+        if self.weight_average is None:
+            yield
+            return
+        raw = _detached_copy(self.policy.state_dict())
+        self.policy.load_state_dict(self.weight_average)
+        try:
+            yield
+        finally:
+            self.policy.load_state_dict(raw)
 
     def _update_learning_rate(self, optimizers) -> None:
         """The step size of ``ppo_config``'s schedule at the current step (SB3's own schedule reads the
@@ -257,6 +290,10 @@ class LongrecPPO(PPO):
         self.kl_metrics = {"kl/ref": mean_kl, "kl/coef": coef}
         self.logger.record("kl/ref", mean_kl)
         self.logger.record("kl/coef", coef)
+
+
+def _detached_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in state.items()}
 
 
 def linear_schedule(start: float, final: float, anneal_steps: int, step: int) -> float:
@@ -416,14 +453,15 @@ class HeldOutEvaluation(BaseCallback):
             return
         training = self.model.policy.training
         torch_state = torch.get_rng_state()  # PolicyAgent.reset seeds torch's global generator: training must not see it
-        row = evaluate_agent(PolicyAgent(self.model.policy), self.env_id, num_users=self.num_users,
-                             seeds=[self.seed], env_kwargs=self.env_kwargs, progress=False).row
+        with self.model.averaged_weights():  # ppo.ema_decay: the average is what is evaluated and kept
+            row = evaluate_agent(PolicyAgent(self.model.policy), self.env_id, num_users=self.num_users,
+                                 seeds=[self.seed], env_kwargs=self.env_kwargs, progress=False).row
+            if self.keep_best:
+                self._remember_if_best(step, float(row["return"]))
         torch.set_rng_state(torch_state)
         self.model.policy.set_training_mode(training)
         self._last = step
         self.history.append((step, row["return"], row["return_ci95"]))
-        if self.keep_best:
-            self._remember_if_best(step, float(row["return"]))
         metrics = {"heldout/return": row["return"], "heldout/return_ci95": row["return_ci95"]}
         for key, value in metrics.items():
             self.model.logger.record(key, value)
@@ -654,6 +692,8 @@ def train_ppo(
             model.kl_controller.value = float(extra["kl_coef"])
         if model.reference is not None and extra.get("reference") is not None:
             model.reference.load_state_dict(extra["reference"])
+        if config.ema_decay > 0 and extra.get("weight_average") is not None:
+            model.weight_average = extra["weight_average"]
         model.pending_restore = payload
         resumed_from = model.num_timesteps
 
@@ -661,6 +701,7 @@ def train_ppo(
         return {
             "kl_coef": None if model.kl_controller is None else model.kl_controller.value,
             "reference": None if model.reference is None else model.reference.state_dict(),
+            "weight_average": model.weight_average,
             "config": config.to_dict(),
             "heldout_last_step": None if held_out is None else held_out.last_step,
             "metrics_window": metrics.window(),
@@ -704,4 +745,6 @@ def train_ppo(
     elif checkpointer is not None and remaining > 0:
         saved = checkpointer.save()  # the final weights and state
     selected = held_out.restore_best(model.policy) if held_out is not None and config.keep_best and not interrupted else None
+    if selected is None and model.weight_average is not None and not interrupted:
+        model.policy.load_state_dict(model.weight_average)  # ppo.ema_decay: the run ends with the average
     return PPOResult(model, int(model.num_timesteps), interrupted, saved, resumed_from, selected)

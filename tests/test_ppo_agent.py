@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 import envs
 from agents.baselines import PolicyAgent, make_baseline
@@ -226,6 +227,56 @@ def test_keep_best_remembers_the_best_weights_across_a_resume(tmp_path):
     assert resumed.resumed_from == first.num_timesteps == 384
     curve = {step: m["heldout/return"] for step, m in rows if "heldout/return" in m}
     assert resumed.selected_step == max(curve, key=curve.get) == whole.selected_step < 384  # chosen before the stop
+    for kept, uninterrupted in zip(resumed.model.policy.parameters(), whole.model.policy.parameters(), strict=True):
+        assert torch.equal(kept, uninterrupted)
+
+
+class _WeightsAtRolloutStart(BaseCallback):
+    """Records the policy's raw weights before every rollout (after the previous update)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def _on_rollout_start(self) -> None:
+        self.states.append({key: value.detach().clone() for key, value in self.model.policy.state_dict().items()})
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def test_ema_decay_ends_with_the_moving_average_of_the_weights(tmp_path):
+    """``ppo.ema_decay``: the run ends with ``decay``-weighted averages of the initial and every updated weights."""
+    with pytest.raises(ValueError, match=r"PPOConfig.ema_decay=1.0 must be >= 0.0 and < 1.0"):
+        PPOConfig(ema_decay=1.0)
+    recorder = _WeightsAtRolloutStart()
+    result = train_ppo(dataclasses.replace(TINY_PPO, ema_decay=0.5), 256, policy="mlp", checkpoint_dir=tmp_path,
+                       callbacks=[recorder], **SETUP)  # 2 updates of 16 users x 8 steps
+    initial, after_first = recorder.states
+    raw_last = torch.load(tmp_path / "last.pt", weights_only=False)["policy"]  # the checkpoint keeps the raw weights
+    final = result.model.policy.state_dict()
+    changed = 0
+    for key, value in final.items():
+        if value.is_floating_point():
+            expected = 0.25 * initial[key] + 0.25 * after_first[key] + 0.5 * raw_last[key]
+            torch.testing.assert_close(value, expected)
+            changed += int(not torch.equal(value, raw_last[key]))
+    assert changed > 0  # the average is not the last weights
+
+
+def test_ema_decay_evaluates_the_average_and_resumes_exactly(tmp_path):
+    """The held-out curve scores the averaged weights; a resumed run ends with the same average as an unbroken one."""
+    config = dataclasses.replace(TINY_PPO, ema_decay=0.8, eval_every=128, eval_users=8, checkpoint_every=128)
+    rows = []
+    whole = train_ppo(config, 512, policy="mlp", eval_seed=77,
+                      metrics_sink=lambda metrics, step: rows.append((step, metrics)), **SETUP)
+    last = [m["heldout/return"] for step, m in rows if "heldout/return" in m][-1]
+    final = evaluate_agent(PolicyAgent(whole.model.policy), ENV, num_users=8, seeds=[77], env_kwargs=ENV_KWARGS,
+                           progress=False)
+    assert final.row["return"] == pytest.approx(last)  # the curve's last point is the average the run ends with
+    train_ppo(config, 256, policy="mlp", eval_seed=77, checkpoint_dir=tmp_path, **SETUP)
+    resumed = train_ppo(config, 512, policy="mlp", eval_seed=77, checkpoint_dir=tmp_path, **SETUP)
+    assert resumed.resumed_from == 256
     for kept, uninterrupted in zip(resumed.model.policy.parameters(), whole.model.policy.parameters(), strict=True):
         assert torch.equal(kept, uninterrupted)
 
