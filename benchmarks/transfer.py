@@ -17,6 +17,13 @@ to aggregate):
    (``transfer_ft``) against the same PPO budget from the target's own CE start on the target's logger
    logs (``target_ce_ppo``), with held-out curves every ``--finetune-steps // 5`` steps.
 
+With ``--item-statistics on`` every policy also reads the items' logged engagement counters
+(``agents.item_statistics``): the source's from the source's logs, and on a target those of the target's own
+logger logs (the logs its CE start is trained on; visible data, no RL on the target), so "zero shot" there means
+no training on the target, not no data from it; ``completion_greedy`` (ranking by those counters alone) joins the
+references. ``--source-from DIR`` reuses the CE start and ``ce_ppo`` run of each seed of a
+``benchmarks/long_term.py`` folder (the same settings and logs) instead of training the source again.
+
 ``fraction_of_in_domain``: a zero-shot return divided by the in-domain return of that domain: for a new
 catalog of the source preset, the same policy's in-catalog return on the source; for another preset,
 ``target_ce_ppo`` (an RL policy trained on the target itself with the fine-tuning budget). The last line is
@@ -50,7 +57,8 @@ from experiments.seeds import parse_seeds  # noqa: E402
 
 DEFAULT_TARGETS = ("longrec/Video-v0:catalog_seed=1", "longrec/News-v0", "longrec/Music-v0", "longrec/Ecommerce-v0",
                    "longrec/Travel-v0")
-REFERENCES = ("random", "popularity", "watch_greedy")
+REFERENCES = ("random", "popularity", "completion_greedy", "watch_greedy")
+"""(``completion_greedy`` with ``--item-statistics on`` only: it ranks by the target's logged counters)"""
 ZERO_SHOT = ("transfer_rl", "transfer_ce", "ppo_mlp_ids", "slateq_ids")
 ID_AGENTS = {"ppo_mlp": "final.zip", "slateq": "slateq.pt"}
 """the id-based source agents and their checkpoint file: served on a same-size catalog as ``<agent>_ids``"""
@@ -84,6 +92,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text-encoder", default="minilm", help="minilm, or tiny for smoke runs")
     parser.add_argument("--pretrain-users", type=int, default=400, help="logged users of each CE pretraining")
     parser.add_argument("--num-envs", type=int, default=64, help="parallel users during PPO")
+    parser.add_argument("--item-statistics", default="off", choices=("on", "off"),
+                        help="'on': the policies also read the items' logged counters (on a target: from its own logs)")
+    parser.add_argument("--source-from", default=None, metavar="DIR",
+                        help="reuse each seed's CE start and ce_ppo run of this benchmarks/long_term.py folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/transfer")
     parser.add_argument("--merge-only", action="store_true")
@@ -96,7 +108,7 @@ def pipeline_args(args: argparse.Namespace, env_id: str, steps: int) -> argparse
                                  "--threads", str(args.threads), "--text-encoder", args.text_encoder,
                                  "--eval-every", str(max(steps // 5, 1)), "--curve-users", "100",
                                  "--pretrain-users", str(args.pretrain_users), "--num-envs", str(args.num_envs),
-                                 "--item-statistics", "off"])  # text alone: what carries over to a new catalog
+                                 "--item-statistics", args.item_statistics])
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -141,6 +153,8 @@ def per_user(run_dir: Path | str, agent: str) -> list[float]:
 def run_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> None:
     """The source's runs, then every target, each result saved as it ends."""
     source = seed_dir / "source"
+    if args.source_from is not None:
+        reuse_source(Path(args.source_from) / f"seed_{seed}", source)
     ce_dir = long_term.pretrain_for_seed(pipeline_args(args, args.source, args.source_steps), seed, source)
     rl = record_once(source / "ce_ppo.json", lambda: train(args, args.source, {}, "ce_ppo", seed, args.source_steps,
                                                            source / "runs", ce_dir))
@@ -156,23 +170,44 @@ def run_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> None:
         print(f"seed {seed}: {target_name(text)} done", flush=True)
 
 
+def reuse_source(long_term_seed: Path, source: Path) -> None:
+    """Take ``benchmarks/long_term.py``'s CE start and ``ce_ppo`` run of one seed (``--source-from``) as the source's."""
+    found = {name: long_term_seed / f"{name}.json" for name in ("pretrain", "ce_ppo")}
+    missing = [str(path) for path in found.values() if not path.exists()]
+    if missing:
+        raise SystemExit(f"--source-from: {', '.join(missing)} not found (run benchmarks/long_term.py with "
+                         "--agents ce_ppo into that folder first)")
+    if (source / "ce_ppo.json").exists():
+        return
+    source.mkdir(parents=True, exist_ok=True)
+    long_term._write_json(source / "pretrain.json", json.loads(found["pretrain"].read_text()))
+    rl = json.loads(found["ce_ppo"].read_text())
+    long_term._write_json(source / "ce_ppo.json", {"row": rl["row"], "run": rl["run"], "returns": per_user(rl["run"], "ce_ppo"),
+                                                   "seconds": rl.get("seconds"), "reused_from": str(long_term_seed)})
+
+
 def run_target(args: argparse.Namespace, seed: int, folder: Path, env_id: str, kwargs: dict[str, Any],
                sources: dict[str, Path], encoder: str | None) -> None:
     """Zero-shot agents and references on one target, then the two fine-tuning runs."""
+    target_ce = long_term.pretrain_for_seed(pipeline_args(args, env_id, args.finetune_steps), seed, folder, kwargs)
+    logs = folder / "logs.npz" if args.item_statistics == "on" else None  # the target's own logs: its counters
     for name in ("transfer_rl", "transfer_ce"):
-        record_once(folder / f"{name}.json", lambda n=name: zero_shot(args, env_id, kwargs, sources[n], encoder, seed))
+        record_once(folder / f"{name}.json",
+                    lambda n=name: zero_shot(args, env_id, kwargs, sources[n], encoder, seed, logs))
     if catalog_size(env_id, kwargs) == catalog_size(args.source, {}):  # ids of the same range: the no-transfer baseline
         for agent in ID_AGENTS:
             record_once(folder / f"{agent}_ids.json", lambda a=agent: evaluate(args, env_id, kwargs, seed, a,
                                                                                path=sources[a], map_ids=True))
     for name in REFERENCES:
-        record_once(folder / f"{name}.json", lambda n=name: evaluate(args, env_id, kwargs, seed, n))
+        counters = name == "completion_greedy"  # ranks by the target's logged counters: only with --item-statistics on
+        if not counters or logs is not None:
+            record_once(folder / f"{name}.json", lambda n=name, c=counters: evaluate(
+                args, env_id, kwargs, seed, n, **({"path": target_ce} if c else {})))
     moved = folder / "transferred_policy"
     if not (moved / "config.json").exists():
-        transferred(sources["transfer_rl"], env_id, kwargs, encoder).save_pretrained(moved)
+        transferred(sources["transfer_rl"], env_id, kwargs, encoder, logs).save_pretrained(moved)
     record_once(folder / "transfer_ft.json", lambda: train(args, env_id, kwargs, "ce_ppo", seed, args.finetune_steps,
                                                             folder / "runs", moved))
-    target_ce = long_term.pretrain_for_seed(pipeline_args(args, env_id, args.finetune_steps), seed, folder, kwargs)
     record_once(folder / "target_ce_ppo.json", lambda: train(args, env_id, kwargs, "ce_ppo", seed, args.finetune_steps,
                                                               folder / "runs", target_ce))
 
@@ -189,23 +224,29 @@ def catalog_size(env_id: str, kwargs: dict[str, Any]) -> int:
     return envs.make_core(env_id, **kwargs).catalog.num_items
 
 
-def transferred(policy_dir: Path, env_id: str, kwargs: dict[str, Any], encoder: str | None) -> Any:
-    """The policy of ``policy_dir`` serving ``env_id``'s catalog (same weights, the target's item table)."""
+def transferred(policy_dir: Path, env_id: str, kwargs: dict[str, Any], encoder: str | None,
+                logs: Path | None = None) -> Any:
+    """The policy of ``policy_dir`` serving ``env_id``'s catalog (same weights, the target's item table; with
+    ``logs``, a policy with item statistics reads the counters of those target logs, else zeros: nothing logged)."""
     import gymnasium as gym
 
     import envs
+    from agents.item_statistics import with_item_statistics
+    from agents.logs import load_logs
     from llm_policy import ItemTextEncoder, LLMSlatePolicy
 
     env = gym.make(env_id, disable_env_checker=True, **kwargs)
     catalog = envs.get_core(env).catalog
     policy = LLMSlatePolicy.from_pretrained(policy_dir)
     embeddings = ItemTextEncoder(encoder, show_progress=False).encode_catalog(catalog)
+    if logs is not None and policy.model.config.item_statistics:
+        embeddings = with_item_statistics(embeddings, load_logs(logs))
     return policy.set_catalog(embeddings, catalog.fingerprint(), env.observation_space, env.action_space)
 
 
 def zero_shot(args: argparse.Namespace, env_id: str, kwargs: dict[str, Any], policy_dir: Path, encoder: str | None,
-              seed: int) -> dict[str, Any]:
-    policy = transferred(policy_dir, env_id, kwargs, encoder)
+              seed: int, logs: Path | None = None) -> dict[str, Any]:
+    policy = transferred(policy_dir, env_id, kwargs, encoder, logs)
     return evaluate(args, env_id, kwargs, seed, "pctr_greedy", policy=policy)
 
 

@@ -46,3 +46,39 @@ def test_smoke_run_writes_every_record_and_the_json_line(tmp_path, capsys, one_t
     assert saved["catalog"] == envs.make_core("longrec/Video-v0", catalog_seed=1).catalog.fingerprint()
     # resumable: a second call reuses every record (nothing retrained) and merges the same numbers
     assert transfer.main(args) == summary
+
+
+def test_item_statistics_arm_reads_the_targets_own_counters_and_reuses_a_source(tmp_path, capsys, one_torch_thread):
+    """``--item-statistics on``: the transferred policy reads the target's logged counters; ``--source-from`` reuses
+    a finished source (CE start and ``ce_ppo`` run) instead of training it again."""
+    import shutil
+
+    import numpy as np
+
+    from agents.item_statistics import logged_item_statistics
+    from agents.logs import load_logs
+    from llm_policy import LLMSlatePolicy
+
+    transfer = load_transfer()
+    common = ["--seeds", "0", "--source-steps", "256", "--finetune-steps", "256", "--eval-users", "4", "--num-envs", "16",
+              "--pretrain-users", "12", "--targets", "longrec/Video-v0:catalog_seed=1", "--text-encoder", "tiny",
+              "--threads", "1", "--item-statistics", "on"]
+    first = transfer.main([*common, "--out", str(tmp_path / "first")])
+    target = tmp_path / "first" / "seed_0" / "Video-v0_catalog_seed1"
+    assert "completion_greedy" in first["zero_shot"]["Video-v0_catalog_seed1"]
+    moved = LLMSlatePolicy.from_pretrained(target / "transferred_policy").model
+    expected = logged_item_statistics(load_logs(target / "logs.npz"), moved.num_items)
+    assert np.abs(expected).sum() > 0
+    np.testing.assert_allclose(moved.item_statistics().numpy(), expected, rtol=1e-6)
+
+    finished = tmp_path / "long_term" / "seed_0"  # a benchmarks/long_term.py folder's records of seed 0
+    finished.mkdir(parents=True)
+    for name in ("pretrain", "ce_ppo"):
+        shutil.copy(tmp_path / "first" / "seed_0" / "source" / f"{name}.json", finished / f"{name}.json")
+    capsys.readouterr()
+    second = transfer.main([*common, "--source-from", str(tmp_path / "long_term"), "--out", str(tmp_path / "second")])
+    assert second["in_domain"]["ce_ppo"] == first["in_domain"]["ce_ppo"]
+    reused = json.loads((tmp_path / "second" / "seed_0" / "source" / "ce_ppo.json").read_text())
+    assert reused["reused_from"] == str(finished)
+    with pytest.raises(SystemExit, match="--source-from: .*not found"):
+        transfer.main([*common, "--source-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "third")])
