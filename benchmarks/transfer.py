@@ -30,6 +30,7 @@ catalog of the source preset, the same policy's in-catalog return on the source;
 JSON::
 
     {"zero_shot": {target: {agent: {"return", "ci95", "fraction_of_in_domain"}}}, "fine_tuned": {...},
+     "zero_shot_paired": {target: {"transfer_rl_minus_<agent>": {"diff", "ci95", "seeds"}}},
      "in_domain": {...}, "seeds": [...]}
 
     python benchmarks/transfer.py --seeds 0-2                                  # the README's figures
@@ -63,6 +64,8 @@ ZERO_SHOT = ("transfer_rl", "transfer_ce", "ppo_mlp_ids", "slateq_ids")
 ID_AGENTS = {"ppo_mlp": "final.zip", "slateq": "slateq.pt"}
 """the id-based source agents and their checkpoint file: served on a same-size catalog as ``<agent>_ids``"""
 FINE_TUNED = ("transfer_ft", "target_ce_ppo")
+PAIRED_ZERO_SHOT = ("random", "completion_greedy", "slateq_ids")
+"""the zero-shot ``transfer_rl`` is paired per user with each of these on the same target users"""
 
 
 def parse_target(text: str) -> tuple[str, dict[str, Any]]:
@@ -268,7 +271,7 @@ def evaluate(args: argparse.Namespace, env_id: str, kwargs: dict[str, Any], seed
 
 def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Mean ± 95% CI across seeds per target and agent, fractions of the in-domain return, paired fine-tuning."""
-    from agents.stats import paired_difference, t_ci95
+    from agents.stats import t_ci95
 
     seeds = sorted(int(p.name.split("_")[1]) for p in out.glob("seed_*"))
     records: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
@@ -285,7 +288,7 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     source = records.get("source", {})
     in_domain = {name: stat(by_seed) for name, by_seed in source.items() if name in ("ce_ppo", *ID_AGENTS)}
-    zero, tuned = {}, {}
+    zero, zero_paired, tuned = {}, {}, {}
     for text in args.targets:
         name = target_name(text)
         found = records.get(name, {})
@@ -299,17 +302,32 @@ def merge(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 row["fraction_of_in_domain"] = row["return"] / base["return"] if base else None
                 zero[name][agent] = row
         tuned[name] = {agent: stat(found[agent]) for agent in FINE_TUNED if agent in found}
-        common = sorted(set(found.get("transfer_ft", {})) & set(found.get("target_ce_ppo", {})))
-        if common:
-            diff = paired_difference([np.array(found["transfer_ft"][s]["returns"]) for s in common],
-                                     [np.array(found["target_ce_ppo"][s]["returns"]) for s in common])
-            tuned[name]["transfer_ft_minus_target_ce_ppo"] = {"diff": diff.diff, "ci95": diff.ci95, "seeds": common}
-    print_tables(zero, tuned, in_domain)
+        zero_paired[name] = {}
+        for control in PAIRED_ZERO_SHOT:
+            paired = paired_records(found, "transfer_rl", control)
+            if paired is not None:
+                zero_paired[name][f"transfer_rl_minus_{control}"] = paired
+        paired = paired_records(found, "transfer_ft", "target_ce_ppo")
+        if paired is not None:
+            tuned[name]["transfer_ft_minus_target_ce_ppo"] = paired
+    print_tables(zero, zero_paired, tuned, in_domain)
     for text in args.targets:
         plot_finetune_curves(records.get(target_name(text), {}), out / f"finetune_{target_name(text)}.png")
-    summary = {"zero_shot": zero, "fine_tuned": tuned, "in_domain": in_domain, "seeds": seeds}
+    summary = {"zero_shot": zero, "zero_shot_paired": zero_paired, "fine_tuned": tuned, "in_domain": in_domain, "seeds": seeds}
     print(json.dumps(summary))
     return summary
+
+
+def paired_records(found: dict[str, dict[int, dict[str, Any]]], treatment: str, control: str) -> dict[str, Any] | None:
+    """``treatment`` minus ``control``, paired per user within each seed both ran (the same users), then across seeds."""
+    from agents.stats import paired_difference
+
+    common = sorted(set(found.get(treatment, {})) & set(found.get(control, {})))
+    if not common:
+        return None
+    diff = paired_difference([np.array(found[treatment][s]["returns"]) for s in common],
+                             [np.array(found[control][s]["returns"]) for s in common])
+    return {"diff": diff.diff, "ci95": diff.ci95, "seeds": common}
 
 
 def plot_finetune_curves(found: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
@@ -329,7 +347,8 @@ def plot_finetune_curves(found: dict[str, dict[int, dict[str, Any]]], path: Path
         print(f"fine-tuning curves: {path}")
 
 
-def print_tables(zero: dict[str, Any], tuned: dict[str, Any], in_domain: dict[str, Any]) -> None:
+def print_tables(zero: dict[str, Any], zero_paired: dict[str, Any], tuned: dict[str, Any], in_domain: dict[str, Any]
+                 ) -> None:
     for name, row in in_domain.items():
         print(f"source {name}: {row['return']:.1f} ± {row['ci95']:.1f} (in-catalog, seeds {row['seeds']})")
     print(f"\n{'target':<26}{'agent':<16}{'return':>18}{'fraction':>10}")
@@ -337,6 +356,8 @@ def print_tables(zero: dict[str, Any], tuned: dict[str, Any], in_domain: dict[st
         for agent, row in agents.items():
             fraction = "" if row["fraction_of_in_domain"] is None else f"{row['fraction_of_in_domain']:.2f}"
             print(f"{target:<26}{agent:<16}{row['return']:>10.1f} ± {row['ci95']:<6.1f}{fraction:>10}")
+        for pair, row in zero_paired.get(target, {}).items():
+            print(f"{target:<26}{pair.replace('_minus_', ' - ')} (paired): {row['diff']:+.1f} ± {row['ci95']:.1f}")
         for agent, row in tuned.get(target, {}).items():
             if "return" in row:
                 print(f"{target:<26}{agent:<16}{row['return']:>10.1f} ± {row['ci95']:<6.1f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.benchmark_scripts import load_benchmark
@@ -37,6 +38,11 @@ def test_smoke_run_writes_every_record_and_the_json_line(tmp_path, capsys, one_t
     for agent in ("ppo_mlp", "slateq"):
         own = summary["in_domain"][agent]["return"]
         assert zero[f"{agent}_ids"]["fraction_of_in_domain"] == pytest.approx(zero[f"{agent}_ids"]["return"] / own)
+    paired = summary["zero_shot_paired"]["Video-v0_catalog_seed1"]
+    assert set(paired) == {"transfer_rl_minus_random", "transfer_rl_minus_slateq_ids"}  # no counters: no completion_greedy
+    users = json.loads((tmp_path / "seed_0" / "Video-v0_catalog_seed1" / "transfer_rl.json").read_text())["returns"]
+    randoms = json.loads((tmp_path / "seed_0" / "Video-v0_catalog_seed1" / "random.json").read_text())["returns"]
+    assert paired["transfer_rl_minus_random"]["diff"] == pytest.approx(np.mean(np.subtract(users, randoms)))
     tuned = summary["fine_tuned"]["Video-v0_catalog_seed1"]
     assert {"transfer_ft", "target_ce_ppo", "transfer_ft_minus_target_ce_ppo"} <= set(tuned)
     # the transferred policy serves the new catalog: its saved folder records that catalog
@@ -52,8 +58,6 @@ def test_item_statistics_arm_reads_the_targets_own_counters_and_reuses_a_source(
     """``--item-statistics on``: the transferred policy reads the target's logged counters; ``--source-from`` reuses
     a finished source (CE start and ``ce_ppo`` run) instead of training it again."""
     import shutil
-
-    import numpy as np
 
     from agents.item_statistics import logged_item_statistics
     from agents.logs import load_logs
