@@ -33,7 +33,9 @@ JSON::
      "zero_shot_paired": {target: {"transfer_rl_minus_<agent>": {"diff", "ci95", "seeds"}}},
      "in_domain": {...}, "seeds": [...]}
 
-    python benchmarks/transfer.py --seeds 0-2                                  # the README's figures
+    python benchmarks/transfer.py --seeds 0-2                                  # text only
+    python benchmarks/transfer.py --seeds 0-2 --item-statistics on \
+        --source-from runs/long_term/video_logger_stats_1M_clip02            # the README's figures
     python benchmarks/transfer.py --seeds 0 --source-steps 1024 --finetune-steps 512 --eval-users 8 --num-envs 16 \\
         --pretrain-users 20 --targets longrec/Video-v0:catalog_seed=1 longrec/News-v0 --text-encoder tiny \\
         --out /tmp/transfer_smoke                                             # a smoke run (about a minute)
