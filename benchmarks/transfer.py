@@ -34,7 +34,7 @@ JSON::
      "in_domain": {...}, "seeds": [...]}
 
     python benchmarks/transfer.py --seeds 0-2                                  # text only
-    python benchmarks/transfer.py --seeds 0-2 --item-statistics on \
+    python benchmarks/transfer.py --seeds 0-2 --item-statistics on \\
         --source-from runs/long_term/video_logger_stats_1M_clip02            # the README's figures
     python benchmarks/transfer.py --seeds 0 --source-steps 1024 --finetune-steps 512 --eval-users 8 --num-envs 16 \\
         --pretrain-users 20 --targets longrec/Video-v0:catalog_seed=1 longrec/News-v0 --text-encoder tiny \\
@@ -159,7 +159,7 @@ def run_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> None:
     """The source's runs, then every target, each result saved as it ends."""
     source = seed_dir / "source"
     if args.source_from is not None:
-        reuse_source(Path(args.source_from) / f"seed_{seed}", source)
+        reuse_source(Path(args.source_from) / f"seed_{seed}", source, args.item_statistics)
     ce_dir = long_term.pretrain_for_seed(pipeline_args(args, args.source, args.source_steps), seed, source)
     rl = record_once(source / "ce_ppo.json", lambda: train(args, args.source, {}, "ce_ppo", seed, args.source_steps,
                                                            source / "runs", ce_dir))
@@ -175,7 +175,7 @@ def run_seed(args: argparse.Namespace, seed: int, seed_dir: Path) -> None:
         print(f"seed {seed}: {target_name(text)} done", flush=True)
 
 
-def reuse_source(long_term_seed: Path, source: Path) -> None:
+def reuse_source(long_term_seed: Path, source: Path, item_statistics: str) -> None:
     """Take ``benchmarks/long_term.py``'s CE start and ``ce_ppo`` run of one seed (``--source-from``) as the source's."""
     found = {name: long_term_seed / f"{name}.json" for name in ("pretrain", "ce_ppo")}
     missing = [str(path) for path in found.values() if not path.exists()]
@@ -184,8 +184,14 @@ def reuse_source(long_term_seed: Path, source: Path) -> None:
                          "--agents ce_ppo into that folder first)")
     if (source / "ce_ppo.json").exists():
         return
+    pretrained = json.loads(found["pretrain"].read_text())
+    config = json.loads((Path(pretrained["policy_dir"]) / "config.json").read_text())["model_config"]
+    if bool(config.get("item_statistics")) != (item_statistics == "on"):
+        raise SystemExit(f"--source-from {long_term_seed.parent}: its policy was trained with item_statistics="
+                         f"{bool(config.get('item_statistics'))}, this run has --item-statistics {item_statistics}: "
+                         "pass the matching --item-statistics")
     source.mkdir(parents=True, exist_ok=True)
-    long_term._write_json(source / "pretrain.json", json.loads(found["pretrain"].read_text()))
+    long_term._write_json(source / "pretrain.json", pretrained)
     rl = json.loads(found["ce_ppo"].read_text())
     long_term._write_json(source / "ce_ppo.json", {"row": rl["row"], "run": rl["run"], "returns": per_user(rl["run"], "ce_ppo"),
                                                    "seconds": rl.get("seconds"), "reused_from": str(long_term_seed)})

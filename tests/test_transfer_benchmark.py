@@ -86,3 +86,6 @@ def test_item_statistics_arm_reads_the_targets_own_counters_and_reuses_a_source(
     assert reused["reused_from"] == str(finished)
     with pytest.raises(SystemExit, match="--source-from: .*not found"):
         transfer.main([*common, "--source-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "third")])
+    text_only = [item if item != "on" else "off" for item in common]
+    with pytest.raises(SystemExit, match="trained with item_statistics=True, this run has --item-statistics off"):
+        transfer.main([*text_only, "--source-from", str(tmp_path / "long_term"), "--out", str(tmp_path / "fourth")])
