@@ -184,8 +184,10 @@ def reuse_source(long_term_seed: Path, source: Path, item_statistics: str) -> No
                          "--agents ce_ppo into that folder first)")
     if (source / "ce_ppo.json").exists():
         return
+    from llm_policy.model import CONFIG_FILE
+
     pretrained = json.loads(found["pretrain"].read_text())
-    config = json.loads((Path(pretrained["policy_dir"]) / "config.json").read_text())["model_config"]
+    config = json.loads((Path(pretrained["policy_dir"]) / CONFIG_FILE).read_text())["model_config"]
     if bool(config.get("item_statistics")) != (item_statistics == "on"):
         raise SystemExit(f"--source-from {long_term_seed.parent}: its policy was trained with item_statistics="
                          f"{bool(config.get('item_statistics'))}, this run has --item-statistics {item_statistics}: "
