@@ -56,9 +56,23 @@ def parse_ppo_setting(text: str) -> str:
     return text
 
 
+def parse_env_kwarg(text: str) -> tuple[str, Any]:
+    """``"history_length=60"`` -> ``("history_length", 60)`` (the value read as JSON, else kept as a string)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.isidentifier() or not value:
+        raise argparse.ArgumentTypeError(f"--env-kwarg {text!r}: expected KEY=VALUE with an environment option, "
+                                         "e.g. history_length=60")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="longrec/Video-v0")
+    parser.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE", type=parse_env_kwarg,
+                        help="an environment option for every log, run and evaluation, e.g. history_length=60")
     parser.add_argument("--budget-steps", type=int, default=1_000_000, help="env steps per learning agent")
     parser.add_argument("--eval-users", type=int, default=2000, help="fresh users per agent and seed")
     parser.add_argument("--seeds", type=parse_seeds, default=[0], help="training seeds: 0-4, 0,1,2 or 3 (default 0)")
@@ -114,7 +128,8 @@ def main(argv=None) -> dict:
 def common_overrides(args: argparse.Namespace, seed: int, runs_dir: Path) -> list[str]:
     """Keys every run of a seed shares (environment, seed, device, run folders)."""
     return [f"env.id={args.env}", f"seed={seed}", f"device={args.device}", f"torch_threads={args.threads}",
-            f"logging.runs_dir={runs_dir}", f"logging.wandb={str(args.wandb).lower()}", "logging.progress=false"]
+            f"logging.runs_dir={runs_dir}", f"logging.wandb={str(args.wandb).lower()}", "logging.progress=false",
+            *env_overrides(dict(args.env_kwarg))]
 
 
 def policy_overrides(args: argparse.Namespace) -> list[str]:
@@ -176,7 +191,8 @@ def pretrain_for_seed(args: argparse.Namespace, seed: int, seed_dir: Path, env_k
     start = time.perf_counter()
     logs = seed_dir / "logs.npz"
     kwargs = dict(env_kwargs or {})
-    generate_logs(args.env, num_users=args.pretrain_users, seed=seed + 1000, path=logs, behaviour=args.behaviour, **kwargs)
+    generate_logs(args.env, num_users=args.pretrain_users, seed=seed + 1000, path=logs, behaviour=args.behaviour,
+                  **{**dict(args.env_kwarg), **kwargs})
     overrides = [*common_overrides(args, seed, seed_dir / "runs"), f"data.path={logs}", *policy_overrides(args),
                  f"pretrain.target={args.target}", f"pretrain.epochs={args.pretrain_epochs}",
                  "pretrain.batch_size=256", "pretrain.val_fraction=0.2", "pretrain.patience=3",

@@ -64,6 +64,19 @@ def test_long_term_passes_ppo_settings_to_every_ppo_agent():
         load_config("default", long_term.agent_overrides(long_term.parse_args(["--ppo", "no_such_knob=1"]), "ce_ppo", 0, None))
 
 
+def test_long_term_passes_env_options_to_every_run():
+    from experiments.config import load_config
+
+    long_term = load_long_term()
+    args = long_term.parse_args(["--env", "longrec/InterestEvolution-v0", "--env-kwarg", "history_length=60",
+                                 "--env-kwarg", "duplicate_mode=penalty"])
+    assert dict(args.env_kwarg) == {"history_length": 60, "duplicate_mode": "penalty"}
+    cfg = load_config("default", long_term.common_overrides(args, 0, Path("runs")))
+    assert cfg.env.kwargs == {"history_length": 60, "duplicate_mode": "penalty"}
+    with pytest.raises(SystemExit):
+        long_term.parse_args(["--env-kwarg", "history_length"])
+
+
 def write_finished_runs(out: Path, lift: dict[str, float], noise_seed: int = 0) -> None:
     """Finished (seed, agent) records of a benchmark folder, as ``long_term.run_seed`` leaves them: seeds 0-2,
     each with 300 users shared by every agent (and every folder), each agent's returns lifted by ``lift``."""
