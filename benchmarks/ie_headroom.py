@@ -13,7 +13,9 @@ quantities with privileged references (†), all on the same fresh users (users 
 * ``random``; and each ``--policy`` folder (an ``LLMSlatePolicy``, used greedily as in the benchmarks).
 
 Besides the return it prints the hidden quality of the videos shown and clicked, the mean quality of the two
-best candidates on offer (the most a slate of two could show), the CTR and slates per episode. Last line: JSON.
+best candidates on offer (the most a slate of two could show), the CTR and slates per episode. ``--per-cluster``
+adds, per agent, how often a video of each cluster is shown when it is a candidate (clusters in order of their
+mean quality): whether a policy has learned which clusters pay. Last line: JSON.
 
     python benchmarks/ie_headroom.py --users 2000 --policy runs/long_term/ie_myopic_1M_best/seed_0/runs/*ce_ppo__*/checkpoints/final_policy
 """
@@ -93,15 +95,18 @@ class InterestEstimateAgent:
 
 def measure(agent: Any, core: BatchedSimulator, seed: int) -> dict[str, float]:
     """One life per user of ``core``: return (mean, CI) and the hidden quality of what was shown and clicked."""
-    quality = core.catalog.quality
+    quality, cluster = core.catalog.quality, core.catalog.topic
     sums = {"shown": 0.0, "best_two": 0.0, "clicked": 0.0}
     counts = {"slates": 0, "clicks": 0}
+    offered, picked = np.zeros(int(cluster.max()) + 1), np.zeros(int(cluster.max()) + 1)
     k = core.slate_size
 
     def on_step(rows, observation, slates, result) -> None:
         candidates = observation["candidate_item_ids"][rows]
         shown = np.take_along_axis(candidates, slates[rows], axis=1)
         sums["shown"] += float(quality[shown].mean(axis=1).sum())
+        np.add.at(offered, cluster[candidates].ravel(), 1)
+        np.add.at(picked, cluster[shown].ravel(), 1)
         sums["best_two"] += float(np.sort(quality[candidates], axis=1)[:, -k:].mean(axis=1).sum())
         clicked = result.info["clicked_item_id"][rows]
         clicked = clicked[clicked >= 0]
@@ -114,7 +119,8 @@ def measure(agent: Any, core: BatchedSimulator, seed: int) -> dict[str, float]:
     return {"return": mean, "ci95": half, "privileged": bool(getattr(agent, "privileged", False)),
             "shown_quality": sums["shown"] / counts["slates"], "best_two_quality": sums["best_two"] / counts["slates"],
             "clicked_quality": sums["clicked"] / max(counts["clicks"], 1), "ctr": counts["clicks"] / counts["slates"],
-            "slates": float(record.values["length"].mean())}
+            "slates": float(record.values["length"].mean()),
+            "shown_given_offered": (picked / np.maximum(offered, 1)).tolist()}
 
 
 REFERENCES = {
@@ -132,6 +138,17 @@ def policy_label(path: Path) -> str:
     return f"{parts[seeds[0] - 1]}/{parts[seeds[0]]}" if seeds else path.name
 
 
+def print_per_cluster(rows: dict[str, dict[str, Any]], core: BatchedSimulator) -> None:
+    """One line per cluster: its mean hidden quality and each agent's P(shown | the cluster is a candidate)."""
+    cluster, quality = core.catalog.topic, core.catalog.quality
+    labels = [policy_label(Path(name)) if name not in REFERENCES else name for name in rows]
+    print("P(shown | a candidate), by cluster (mean hidden quality)")
+    print(f"{'quality':>8} " + " ".join(f"{label[-18:]:>18}" for label in labels))
+    for c in np.argsort([quality[cluster == c].mean() for c in range(int(cluster.max()) + 1)]):
+        rates = " ".join(f"{row['shown_given_offered'][c]:18.3f}" for row in rows.values())
+        print(f"{quality[cluster == c].mean():+8.2f} {rates}")
+
+
 def main(argv=None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=2000, help="fresh users (default 2000)")
@@ -140,6 +157,8 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--policy", action="append", default=[], type=Path, metavar="DIR",
                         help="an LLMSlatePolicy folder to measure (repeatable)")
     parser.add_argument("--history-length", type=int, default=20, help="the environment's history (the policies' own)")
+    parser.add_argument("--per-cluster", action="store_true",
+                        help="also print, per agent, P(shown | a candidate) for each cluster (by mean quality)")
     args = parser.parse_args(argv)
     if args.users < 1:
         parser.error(f"--users {args.users}: must be >= 1")
@@ -159,6 +178,8 @@ def main(argv=None) -> dict[str, Any]:
         print(f"{label[:36]:<36} {row['return']:8.1f} ± {row['ci95']:4.1f} {row['return'] / oracle:8.3f}× "
               f"{row['shown_quality']:8.2f} {row['best_two_quality']:9.2f} {row['clicked_quality']:10.2f} "
               f"{row['ctr']:6.3f} {row['slates']:7.1f}")
+    if args.per_cluster:
+        print_per_cluster(rows, core)
     report = {"users": args.users, "seed": args.seed, "agents": rows}
     print(json.dumps(report))
     return report

@@ -15,7 +15,7 @@ def headroom():
 
 
 def test_references_order_and_quality_only_shows_the_best_candidates(headroom, capsys):
-    report = headroom.main(["--users", "60", "--seed", "3"])
+    report = headroom.main(["--users", "60", "--seed", "3", "--per-cluster"])
     rows = report["agents"]
     assert set(rows) == {"oracle", "interest_posterior", "quality_only", "random"}
     assert rows["quality_only"]["return"] > 1.5 * rows["random"]["return"]
@@ -24,8 +24,14 @@ def test_references_order_and_quality_only_shows_the_best_candidates(headroom, c
     assert rows["quality_only"]["shown_quality"] == pytest.approx(rows["quality_only"]["best_two_quality"], abs=0.02)
     assert rows["random"]["shown_quality"] < 0 < rows["oracle"]["clicked_quality"]
     assert all(row["privileged"] for name, row in rows.items() if name != "random")
-    assert "interest_posterior†" in capsys.readouterr().out
-    assert headroom.main(["--users", "60", "--seed", "3"])["agents"] == rows  # same seed, same numbers
+    out = capsys.readouterr().out
+    assert "interest_posterior†" in out and "P(shown | a candidate), by cluster" in out
+    # per cluster (ids ordered by mean quality): random shows 2 of 10 candidates whatever the cluster;
+    # quality_only never shows the trashiest cluster and nearly always the most nutritious one
+    assert np.allclose(rows["random"]["shown_given_offered"], 0.2, atol=0.06)
+    assert rows["quality_only"]["shown_given_offered"][0] == 0.0
+    assert rows["quality_only"]["shown_given_offered"][-1] > 0.9
+    assert headroom.main(["--users", "60", "--seed", "3", "--per-cluster"])["agents"] == rows  # same seed, same numbers
 
 
 def test_interest_estimate_counts_the_users_clicks_per_cluster(headroom):
