@@ -10,10 +10,13 @@ quantities with privileged references (†), all on the same fresh users (users 
   the oracle does with that estimate;
 * ``quality_only``†: knows quality, not the interests (the oracle's value with every interest 0, so it shows
   the candidates of the highest quality);
-* ``random``; and each ``--policy`` folder (an ``LLMSlatePolicy``, used greedily as in the benchmarks).
+* ``random``; and each ``--policy`` (an ``LLMSlatePolicy`` folder, used greedily as in the benchmarks, or a PPO
+  checkpoint file of a run, ``checkpoints/ppo/last.pt`` or ``best.pt``: the weights it holds, with the run's
+  ``checkpoints/final_policy`` for the rest; e.g. a run's last weights next to the ones ``keep_best`` kept).
 
 Besides the return it prints the hidden quality of the videos shown and clicked, the mean quality of the two
-best candidates on offer (the most a slate of two could show), the CTR and slates per episode. ``--per-cluster``
+best candidates on offer (the most a slate of two could show), the CTR, slates per episode and the return
+discounted with PPO's γ (``--gamma``: the objective PPO maximises). ``--per-cluster``
 adds, per agent, how often a video of each cluster is shown when it is a candidate (clusters in order of their
 mean quality): whether a policy has learned which clusters pay. Last line: JSON.
 
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from agents.baselines import OracleAgent, make_baseline
 from agents.evaluate import run_lives
@@ -93,15 +97,19 @@ class InterestEstimateAgent:
                               no_click_value)
 
 
-def measure(agent: Any, core: BatchedSimulator, seed: int) -> dict[str, float]:
-    """One life per user of ``core``: return (mean, CI) and the hidden quality of what was shown and clicked."""
+def measure(agent: Any, core: BatchedSimulator, seed: int, gamma: float = 0.99) -> dict[str, float]:
+    """One life per user of ``core``: return (mean, CI), the ``gamma``-discounted return and the hidden quality
+    of what was shown and clicked."""
     quality, cluster = core.catalog.quality, core.catalog.topic
     sums = {"shown": 0.0, "best_two": 0.0, "clicked": 0.0}
     counts = {"slates": 0, "clicks": 0}
     offered, picked = np.zeros(int(cluster.max()) + 1), np.zeros(int(cluster.max()) + 1)
     k = core.slate_size
+    discounted, steps = np.zeros(core.num_users), np.zeros(core.num_users)
 
     def on_step(rows, observation, slates, result) -> None:
+        discounted[rows] += gamma ** steps[rows] * result.reward[rows]
+        steps[rows] += 1
         candidates = observation["candidate_item_ids"][rows]
         shown = np.take_along_axis(candidates, slates[rows], axis=1)
         sums["shown"] += float(quality[shown].mean(axis=1).sum())
@@ -119,7 +127,7 @@ def measure(agent: Any, core: BatchedSimulator, seed: int) -> dict[str, float]:
     return {"return": mean, "ci95": half, "privileged": bool(getattr(agent, "privileged", False)),
             "shown_quality": sums["shown"] / counts["slates"], "best_two_quality": sums["best_two"] / counts["slates"],
             "clicked_quality": sums["clicked"] / max(counts["clicks"], 1), "ctr": counts["clicks"] / counts["slates"],
-            "slates": float(record.values["length"].mean()),
+            "slates": float(record.values["length"].mean()), "discounted_return": float(discounted.mean()),
             "shown_given_offered": (picked / np.maximum(offered, 1)).tolist()}
 
 
@@ -132,10 +140,30 @@ REFERENCES = {
 
 
 def policy_label(path: Path) -> str:
-    """``runs/long_term/<bench>/seed_<s>/...`` -> ``<bench>/seed_<s>``; otherwise the folder's name."""
+    """``runs/long_term/<bench>/seed_<s>/...`` -> ``<bench>/seed_<s>`` (``.../last.pt`` adds `` last``); otherwise
+    the folder's name."""
     parts = path.parts
     seeds = [i for i, part in enumerate(parts) if part.startswith("seed_") and i > 0]
-    return f"{parts[seeds[0] - 1]}/{parts[seeds[0]]}" if seeds else path.name
+    label = f"{parts[seeds[0] - 1]}/{parts[seeds[0]]}" if seeds else path.name
+    return f"{label} {path.stem}" if seeds and path.suffix == ".pt" else label
+
+
+def load_policy_agent(path: Path, core: BatchedSimulator, seed: int) -> Any:
+    """``pctr_greedy`` on an ``LLMSlatePolicy`` folder, or on the weights of a PPO checkpoint file (``last.pt``
+    with the policy's ``state_dict``, ``best.pt`` with ``keep_best``'s ``state``) loaded into the run's
+    ``checkpoints/final_policy`` (two folders up)."""
+    if path.is_dir():
+        return make_baseline("pctr_greedy", core, seed=seed, path=path)
+    folder = path.parent.parent / "final_policy"
+    if not path.is_file() or not folder.is_dir():
+        raise ValueError(f"--policy {str(path)!r}: not an LLMSlatePolicy folder, nor a PPO checkpoint file with the "
+                         f"run's final_policy at {str(folder)!r}")
+    agent = make_baseline("pctr_greedy", core, seed=seed, path=folder)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    state = payload["policy"] if "policy" in payload else payload["state"]
+    agent.policy.model.load_state_dict({key.removeprefix("model."): value for key, value in state.items()
+                                        if key.startswith("model.")})
+    return agent
 
 
 def print_per_cluster(rows: dict[str, dict[str, Any]], core: BatchedSimulator) -> None:
@@ -154,8 +182,9 @@ def main(argv=None) -> dict[str, Any]:
     parser.add_argument("--users", type=int, default=2000, help="fresh users (default 2000)")
     parser.add_argument("--seed", type=int, default=10_000, help="users' seed (default 10000: the long-term "
                         "benchmark's evaluation users of its seed 0)")
-    parser.add_argument("--policy", action="append", default=[], type=Path, metavar="DIR",
-                        help="an LLMSlatePolicy folder to measure (repeatable)")
+    parser.add_argument("--policy", action="append", default=[], type=Path, metavar="PATH",
+                        help="an LLMSlatePolicy folder, or a run's checkpoints/ppo/{last,best}.pt, to measure (repeatable)")
+    parser.add_argument("--gamma", type=float, default=0.99, help="discount of the discounted return (PPO's γ)")
     parser.add_argument("--history-length", type=int, default=20, help="the environment's history (the policies' own)")
     parser.add_argument("--per-cluster", action="store_true",
                         help="also print, per agent, P(shown | a candidate) for each cluster (by mean quality)")
@@ -165,19 +194,19 @@ def main(argv=None) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     builders = dict(REFERENCES)
     for path in args.policy:
-        builders[str(path)] = lambda core, seed, path=path: make_baseline("pctr_greedy", core, seed=seed, path=path)
+        builders[str(path)] = lambda core, seed, path=path: load_policy_agent(path, core, seed)
     for name, build in builders.items():
         core = make_core(ENV_ID, num_users=args.users, history_length=args.history_length)
-        rows[name] = measure(build(core, args.seed), core, args.seed)
+        rows[name] = measure(build(core, args.seed), core, args.seed, args.gamma)
     oracle = rows["oracle"]["return"]
     print(f"{ENV_ID}: {args.users} fresh users (seed {args.seed}); † = privileged; quality = hidden quality")
     print(f"{'agent':<36} {'return':>14} {'÷ oracle':>9} {'shown q':>8} {'best 2 q':>9} {'clicked q':>10} {'CTR':>6} "
-          f"{'slates':>7}")
+          f"{'slates':>7} {'disc. return':>12}")
     for name, row in rows.items():
         label = (policy_label(Path(name)) if name not in REFERENCES else name) + ("†" if row["privileged"] else "")
         print(f"{label[:36]:<36} {row['return']:8.1f} ± {row['ci95']:4.1f} {row['return'] / oracle:8.3f}× "
               f"{row['shown_quality']:8.2f} {row['best_two_quality']:9.2f} {row['clicked_quality']:10.2f} "
-              f"{row['ctr']:6.3f} {row['slates']:7.1f}")
+              f"{row['ctr']:6.3f} {row['slates']:7.1f} {row['discounted_return']:12.1f}")
     if args.per_cluster:
         print_per_cluster(rows, core)
     report = {"users": args.users, "seed": args.seed, "agents": rows}

@@ -54,3 +54,35 @@ def test_interest_estimate_counts_the_users_clicks_per_cluster(headroom):
 def test_interest_estimate_refuses_other_user_models(headroom):
     with pytest.raises(ValueError, match="InterestEvolution"):
         headroom.InterestEstimateAgent(make_core("longrec/Video-v0", num_users=2))
+
+
+def test_a_ppo_checkpoint_file_is_measured_with_its_own_weights(headroom, tmp_path):
+    import torch
+
+    from llm_policy.config import SlatePolicyConfig
+    from llm_policy.model import SlateModel
+
+    config = SlatePolicyConfig(d_model=16, n_encoder_layers=1, n_encoder_heads=2, n_decoder_layers=1, n_decoder_heads=2,
+                               value_hidden=8)
+    torch.manual_seed(0)
+    features = torch.randn(10_000, 8)
+    run = tmp_path / "seed_0" / "runs" / "ce_ppo" / "checkpoints"
+    kept = SlateModel(config, features, context_dim=3)
+    kept.obs_sizes = {"N": 10_000, "H": 20, "C": 10, "D": 3, "K": 2}  # InterestEvolution's, as training records them
+    kept.save_pretrained(run / "final_policy")
+    torch.manual_seed(1)
+    other = SlateModel(config, features, context_dim=3)
+    (run / "ppo").mkdir(parents=True)
+    torch.save({"state": {f"model.{k}": v for k, v in kept.state_dict().items()}}, run / "ppo" / "best.pt")
+    torch.save({"policy": {f"model.{k}": v for k, v in other.state_dict().items()}}, run / "ppo" / "last.pt")
+    paths = [run / "final_policy", run / "ppo" / "best.pt", run / "ppo" / "last.pt"]
+    argv = ["--users", "12", "--seed", "3", *(arg for path in paths for arg in ("--policy", str(path)))]
+    rows = headroom.main(argv)["agents"]
+    folder, best, last = (rows[str(path)] for path in paths)
+    assert best == folder  # best.pt holds the folder's weights: the same slates, the same numbers
+    assert last["return"] != folder["return"]  # last.pt's own (other) weights are the ones measured
+    for row in rows.values():
+        assert 0 < row["discounted_return"] < row["return"]
+    assert headroom.policy_label(run / "ppo" / "last.pt").endswith("/seed_0 last")
+    with pytest.raises(ValueError, match="not an LLMSlatePolicy folder"):
+        headroom.main(["--users", "2", "--policy", str(tmp_path / "missing.pt")])
