@@ -191,6 +191,8 @@ def main(argv=None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.users < 1:
         parser.error(f"--users {args.users}: must be >= 1")
+    if not 0.0 < args.gamma <= 1.0:
+        parser.error(f"--gamma {args.gamma}: must be in (0, 1]")
     rows: dict[str, dict[str, Any]] = {}
     builders = dict(REFERENCES)
     for path in args.policy:

@@ -86,3 +86,9 @@ def test_a_ppo_checkpoint_file_is_measured_with_its_own_weights(headroom, tmp_pa
     assert headroom.policy_label(run / "ppo" / "last.pt").endswith("/seed_0 last")
     with pytest.raises(ValueError, match="not an LLMSlatePolicy folder"):
         headroom.main(["--users", "2", "--policy", str(tmp_path / "missing.pt")])
+
+
+def test_refuses_a_discount_outside_the_unit_interval(headroom, capsys):
+    with pytest.raises(SystemExit):
+        headroom.main(["--users", "2", "--gamma", "1.5"])
+    assert "--gamma 1.5: must be in (0, 1]" in capsys.readouterr().err
