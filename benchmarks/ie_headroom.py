@@ -148,33 +148,42 @@ def policy_label(path: Path) -> str:
     return f"{label} {path.stem}" if seeds and path.suffix == ".pt" else label
 
 
-def load_policy_agent(path: Path, core: BatchedSimulator, seed: int) -> Any:
-    """``pctr_greedy`` on an ``LLMSlatePolicy`` folder, or on the weights of a PPO checkpoint file (``last.pt``
-    with the policy's ``state_dict``, ``best.pt`` with ``keep_best``'s ``state``) loaded into the run's
-    ``checkpoints/final_policy`` (two folders up)."""
+def policy_folder(path: Path) -> Path:
+    """The ``LLMSlatePolicy`` folder behind ``--policy path``: the folder itself, or for a PPO checkpoint file the
+    run's ``checkpoints/final_policy`` (two folders up); refuses anything else."""
     if path.is_dir():
-        return make_baseline("pctr_greedy", core, seed=seed, path=path)
+        return path
     folder = path.parent.parent / "final_policy"
     if not path.is_file() or not folder.is_dir():
         raise ValueError(f"--policy {str(path)!r}: not an LLMSlatePolicy folder, nor a PPO checkpoint file with the "
                          f"run's final_policy at {str(folder)!r}")
-    agent = make_baseline("pctr_greedy", core, seed=seed, path=folder)
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    state = payload["policy"] if "policy" in payload else payload["state"]
-    agent.policy.model.load_state_dict({key.removeprefix("model."): value for key, value in state.items()
-                                        if key.startswith("model.")})
+    return folder
+
+
+def load_policy_agent(path: Path, core: BatchedSimulator, seed: int) -> Any:
+    """``pctr_greedy`` on an ``LLMSlatePolicy`` folder, or on the weights of a PPO checkpoint file (``last.pt``
+    with the policy's ``state_dict``, ``best.pt`` with ``keep_best``'s ``state``) in the run's final policy."""
+    agent = make_baseline("pctr_greedy", core, seed=seed, path=policy_folder(path))
+    if path.is_file():
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        agent.policy.load_state_dict(payload["policy"] if "policy" in payload else payload["state"])
     return agent
+
+
+def agent_label(name: str) -> str:
+    """A reference's name, or the short label of a ``--policy`` path."""
+    return name if name in REFERENCES else policy_label(Path(name))
 
 
 def print_per_cluster(rows: dict[str, dict[str, Any]], core: BatchedSimulator) -> None:
     """One line per cluster: its mean hidden quality and each agent's P(shown | the cluster is a candidate)."""
     cluster, quality = core.catalog.topic, core.catalog.quality
-    labels = [policy_label(Path(name)) if name not in REFERENCES else name for name in rows]
+    means = np.array([quality[cluster == c].mean() for c in range(int(cluster.max()) + 1)])
     print("P(shown | a candidate), by cluster (mean hidden quality)")
-    print(f"{'quality':>8} " + " ".join(f"{label[-18:]:>18}" for label in labels))
-    for c in np.argsort([quality[cluster == c].mean() for c in range(int(cluster.max()) + 1)]):
+    print(f"{'quality':>8} " + " ".join(f"{agent_label(name)[-18:]:>18}" for name in rows))
+    for c in np.argsort(means):
         rates = " ".join(f"{row['shown_given_offered'][c]:18.3f}" for row in rows.values())
-        print(f"{quality[cluster == c].mean():+8.2f} {rates}")
+        print(f"{means[c]:+8.2f} {rates}")
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -196,6 +205,7 @@ def main(argv=None) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     builders = dict(REFERENCES)
     for path in args.policy:
+        policy_folder(path)  # refuse a bad path before any agent runs
         builders[str(path)] = lambda core, seed, path=path: load_policy_agent(path, core, seed)
     for name, build in builders.items():
         core = make_core(ENV_ID, num_users=args.users, history_length=args.history_length)
@@ -205,7 +215,7 @@ def main(argv=None) -> dict[str, Any]:
     print(f"{'agent':<36} {'return':>14} {'÷ oracle':>9} {'shown q':>8} {'best 2 q':>9} {'clicked q':>10} {'CTR':>6} "
           f"{'slates':>7} {'disc. return':>12}")
     for name, row in rows.items():
-        label = (policy_label(Path(name)) if name not in REFERENCES else name) + ("†" if row["privileged"] else "")
+        label = agent_label(name) + ("†" if row["privileged"] else "")
         print(f"{label[:36]:<36} {row['return']:8.1f} ± {row['ci95']:4.1f} {row['return'] / oracle:8.3f}× "
               f"{row['shown_quality']:8.2f} {row['best_two_quality']:9.2f} {row['clicked_quality']:10.2f} "
               f"{row['ctr']:6.3f} {row['slates']:7.1f} {row['discounted_return']:12.1f}")
