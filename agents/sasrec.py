@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from agents.offline_protocol import LeaveOneOutSplit, evaluate_next_item
 from llm_policy.early_stopping import BestOnValidation
+from llm_policy.next_item import sequence_windows
 
 __all__ = ["SASRec", "SASRecConfig", "SASRecScorer", "TrainLog", "train_sasrec"]
 
@@ -167,21 +168,7 @@ def _left_pad(sequences: Sequence[np.ndarray], length: int) -> np.ndarray:
 
 def _training_windows(split: LeaveOneOutSplit, config: SASRecConfig) -> np.ndarray:
     """(W, max_len + 1) token windows (left-padded); inputs are [:, :-1], targets [:, 1:]."""
-    width = config.max_len + 1
-    windows = []
-    for seq in split.train:
-        if seq.size < 2:
-            continue
-        if config.windows == "tail":
-            windows.append(seq[-width:])
-        else:
-            end = seq.size
-            while end >= 2:
-                windows.append(seq[max(0, end - width) : end])
-                end -= config.max_len  # consecutive windows overlap by one item, so no target is lost
-    if not windows:
-        raise ValueError("no training sequence has >= 2 items")
-    return _left_pad(windows, width)
+    return _left_pad(sequence_windows(split.train, config.max_len + 1, config.windows), config.max_len + 1)
 
 
 @dataclass(frozen=True)

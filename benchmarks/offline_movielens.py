@@ -79,11 +79,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sasrec-max-len", type=int, default=50)
     p.add_argument("--sasrec-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--sasrec-batch-size", type=int, default=32)
+    p.add_argument("--sasrec-windows", choices=("tail", "chunks"), default="tail",
+                   help="training windows: each user's last max_len + 1 items, or every item in chunks")
     p.add_argument("--sasrec-budget-min", type=float, default=9.0, help="wall-clock cap on SASRec training")
     p.add_argument("--llm-history", type=int, default=50)
     p.add_argument("--llm-objective", choices=("all_positions", "next_item"), default="all_positions",
                    help="all_positions: causal state encoder, every position of each user's last H + 1 training "
                         "items trained in one pass (as SASRec); next_item: one target per (user, position) example")
+    p.add_argument("--llm-windows", choices=("tail", "chunks"), default=None,
+                   help="all_positions training windows (default: LLMNextItemConfig's, the last H + 1 items)")
     p.add_argument("--llm-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--llm-steps-per-epoch", type=int, default=None,
                    help="steps between evaluations (default: a full pass over the training windows / examples)")
@@ -238,17 +242,22 @@ def merged_table(summary: Mapping[str, dict], seeds: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def run_sasrec(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, log: Log) -> EvaluationResult:
-    """Train SASRec with the ``--sasrec-*`` settings; its test evaluation."""
-    t = time.perf_counter()
-    sasrec_config = SASRecConfig(
+def sasrec_config(args: argparse.Namespace, seed: int) -> SASRecConfig:
+    """The ``--sasrec-*`` flags as a ``SASRecConfig`` for ``seed``."""
+    return SASRecConfig(
         max_len=args.sasrec_max_len,
         max_epochs=args.sasrec_epochs,
         batch_size=args.sasrec_batch_size,
+        windows=args.sasrec_windows,
         seed=seed,
         time_budget_s=60.0 * args.sasrec_budget_min,
     )
-    sasrec, sasrec_log = train_sasrec(split, sasrec_config, progress=log)
+
+
+def run_sasrec(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, log: Log) -> EvaluationResult:
+    """Train SASRec with the ``--sasrec-*`` settings; its test evaluation."""
+    t = time.perf_counter()
+    sasrec, sasrec_log = train_sasrec(split, sasrec_config(args, seed), progress=log)
     result = evaluate_next_item(SASRecScorer(sasrec), split)
     log(f"sasrec: {sasrec_log.epochs} epochs, best epoch {sasrec_log.best_epoch}, {time.perf_counter() - t:.0f} s")
     return result
@@ -282,6 +291,7 @@ def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
                 batch_size=args.llm_batch_size, steps_per_epoch=args.llm_steps_per_epoch, learning_rate=args.llm_lr,
                 weight_decay=args.llm_weight_decay, patience=args.llm_patience,
                 lr_decay_patience=args.llm_lr_decay_patience, id_min_count=args.llm_id_min_count,
+                windows=args.llm_windows,
             ),
         ),
     )

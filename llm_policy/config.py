@@ -264,6 +264,10 @@ class LLMNextItemConfig:
     training items form one window, the causal encoder runs once over it and decoder position 0 is
     trained at every history position t to predict item t + 1 (``all_positions_loss``); ``batch_size``
     then counts windows (users) and ``recent_positions`` / ``next_items`` are not used."""
+    windows: Literal["tail", "chunks"] = "tail"
+    """With ``objective="all_positions"``: "tail" trains on each user's last ``history_length + 1``
+    training items (SASRec's reference code); "chunks" cuts each training sequence into such windows
+    from the end, so long users contribute all their interactions (``sequence_windows``)."""
     id_min_count: int = 5
     """With ``model.item_id_embeddings``, only items with at least this many training interactions get
     a learned id vector (the usual 5-core threshold); rarer items are scored by their features alone,
@@ -307,6 +311,8 @@ class LLMNextItemConfig:
             raise ValueError(f"text_match_cold_tolerance must be >= 0, got {self.text_match_cold_tolerance}")
         if self.objective not in ("next_item", "all_positions"):
             raise ValueError(f"objective must be 'next_item' or 'all_positions', got {self.objective!r}")
+        if self.windows not in ("tail", "chunks"):
+            raise ValueError(f"windows must be 'tail' or 'chunks', got {self.windows!r}")
         if self.objective == "all_positions" and not self.model.causal_encoder:
             raise ValueError("objective='all_positions' needs model.causal_encoder=True (a prefix's state must not see later items)")
         if self.objective == "all_positions" and self.next_items != 1:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ __all__ = [
     "catalog_logits",
     "history_observation",
     "llm_training_windows",
+    "sequence_windows",
     "train_llm_next_item",
     "training_examples",
 ]
@@ -139,16 +140,41 @@ def training_examples(
     return users, positions
 
 
-def llm_training_windows(train_sequences: Sequence[np.ndarray], num_items: int, history_length: int) -> np.ndarray:
-    """``(U', H + 1)`` int64 windows: each training sequence's last ``H + 1`` items, left-padded with N.
+WindowMode = Literal["tail", "chunks"]
+WINDOW_MODES: tuple[str, ...] = ("tail", "chunks")
 
-    Users with fewer than 2 training items are left out. Inputs are ``[:, :-1]``, targets ``[:, 1:]``
-    (SASRec's "tail" windows, with the catalog's padding id N).
+
+def sequence_windows(sequences: Sequence[np.ndarray], width: int, mode: WindowMode = "tail") -> list[np.ndarray]:
+    """Training windows of at most ``width`` items cut from each sequence of >= 2 items, oldest first.
+
+    ``"tail"``: each sequence's last ``width`` items (SASRec's reference code). ``"chunks"``: windows cut
+    from the end, each starting where the next one's inputs start (consecutive windows share one item),
+    so every item of a long sequence is a target exactly once.
+    """
+    if mode not in WINDOW_MODES:
+        raise ValueError(f"window mode must be one of {WINDOW_MODES}, got {mode!r}")
+    if width < 2:
+        raise ValueError(f"a window needs width >= 2 (an input and a target), got {width}")
+    windows = []
+    for seq in sequences:
+        end = len(seq)
+        while end >= 2:
+            windows.append(np.asarray(seq[max(0, end - width) : end], dtype=np.int64))
+            end = end - (width - 1) if mode == "chunks" else 0
+    if not windows:
+        raise ValueError("no training sequence has >= 2 items")
+    return windows
+
+
+def llm_training_windows(
+    train_sequences: Sequence[np.ndarray], num_items: int, history_length: int, mode: WindowMode = "tail"
+) -> np.ndarray:
+    """``(W, H + 1)`` int64 windows of the training sequences (:func:`sequence_windows`), left-padded with N.
+
+    Inputs are ``[:, :-1]``, targets ``[:, 1:]`` (SASRec's windows, with the catalog's padding id N).
     """
     width = history_length + 1
-    rows = [seq[-width:] for seq in train_sequences if len(seq) >= 2]
-    if not rows:
-        raise ValueError("no training sequence has >= 2 items")
+    rows = sequence_windows(train_sequences, width, mode)
     out = np.full((len(rows), width), num_items, dtype=np.int64)
     for row, seq in enumerate(rows):
         out[row, width - len(seq) :] = seq
@@ -267,6 +293,8 @@ def train_llm_next_item(
     private = dp is not None and dp.enabled
     if private and config.objective != "all_positions":
         raise ValueError(f"user-level DP needs objective='all_positions' (one window per user), got {config.objective!r}")
+    if private and config.windows != "tail":
+        raise ValueError(f"user-level DP needs windows='tail' (one window per user), got {config.windows!r}")
     start = time.perf_counter()
     torch_device = resolve_device(device)
     torch.manual_seed(seed)  # module initialisers and dropout draw from the global generator
@@ -359,7 +387,9 @@ class _Batches:
         self.config, self.rng = config, rng
         self.all_positions = config.objective == "all_positions"
         if self.all_positions:
-            self.windows = torch.from_numpy(llm_training_windows(train_sequences, num_items, config.history_length))
+            self.windows = torch.from_numpy(
+                llm_training_windows(train_sequences, num_items, config.history_length, config.windows)
+            )
             units = int(self.windows.shape[0])
         else:
             self.users, self.positions = training_examples(

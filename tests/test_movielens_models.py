@@ -13,7 +13,7 @@ from agents.offline_protocol import (
     leave_one_out_split,
 )
 from agents.sasrec import SASRec, SASRecConfig, SASRecScorer, _left_pad, _training_windows, train_sasrec
-from llm_policy.config import SlatePolicyConfig
+from llm_policy.config import DPConfig, SlatePolicyConfig
 from llm_policy.metrics import target_ranks
 from llm_policy.model import SlateModel
 from llm_policy.next_item import (
@@ -24,6 +24,7 @@ from llm_policy.next_item import (
     catalog_logits,
     history_observation,
     llm_training_windows,
+    sequence_windows,
     train_llm_next_item,
     training_examples,
 )
@@ -240,6 +241,25 @@ def test_llm_training_windows_by_hand() -> None:
     np.testing.assert_array_equal(
         llm_training_windows(split.train, split.num_items, history_length=3), [[2, 3, 4, 5], [9, 3, 4, 5], [9, 1, 2, 3]]
     )
+    # chunks: [0..5] gives [2..5] and [0, 1, 2] (consecutive windows share one item, so every target is kept)
+    np.testing.assert_array_equal(
+        llm_training_windows(split.train, split.num_items, history_length=3, mode="chunks"),
+        [[2, 3, 4, 5], [9, 0, 1, 2], [9, 3, 4, 5], [9, 1, 2, 3]],
+    )
+    targets = sum(len(seq) - 1 for seq in split.train)
+    chunks = sequence_windows(split.train, 4, "chunks")
+    assert sum(len(w) - 1 for w in chunks) == targets  # every training transition is a target exactly once
+    with pytest.raises(ValueError, match=r"one of \('tail', 'chunks'\), got 'all'"):
+        sequence_windows(split.train, 4, "all")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="windows must be 'tail' or 'chunks', got 'all'"):
+        LLMNextItemConfig(windows="all")  # type: ignore[arg-type]
+
+
+def test_user_level_dp_refuses_several_windows_per_user() -> None:
+    split = leave_one_out_split(cyclic_sequences(np.arange(6), num_users=4, length=12), num_items=6)
+    config = causal_llm_config(windows="chunks")
+    with pytest.raises(ValueError, match="user-level DP needs windows='tail' \\(one window per user\\), got 'chunks'"):
+        train_on_split(split, torch.randn(6, 8), config, dp=DPConfig(epsilon=1.0))
 
 
 @pytest.mark.parametrize(("pooling", "text_match_dims"), [("mean", 0), ("last", 0), ("last", 5)])

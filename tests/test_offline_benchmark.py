@@ -42,6 +42,17 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
         bench.load_seed(tmp_path / "seed_0", "ml-latest-small: 610 users, 9742 items, 100836 ratings")
 
 
+def test_window_flags_reach_both_models_configs():
+    bench = load_offline()
+    default = bench.parse_args([])
+    assert bench.sasrec_config(default, 0).windows == "tail" and bench.llm_config(default).train.windows == "tail"
+    chunks = bench.parse_args(["--sasrec-windows", "chunks", "--llm-windows", "chunks"])
+    assert bench.sasrec_config(chunks, 3).windows == "chunks" and bench.sasrec_config(chunks, 3).seed == 3
+    assert bench.llm_config(chunks).train.windows == "chunks"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--llm-windows", "all"])
+
+
 def test_recbole_atomic_files_become_a_movielens_folder(tmp_path):
     from envs.movielens import load_movielens
 
