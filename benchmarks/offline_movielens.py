@@ -17,9 +17,9 @@ Student-t 95% CI across seeds of HR@10, NDCG@10 and MRR@10, and the paired boots
 95% CI over users of LLM minus SASRec NDCG@10 (each user's difference averaged over
 the seeds first; ``agents.stats.paired_bootstrap_ci95``), overall and per cold-start
 bucket. No choice is made on test users: both models early-stop on validation NDCG@10.
-Each seed's per-user ranks are saved as it finishes (``<out>/seed_<s>/ranks.npz``), so
-seeds can run in separate processes or sessions; finished seeds are not rerun, and
-``--merge-only`` aggregates what is there.
+Each seed's per-user ranks are saved as it finishes (``<out>/seed_<s>/ranks.npz``, with the
+training flags), so seeds can run in separate processes or sessions; finished seeds are not rerun, and
+``--merge-only`` aggregates what is there. A finished seed trained with other flags is refused, never mixed in.
 
 It also prints the genre calibration of the ``longrec/MovieLens-v0`` simulator
 (Jensen-Shannon divergence of consumed genres under the popularity policy vs
@@ -138,16 +138,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         f"{split.num_users} users kept (>= 5 interactions); {int((counts == 0).sum())} items never in training"
     )
     out = Path(args.out)
+    settings = None if args.merge_only else training_settings(args)
     for seed in [] if args.merge_only else args.seeds:
         seed_dir = out / f"seed_{seed}"
         if (seed_dir / RESULT_FILE).exists():
+            load_seed(seed_dir, data_fingerprint(data), settings)  # refuses a seed trained otherwise
             log(f"seed {seed}: done before ({seed_dir / RESULT_FILE}), not rerun")
             continue
         t = time.perf_counter()
         results = {"popularity": evaluate_next_item(PopularityScorer.fit(split), split)}
         results["sasrec"] = run_sasrec(args, seed, split, log)
         results["llm"] = run_llm(args, seed, seed_dir, log)
-        save_seed(seed_dir, results, data_fingerprint(data))
+        save_seed(seed_dir, results, data_fingerprint(data), settings)
         log(f"\nseed {seed}: {time.perf_counter() - t:.0f} s\n{format_table(results)}\n")
     if not args.skip_calibration and not args.merge_only:
         log_genre_calibration(args, data.num_items, log)
@@ -155,7 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         sorted(int(p.parent.name.split("_")[1]) for p in out.glob(f"seed_*/{RESULT_FILE}"))
     if not seeds:
         raise SystemExit(f"no finished seed under {out} (each leaves seed_<s>/{RESULT_FILE})")
-    per_seed = {seed: load_seed(out / f"seed_{seed}", data_fingerprint(data)) for seed in seeds}
+    if settings is None:  # --merge-only: every seed must have been trained with the first one's flags
+        settings = seed_settings(out / f"seed_{seeds[0]}")
+        log(f"settings of the seeds: {flags_text(settings)}")
+    per_seed = {seed: load_seed(out / f"seed_{seed}", data_fingerprint(data), settings) for seed in seeds}
     summary = merge(per_seed)
     log(f"\ntotal time {time.perf_counter() - start:.0f} s\n")
     log(merged_table(summary, seeds))
@@ -168,24 +173,57 @@ def data_fingerprint(data) -> str:
     return f"{Path(data.path).name}: {data.num_users} users, {data.num_items} items, {data.num_interactions} ratings"
 
 
-def save_seed(seed_dir: Path, results: Mapping[str, EvaluationResult], fingerprint: str) -> Path:
-    """One seed's per-user test ranks of every model, written atomically (its presence marks the seed done)."""
+UNSAVED_FLAGS = frozenset({"data", "seeds", "merge_only", "threads", "llm_threads", "out", "skip_calibration"})
+"""flags that do not change a seed's trained models (where they run, which seeds, where results go)"""
+
+
+def training_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The flags that shape a seed's models (budgets included), saved with its ranks."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in UNSAVED_FLAGS}
+
+
+def flags_text(settings: Mapping[str, object]) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+
+
+def save_seed(seed_dir: Path, results: Mapping[str, EvaluationResult], fingerprint: str,
+              settings: Mapping[str, object]) -> Path:
+    """One seed's per-user test ranks of every model and the flags that trained them, written atomically
+    (its presence marks the seed done)."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     first = next(iter(results.values()))
     with atomic_open(seed_dir / RESULT_FILE, "wb") as handle:
         np.savez(handle, target_train_counts=first.target_train_counts, data=np.array(fingerprint),
-                 **{f"ranks/{name}": res.ranks for name, res in results.items()})
+                 settings=np.array(json.dumps(settings)), **{f"ranks/{name}": res.ranks for name, res in results.items()})
     return seed_dir / RESULT_FILE
 
 
-def load_seed(seed_dir: Path, fingerprint: str) -> dict[str, EvaluationResult]:
+def seed_settings(seed_dir: Path) -> dict[str, object]:
+    """The training flags a finished seed was run with."""
+    with np.load(seed_dir / RESULT_FILE) as archive:
+        if "settings" not in archive:
+            raise SystemExit(f"{seed_dir / RESULT_FILE} records no training flags (written before they were "
+                             "saved): rerun that seed")
+        return json.loads(str(archive["settings"]))
+
+
+def load_seed(seed_dir: Path, fingerprint: str, settings: Mapping[str, object]) -> dict[str, EvaluationResult]:
+    """A finished seed's results; refuses one made from other data or with other training flags."""
     with np.load(seed_dir / RESULT_FILE) as archive:
         saved = str(archive["data"])
         if saved != fingerprint:
             raise SystemExit(f"{seed_dir / RESULT_FILE} was made from {saved!r}, not {fingerprint!r}: "
                              "give another --out for another data set")
         counts = archive["target_train_counts"]
-        return {name: EvaluationResult(archive[f"ranks/{name}"], counts) for name in MODELS}
+        results = {name: EvaluationResult(archive[f"ranks/{name}"], counts) for name in MODELS}
+    saved_settings = seed_settings(seed_dir)
+    if saved_settings != dict(settings):
+        differ = sorted(k for k in set(saved_settings) | set(settings) if saved_settings.get(k) != settings.get(k))
+        raise SystemExit(
+            f"{seed_dir / RESULT_FILE} was trained with {flags_text({k: saved_settings.get(k) for k in differ})}, "
+            f"not {flags_text({k: settings.get(k) for k in differ})}: give the same flags or another --out"
+        )
+    return results
 
 
 def merge(per_seed: Mapping[int, Mapping[str, EvaluationResult]]) -> dict[str, dict]:

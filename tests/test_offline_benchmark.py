@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,18 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
     again = bench.main([*args, "--seeds", "0-1"])
     assert "seed 0: done before" in capsys.readouterr().out and again == summary
     assert bench.main([*args, "--merge-only"]) == summary
+    settings = bench.seed_settings(tmp_path / "seed_0")
+    assert settings["llm_epochs"] == 2 and settings["sasrec_windows"] == "tail" and "seeds" not in settings
     with pytest.raises(SystemExit, match="was made from .ml_tiny: .* users"):
-        bench.load_seed(tmp_path / "seed_0", "ml-latest-small: 610 users, 9742 items, 100836 ratings")
+        bench.load_seed(tmp_path / "seed_0", "ml-latest-small: 610 users, 9742 items, 100836 ratings", settings)
+    # a finished seed trained with other flags is refused, on resume and in a merge, naming the flags
+    with pytest.raises(SystemExit, match="seed_0/ranks.npz was trained with --llm-epochs 2, not --llm-epochs 3"):
+        bench.main([*args[:-2], "--llm-epochs", "3", "--out", str(tmp_path), "--seeds", "0-2"])
+    assert not (tmp_path / "seed_2").exists()  # refused before any training
+    bench.main([*args[:-2], "--out", str(tmp_path / "other"), "--sasrec-windows", "chunks", "--seeds", "0"])
+    shutil.copytree(tmp_path / "other" / "seed_0", tmp_path / "seed_2")
+    with pytest.raises(SystemExit, match="seed_2/ranks.npz was trained with --sasrec-windows chunks, not --sasrec-windows tail"):
+        bench.main([*args, "--merge-only"])
 
 
 def test_window_flags_reach_both_models_configs():
