@@ -30,7 +30,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agents.offline_protocol import LeaveOneOutSplit, evaluate_next_item
+from llm_policy.config import TRAINING_WINDOWS, TrainingWindows
 from llm_policy.early_stopping import BestOnValidation
 from llm_policy.next_item import sequence_windows
 
@@ -64,7 +64,7 @@ class SASRecConfig:
     """AdamW weight decay."""
     batch_size: int = 64
     """Training sequences per step."""
-    windows: Literal["tail", "chunks"] = "tail"
+    windows: TrainingWindows = "tail"
     """"tail": the last max_len + 1 training items of each user (the paper);
     "chunks": each training sequence is cut into max_len + 1 windows from the end, so long users
     contribute all their interactions."""
@@ -89,8 +89,8 @@ class SASRecConfig:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by num_heads ({self.num_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.windows not in ("tail", "chunks"):
-            raise ValueError(f"windows must be 'tail' or 'chunks', got {self.windows!r}")
+        if self.windows not in TRAINING_WINDOWS:
+            raise ValueError(f"windows must be one of {TRAINING_WINDOWS}, got {self.windows!r}")
 
 
 class _Block(nn.Module):

@@ -61,7 +61,7 @@ from agents.stats import paired_bootstrap_ci95, t_ci95  # noqa: E402
 from envs.atomic_file import atomic_open  # noqa: E402
 from envs.movielens import load_movielens  # noqa: E402
 from experiments.seeds import parse_seeds  # noqa: E402
-from llm_policy.config import LLMNextItemConfig  # noqa: E402
+from llm_policy.config import TRAINING_WINDOWS, LLMNextItemConfig  # noqa: E402
 from llm_policy.metrics import ndcg_at_k  # noqa: E402
 
 Log = Callable[[str], None]
@@ -79,15 +79,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sasrec-max-len", type=int, default=50)
     p.add_argument("--sasrec-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--sasrec-batch-size", type=int, default=32)
-    p.add_argument("--sasrec-windows", choices=("tail", "chunks"), default="tail",
+    p.add_argument("--sasrec-windows", choices=TRAINING_WINDOWS, default="tail",
                    help="training windows: each user's last max_len + 1 items, or every item in chunks")
     p.add_argument("--sasrec-budget-min", type=float, default=9.0, help="wall-clock cap on SASRec training")
     p.add_argument("--llm-history", type=int, default=50)
     p.add_argument("--llm-objective", choices=("all_positions", "next_item"), default="all_positions",
                    help="all_positions: causal state encoder, every position of each user's last H + 1 training "
                         "items trained in one pass (as SASRec); next_item: one target per (user, position) example")
-    p.add_argument("--llm-windows", choices=("tail", "chunks"), default=None,
-                   help="all_positions training windows (default: LLMNextItemConfig's, the last H + 1 items)")
+    p.add_argument("--llm-windows", choices=TRAINING_WINDOWS, default="tail",
+                   help="all_positions training windows: each user's last H + 1 items, or every item in chunks")
     p.add_argument("--llm-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--llm-steps-per-epoch", type=int, default=None,
                    help="steps between evaluations (default: a full pass over the training windows / examples)")
@@ -217,11 +217,14 @@ def load_seed(seed_dir: Path, fingerprint: str, settings: Mapping[str, object]) 
         counts = archive["target_train_counts"]
         results = {name: EvaluationResult(archive[f"ranks/{name}"], counts) for name in MODELS}
     saved_settings = seed_settings(seed_dir)
-    if saved_settings != dict(settings):
-        differ = sorted(k for k in set(saved_settings) | set(settings) if saved_settings.get(k) != settings.get(k))
+    # a flag added after the seed ran counts as its default there (that is how the seed was trained)
+    defaults = training_settings(parse_args([]))
+    value = lambda flags, k: flags.get(k, defaults.get(k))  # noqa: E731
+    differ = sorted(k for k in set(saved_settings) | set(settings) if value(saved_settings, k) != value(settings, k))
+    if differ:
         raise SystemExit(
-            f"{seed_dir / RESULT_FILE} was trained with {flags_text({k: saved_settings.get(k) for k in differ})}, "
-            f"not {flags_text({k: settings.get(k) for k in differ})}: give the same flags or another --out"
+            f"{seed_dir / RESULT_FILE} was trained with {flags_text({k: value(saved_settings, k) for k in differ})}, "
+            f"not {flags_text({k: value(settings, k) for k in differ})}: give the same flags or another --out"
         )
     return results
 
@@ -329,8 +332,8 @@ def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
                 batch_size=args.llm_batch_size, steps_per_epoch=args.llm_steps_per_epoch, learning_rate=args.llm_lr,
                 weight_decay=args.llm_weight_decay, patience=args.llm_patience,
                 lr_decay_patience=args.llm_lr_decay_patience, id_min_count=args.llm_id_min_count,
-                windows=args.llm_windows,
             ),
+            windows=args.llm_windows,
         ),
     )
 

@@ -21,6 +21,11 @@ ITEM_STATISTICS: tuple[str, ...] = ("completion", "click_rate", "log_clicks")
 embedding, in column order (computed by ``agents.item_statistics``)"""
 
 
+TrainingWindows = Literal["tail", "chunks"]
+TRAINING_WINDOWS: tuple[str, ...] = ("tail", "chunks")
+"""How next-item training cuts a user's sequence: the last window only, or every window (``sequence_windows``)."""
+
+
 @dataclass(frozen=True)
 class SlatePolicyConfig:
     """Sizes and switches of the encoder-decoder slate policy."""
@@ -264,7 +269,7 @@ class LLMNextItemConfig:
     training items form one window, the causal encoder runs once over it and decoder position 0 is
     trained at every history position t to predict item t + 1 (``all_positions_loss``); ``batch_size``
     then counts windows (users) and ``recent_positions`` / ``next_items`` are not used."""
-    windows: Literal["tail", "chunks"] = "tail"
+    windows: TrainingWindows = "tail"
     """With ``objective="all_positions"``: "tail" trains on each user's last ``history_length + 1``
     training items (SASRec's reference code); "chunks" cuts each training sequence into such windows
     from the end, so long users contribute all their interactions (``sequence_windows``)."""
@@ -311,8 +316,8 @@ class LLMNextItemConfig:
             raise ValueError(f"text_match_cold_tolerance must be >= 0, got {self.text_match_cold_tolerance}")
         if self.objective not in ("next_item", "all_positions"):
             raise ValueError(f"objective must be 'next_item' or 'all_positions', got {self.objective!r}")
-        if self.windows not in ("tail", "chunks"):
-            raise ValueError(f"windows must be 'tail' or 'chunks', got {self.windows!r}")
+        if self.windows not in TRAINING_WINDOWS:
+            raise ValueError(f"windows must be one of {TRAINING_WINDOWS}, got {self.windows!r}")
         if self.objective == "all_positions" and not self.model.causal_encoder:
             raise ValueError("objective='all_positions' needs model.causal_encoder=True (a prefix's state must not see later items)")
         if self.objective == "all_positions" and self.next_items != 1:

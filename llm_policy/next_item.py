@@ -27,12 +27,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from llm_policy.config import DPConfig, LLMNextItemConfig
+from llm_policy.config import TRAINING_WINDOWS, DPConfig, LLMNextItemConfig, TrainingWindows
 from llm_policy.device import resolve_device
 from llm_policy.early_stopping import BestOnValidation
 from llm_policy.metrics import full_catalog_ranks, ranking_metrics, target_ranks
@@ -140,19 +140,15 @@ def training_examples(
     return users, positions
 
 
-WindowMode = Literal["tail", "chunks"]
-WINDOW_MODES: tuple[str, ...] = ("tail", "chunks")
-
-
-def sequence_windows(sequences: Sequence[np.ndarray], width: int, mode: WindowMode = "tail") -> list[np.ndarray]:
+def sequence_windows(sequences: Sequence[np.ndarray], width: int, mode: TrainingWindows = "tail") -> list[np.ndarray]:
     """Training windows of at most ``width`` items cut from each sequence of >= 2 items, oldest first.
 
     ``"tail"``: each sequence's last ``width`` items (SASRec's reference code). ``"chunks"``: windows cut
     from the end, each starting where the next one's inputs start (consecutive windows share one item),
     so every item of a long sequence is a target exactly once.
     """
-    if mode not in WINDOW_MODES:
-        raise ValueError(f"window mode must be one of {WINDOW_MODES}, got {mode!r}")
+    if mode not in TRAINING_WINDOWS:
+        raise ValueError(f"window mode must be one of {TRAINING_WINDOWS}, got {mode!r}")
     if width < 2:
         raise ValueError(f"a window needs width >= 2 (an input and a target), got {width}")
     windows = []
@@ -167,7 +163,7 @@ def sequence_windows(sequences: Sequence[np.ndarray], width: int, mode: WindowMo
 
 
 def llm_training_windows(
-    train_sequences: Sequence[np.ndarray], num_items: int, history_length: int, mode: WindowMode = "tail"
+    train_sequences: Sequence[np.ndarray], num_items: int, history_length: int, mode: TrainingWindows = "tail"
 ) -> np.ndarray:
     """``(W, H + 1)`` int64 windows of the training sequences (:func:`sequence_windows`), left-padded with N.
 

@@ -251,7 +251,7 @@ def test_llm_training_windows_by_hand() -> None:
     assert sum(len(w) - 1 for w in chunks) == targets  # every training transition is a target exactly once
     with pytest.raises(ValueError, match=r"one of \('tail', 'chunks'\), got 'all'"):
         sequence_windows(split.train, 4, "all")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="windows must be 'tail' or 'chunks', got 'all'"):
+    with pytest.raises(ValueError, match=r"windows must be one of \('tail', 'chunks'\), got 'all'"):
         LLMNextItemConfig(windows="all")  # type: ignore[arg-type]
 
 

@@ -47,6 +47,15 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
     with pytest.raises(SystemExit, match="seed_0/ranks.npz was trained with --llm-epochs 2, not --llm-epochs 3"):
         bench.main([*args[:-2], "--llm-epochs", "3", "--out", str(tmp_path), "--seeds", "0-2"])
     assert not (tmp_path / "seed_2").exists()  # refused before any training
+    # a flag added after a seed ran counts as its default there: accepted at the default, refused otherwise
+    with np.load(tmp_path / "seed_0" / "ranks.npz") as archive:
+        files = {key: archive[key] for key in archive.files}
+    files["settings"] = np.array(json.dumps({k: v for k, v in settings.items() if k != "sasrec_windows"}))
+    np.savez(tmp_path / "seed_0" / "ranks.npz", **files)
+    fingerprint = str(files["data"])
+    assert bench.load_seed(tmp_path / "seed_0", fingerprint, settings)["llm"].ranks.shape == files["ranks/llm"].shape
+    with pytest.raises(SystemExit, match="trained with --sasrec-windows tail, not --sasrec-windows chunks"):
+        bench.load_seed(tmp_path / "seed_0", fingerprint, {**settings, "sasrec_windows": "chunks"})
     bench.main([*args[:-2], "--out", str(tmp_path / "other"), "--sasrec-windows", "chunks", "--seeds", "0"])
     shutil.copytree(tmp_path / "other" / "seed_0", tmp_path / "seed_2")
     with pytest.raises(SystemExit, match="seed_2/ranks.npz was trained with --sasrec-windows chunks, not --sasrec-windows tail"):
