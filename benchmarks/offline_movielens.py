@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -201,10 +202,14 @@ def save_seed(seed_dir: Path, results: Mapping[str, EvaluationResult], fingerpri
 def seed_settings(seed_dir: Path) -> dict[str, object]:
     """The training flags a finished seed was run with."""
     with np.load(seed_dir / RESULT_FILE) as archive:
-        if "settings" not in archive:
-            raise SystemExit(f"{seed_dir / RESULT_FILE} records no training flags (written before they were "
-                             "saved): rerun that seed")
-        return json.loads(str(archive["settings"]))
+        return _saved_settings(archive, seed_dir)
+
+
+def _saved_settings(archive: Any, seed_dir: Path) -> dict[str, object]:
+    if "settings" not in archive:
+        raise SystemExit(f"{seed_dir / RESULT_FILE} records no training flags (written before they were "
+                         "saved): rerun that seed")
+    return json.loads(str(archive["settings"]))
 
 
 def load_seed(seed_dir: Path, fingerprint: str, settings: Mapping[str, object]) -> dict[str, EvaluationResult]:
@@ -216,7 +221,7 @@ def load_seed(seed_dir: Path, fingerprint: str, settings: Mapping[str, object]) 
                              "give another --out for another data set")
         counts = archive["target_train_counts"]
         results = {name: EvaluationResult(archive[f"ranks/{name}"], counts) for name in MODELS}
-    saved_settings = seed_settings(seed_dir)
+        saved_settings = _saved_settings(archive, seed_dir)
     # a flag added after the seed ran counts as its default there (that is how the seed was trained)
     defaults = training_settings(parse_args([]))
     value = lambda flags, k: flags.get(k, defaults.get(k))  # noqa: E731
