@@ -16,7 +16,9 @@ Over several training seeds (``--seeds 0-4``) it reports, per model, the mean an
 Student-t 95% CI across seeds of HR@10, NDCG@10 and MRR@10, and the paired bootstrap
 95% CI over users of LLM minus SASRec NDCG@10 (each user's difference averaged over
 the seeds first; ``agents.stats.paired_bootstrap_ci95``), overall and per cold-start
-bucket. No choice is made on test users: both models early-stop on validation NDCG@10.
+bucket. No choice is made on test users: both models early-stop on validation NDCG@10. Both train on
+every training item, cut into windows of the history length + 1 (``--*-windows chunks``); ``tail`` keeps
+only each user's last window, as SASRec's reference code (26% of ml-latest-small's training transitions).
 Each seed's per-user ranks are saved as it finishes (``<out>/seed_<s>/ranks.npz``, with the
 training flags), so seeds can run in separate processes or sessions; finished seeds are not rerun, and
 ``--merge-only`` aggregates what is there. A finished seed trained with other flags is refused, never mixed in.
@@ -27,8 +29,8 @@ the real ratings). The last line printed is one JSON object
 ``{model: {"hr@10", "ndcg@10", "mrr@10" (means over seeds), "<metric>_ci95", "seeds"},
 "paired": {"llm_vs_sasrec": {"ndcg@10_diff", "ndcg@10_ci95": [low, high], "by_bucket": ...}}}``.
 
-    python benchmarks/offline_movielens.py                      # the project's ml-latest-small, seed 0
-    python benchmarks/offline_movielens.py --seeds 0-4          # 5 seeds and the paired CI
+    python benchmarks/offline_movielens.py                      # the project's ml-latest-small, seed 0 (~1 h)
+    python benchmarks/offline_movielens.py --seeds 0-4          # 5 seeds and the paired CI (one process per seed works)
     python benchmarks/offline_movielens.py --data ~/ml-25m      # any folder in the same format
 """
 
@@ -80,15 +82,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sasrec-max-len", type=int, default=50)
     p.add_argument("--sasrec-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--sasrec-batch-size", type=int, default=32)
-    p.add_argument("--sasrec-windows", choices=TRAINING_WINDOWS, default="tail",
-                   help="training windows: each user's last max_len + 1 items, or every item in chunks")
-    p.add_argument("--sasrec-budget-min", type=float, default=9.0, help="wall-clock cap on SASRec training")
+    p.add_argument("--sasrec-windows", choices=TRAINING_WINDOWS, default="chunks",
+                   help="training windows: every training item, in chunks of max_len + 1 (default), or only each "
+                        "user's last max_len + 1 items (tail: SASRec's reference code, 26%% of ml-latest-small)")
+    p.add_argument("--sasrec-budget-min", type=float, default=60.0,
+                   help="wall-clock cap on SASRec training (a safety net: it stops on validation first)")
     p.add_argument("--llm-history", type=int, default=50)
     p.add_argument("--llm-objective", choices=("all_positions", "next_item"), default="all_positions",
                    help="all_positions: causal state encoder, every position of each user's last H + 1 training "
                         "items trained in one pass (as SASRec); next_item: one target per (user, position) example")
-    p.add_argument("--llm-windows", choices=TRAINING_WINDOWS, default="tail",
-                   help="all_positions training windows: each user's last H + 1 items, or every item in chunks")
+    p.add_argument("--llm-windows", choices=TRAINING_WINDOWS, default="chunks",
+                   help="all_positions training windows: every training item in chunks of H + 1 (default), "
+                        "or only each user's last H + 1 items (tail)")
     p.add_argument("--llm-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--llm-steps-per-epoch", type=int, default=None,
                    help="steps between evaluations (default: a full pass over the training windows / examples)")
@@ -113,7 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-no-release-year", action="store_true", help="leave the release-year features out of the item features")
     p.add_argument("--llm-no-text-match", action="store_true",
                    help="no text-match logit term (cosine between the last clicked movie's text and each candidate's)")
-    p.add_argument("--llm-budget-min", type=float, default=15.0, help="wall-clock cap on LLM training")
+    p.add_argument("--llm-budget-min", type=float, default=120.0,
+                   help="wall-clock cap on LLM training (a safety net: it stops on validation first)")
     p.add_argument("--out", default="benchmarks/out/offline_movielens", help="where the LLM checkpoint and metrics go")
     p.add_argument("--skip-calibration", action="store_true", help="do not run the MovieLens-v0 genre calibration")
     return p.parse_args(argv)
@@ -175,6 +181,8 @@ def data_fingerprint(data) -> str:
 
 
 UNSAVED_FLAGS = frozenset({"data", "seeds", "merge_only", "threads", "llm_threads", "out", "skip_calibration"})
+FLAGS_BEFORE_THEY_EXISTED = {"sasrec_windows": "tail", "llm_windows": "tail"}
+"""How a seed saved before one of these flags existed was trained, where today's default differs."""
 """flags that do not change a seed's trained models (where they run, which seeds, where results go)"""
 
 
@@ -222,8 +230,8 @@ def load_seed(seed_dir: Path, fingerprint: str, settings: Mapping[str, object]) 
         counts = archive["target_train_counts"]
         results = {name: EvaluationResult(archive[f"ranks/{name}"], counts) for name in MODELS}
         saved_settings = _saved_settings(archive, seed_dir)
-    # a flag added after the seed ran counts as its default there (that is how the seed was trained)
-    defaults = training_settings(parse_args([]))
+    # a flag added after the seed ran counts as what the code did before the flag existed
+    defaults = {**training_settings(parse_args([])), **FLAGS_BEFORE_THEY_EXISTED}
     value = lambda flags, k: flags.get(k, defaults.get(k))  # noqa: E731
     differ = sorted(k for k in set(saved_settings) | set(settings) if value(saved_settings, k) != value(settings, k))
     if differ:

@@ -40,35 +40,38 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
     assert "seed 0: done before" in capsys.readouterr().out and again == summary
     assert bench.main([*args, "--merge-only"]) == summary
     settings = bench.seed_settings(tmp_path / "seed_0")
-    assert settings["llm_epochs"] == 2 and settings["sasrec_windows"] == "tail" and "seeds" not in settings
+    assert settings["llm_epochs"] == 2 and settings["sasrec_windows"] == "chunks" and "seeds" not in settings
     with pytest.raises(SystemExit, match="was made from .ml_tiny: .* users"):
         bench.load_seed(tmp_path / "seed_0", "ml-latest-small: 610 users, 9742 items, 100836 ratings", settings)
     # a finished seed trained with other flags is refused, on resume and in a merge, naming the flags
     with pytest.raises(SystemExit, match="seed_0/ranks.npz was trained with --llm-epochs 2, not --llm-epochs 3"):
         bench.main([*args[:-2], "--llm-epochs", "3", "--out", str(tmp_path), "--seeds", "0-2"])
     assert not (tmp_path / "seed_2").exists()  # refused before any training
-    # a flag added after a seed ran counts as its default there: accepted at the default, refused otherwise
+    # a flag added after a seed ran counts as what the code did then (tail windows), not as today's default
     with np.load(tmp_path / "seed_0" / "ranks.npz") as archive:
         files = {key: archive[key] for key in archive.files}
+    original = dict(files)
     files["settings"] = np.array(json.dumps({k: v for k, v in settings.items() if k != "sasrec_windows"}))
     np.savez(tmp_path / "seed_0" / "ranks.npz", **files)
     fingerprint = str(files["data"])
-    assert bench.load_seed(tmp_path / "seed_0", fingerprint, settings)["llm"].ranks.shape == files["ranks/llm"].shape
+    tail = {**settings, "sasrec_windows": "tail"}
+    assert bench.load_seed(tmp_path / "seed_0", fingerprint, tail)["llm"].ranks.shape == files["ranks/llm"].shape
     with pytest.raises(SystemExit, match="trained with --sasrec-windows tail, not --sasrec-windows chunks"):
-        bench.load_seed(tmp_path / "seed_0", fingerprint, {**settings, "sasrec_windows": "chunks"})
-    bench.main([*args[:-2], "--out", str(tmp_path / "other"), "--sasrec-windows", "chunks", "--seeds", "0"])
+        bench.load_seed(tmp_path / "seed_0", fingerprint, settings)
+    np.savez(tmp_path / "seed_0" / "ranks.npz", **original)
+    bench.main([*args[:-2], "--out", str(tmp_path / "other"), "--sasrec-windows", "tail", "--seeds", "0"])
     shutil.copytree(tmp_path / "other" / "seed_0", tmp_path / "seed_2")
-    with pytest.raises(SystemExit, match="seed_2/ranks.npz was trained with --sasrec-windows chunks, not --sasrec-windows tail"):
+    with pytest.raises(SystemExit, match="seed_2/ranks.npz was trained with --sasrec-windows tail, not --sasrec-windows chunks"):
         bench.main([*args, "--merge-only"])
 
 
 def test_window_flags_reach_both_models_configs():
     bench = load_offline()
-    default = bench.parse_args([])
-    assert bench.sasrec_config(default, 0).windows == "tail" and bench.llm_config(default).train.windows == "tail"
-    chunks = bench.parse_args(["--sasrec-windows", "chunks", "--llm-windows", "chunks"])
-    assert bench.sasrec_config(chunks, 3).windows == "chunks" and bench.sasrec_config(chunks, 3).seed == 3
-    assert bench.llm_config(chunks).train.windows == "chunks"
+    default = bench.parse_args([])  # every training item, for both models
+    assert bench.sasrec_config(default, 3).windows == "chunks" and bench.sasrec_config(default, 3).seed == 3
+    assert bench.llm_config(default).train.windows == "chunks"
+    tail = bench.parse_args(["--sasrec-windows", "tail", "--llm-windows", "tail"])
+    assert bench.sasrec_config(tail, 0).windows == "tail" and bench.llm_config(tail).train.windows == "tail"
     with pytest.raises(SystemExit):
         bench.parse_args(["--llm-windows", "all"])
 
