@@ -181,9 +181,9 @@ def data_fingerprint(data) -> str:
 
 
 UNSAVED_FLAGS = frozenset({"data", "seeds", "merge_only", "threads", "llm_threads", "out", "skip_calibration"})
+"""flags that do not change a seed's trained models (where they run, which seeds, where results go)"""
 FLAGS_BEFORE_THEY_EXISTED = {"sasrec_windows": "tail", "llm_windows": "tail"}
 """How a seed saved before one of these flags existed was trained, where today's default differs."""
-"""flags that do not change a seed's trained models (where they run, which seeds, where results go)"""
 
 
 def training_settings(args: argparse.Namespace) -> dict[str, object]:
