@@ -209,6 +209,10 @@ def _check_private_pretraining(cfg: ExperimentConfig) -> None:
     if cfg.data.source == "movielens" and objective != "all_positions":
         raise ConfigError(f"config key 'pretrain.dp' needs movielens.train.objective='all_positions' (one window "
                           f"per user, the unit that is clipped); got {objective!r}")
+    windows = cfg.movielens.train.windows
+    if cfg.data.source == "movielens" and windows != "tail":
+        raise ConfigError(f"config key 'pretrain.dp' needs movielens.train.windows='tail' (one window per user, the "
+                          f"unit that is clipped); got {windows!r}")
 
 
 # --------------------------------------------------------------------------- setup

@@ -70,7 +70,7 @@ BEFORE = {
                   "movielens.train.model.encoder": "fresh", "movielens.train.model.causal_encoder": True,
                   "movielens.train.max_epochs": 200, "movielens.train.batch_size": 32, "movielens.train.patience": 15,
                   "movielens.train.learning_rate": 2e-3, "movielens.train.weight_decay": 0.0,
-                  "movielens.train.windows": "chunks", "total_timesteps": 200_000},
+                  "movielens.train.windows": "tail", "total_timesteps": 200_000},
 }
 INTENDED_JOBS = {"default": ("train", "pretrain"), "quickstart": ("quickstart",), "smoke": ("train",),
                  "video": ("train",), "movielens": ("pretrain", "train"), "smoke_eval": ("train",)}

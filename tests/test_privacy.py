@@ -232,6 +232,8 @@ def test_dp_keys_are_read_on_both_sources_and_refused_when_unread():
         check_config("pretrain", load_config("movielens", [
             "pretrain.dp.epsilon=3", "movielens.train.objective=next_item", "movielens.train.model.causal_encoder=false",
             "movielens.train.model.pooling=mean"]))
+    with pytest.raises(ConfigError, match="needs movielens.train.windows='tail' .*got 'chunks'"):
+        check_config("pretrain", load_config("movielens", ["pretrain.dp.epsilon=3", "movielens.train.windows=chunks"]))
     with pytest.raises(ConfigError, match="must be finite"):
         load_config("default", ["pretrain.dp.epsilon=.inf"])
 
