@@ -205,14 +205,13 @@ def _check_private_pretraining(cfg: ExperimentConfig) -> None:
         require_opacus()
     except ImportError as exc:
         raise ConfigError(f"config key 'pretrain.dp': {exc}") from None
-    objective = cfg.movielens.train.objective
-    if cfg.data.source == "movielens" and objective != "all_positions":
-        raise ConfigError(f"config key 'pretrain.dp' needs movielens.train.objective='all_positions' (one window "
-                          f"per user, the unit that is clipped); got {objective!r}")
-    windows = cfg.movielens.train.windows
-    if cfg.data.source == "movielens" and windows != "tail":
-        raise ConfigError(f"config key 'pretrain.dp' needs movielens.train.windows='tail' (one window per user, the "
-                          f"unit that is clipped); got {windows!r}")
+    if cfg.data.source != "movielens":
+        return
+    for key, needed in (("objective", "all_positions"), ("windows", "tail")):
+        value = getattr(cfg.movielens.train, key)
+        if value != needed:
+            raise ConfigError(f"config key 'pretrain.dp' needs movielens.train.{key}={needed!r} (one window per user, "
+                              f"the unit that is clipped); got {value!r}")
 
 
 # --------------------------------------------------------------------------- setup

@@ -287,10 +287,9 @@ def train_llm_next_item(
     """
     config = config or LLMNextItemConfig()
     private = dp is not None and dp.enabled
-    if private and config.objective != "all_positions":
-        raise ValueError(f"user-level DP needs objective='all_positions' (one window per user), got {config.objective!r}")
-    if private and config.windows != "tail":
-        raise ValueError(f"user-level DP needs windows='tail' (one window per user), got {config.windows!r}")
+    for key, needed in (("objective", "all_positions"), ("windows", "tail")):
+        if private and getattr(config, key) != needed:
+            raise ValueError(f"user-level DP needs {key}={needed!r} (one window per user), got {getattr(config, key)!r}")
     start = time.perf_counter()
     torch_device = resolve_device(device)
     torch.manual_seed(seed)  # module initialisers and dropout draw from the global generator
