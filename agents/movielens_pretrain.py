@@ -47,6 +47,8 @@ class MovieLensPretrainResult:
     """``train_llm_next_item``'s log."""
     best_dir: Path | None
     """The ``save_pretrained`` folder (``output_dir/best``), None without an ``output_dir``."""
+    valid_ranks: EvaluationResult | None = None
+    """The validation-stage evaluation behind ``valid`` (per-user ranks, to pair with another model's)."""
 
     def flat_metrics(self) -> dict[str, float]:
         """``valid/<m>``, ``test/<m>``, ``test_cold/<bucket>/<m>``, ``best_epoch``, ``epochs`` (and with DP,
@@ -100,9 +102,9 @@ def pretrain_movielens(
         seed=seed, device=device, progress=progress, dp=dp,
     )
     scorer = LLMScorer(model, train_config.history_length, train_config.context_dim)
-    test = evaluate_next_item(scorer, split, stage="test")
+    test, valid = (evaluate_next_item(scorer, split, stage=stage) for stage in ("test", "valid"))
     result = MovieLensPretrainResult(
-        model=model, test=test, valid=evaluate_next_item(scorer, split, stage="valid").metrics(), train_log=log, best_dir=None
+        model=model, test=test, valid=valid.metrics(), train_log=log, best_dir=None, valid_ranks=valid
     )
     if output_dir is None:
         return result

@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sasrec-max-len", type=int, default=50)
     p.add_argument("--sasrec-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--sasrec-batch-size", type=int, default=32)
+    p.add_argument("--sasrec-hidden", type=int, default=64, help="embedding / hidden size d")
     p.add_argument("--sasrec-windows", choices=TRAINING_WINDOWS, default="chunks",
                    help="training windows: every training item, in chunks of max_len + 1 (default), or only each "
                         "user's last max_len + 1 items (tail: SASRec's reference code, 26%% of ml-latest-small)")
@@ -101,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="windows (all_positions) or examples (next_item) per step (default: LLMNextItemConfig's)")
     p.add_argument("--llm-lr", type=float, default=None, help="default: LLMNextItemConfig's")
     p.add_argument("--llm-weight-decay", type=float, default=None, help="default: LLMNextItemConfig's")
+    p.add_argument("--llm-d-model", type=int, default=None, help="width of the encoder and decoder (default: the model config's)")
     p.add_argument("--llm-dropout", type=float, default=None, help="default: the model config's")
     p.add_argument("--llm-pooling", choices=("last", "mean"), default=None, help="default: the model config's")
     p.add_argument("--llm-pointer-scale", type=float, default=None,
@@ -127,8 +129,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 MODELS = ("popularity", "sasrec", "llm")
 METRICS = ("hr@10", "ndcg@10", "mrr@10")
-RESULT_FILE = "ranks.npz"
-"""per seed: each model's (U,) test ranks, the targets' training counts and the data folder"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+    """One trained model's per-user ranks for one seed: test, and validation (None in a legacy ``ranks.npz``)."""
+
+    test: EvaluationResult
+    valid: EvaluationResult | None
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -144,35 +152,44 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         f"data {data.path}: {data.num_users} users, {data.num_items} items, {data.num_interactions} ratings; "
         f"{split.num_users} users kept (>= 5 interactions); {int((counts == 0).sum())} items never in training"
     )
-    out = Path(args.out)
-    settings = None if args.merge_only else training_settings(args)
+    out, fingerprint, settings = Path(args.out), data_fingerprint(data), training_settings(args)
     for seed in [] if args.merge_only else args.seeds:
-        seed_dir = out / f"seed_{seed}"
-        if (seed_dir / RESULT_FILE).exists():
-            load_seed(seed_dir, data_fingerprint(data), settings)  # refuses a seed trained otherwise
-            log(f"seed {seed}: done before ({seed_dir / RESULT_FILE}), not rerun")
-            continue
         t = time.perf_counter()
-        results = {"popularity": evaluate_next_item(PopularityScorer.fit(split), split)}
-        results["sasrec"] = run_sasrec(args, seed, split, log)
-        results["llm"] = run_llm(args, seed, seed_dir, log)
-        save_seed(seed_dir, results, data_fingerprint(data), settings)
-        log(f"\nseed {seed}: {time.perf_counter() - t:.0f} s\n{format_table(results)}\n")
+        runs = {model: train_or_reuse(args, seed, split, model, fingerprint, log) for model in TRAINED}
+        log(f"\nseed {seed}: {time.perf_counter() - t:.0f} s\n{format_table({m: r.test for m, r in runs.items()})}\n")
     if not args.skip_calibration and not args.merge_only:
         log_genre_calibration(args, data.num_items, log)
-    seeds = [s for s in args.seeds if (out / f"seed_{s}" / RESULT_FILE).exists()] if not args.merge_only else \
-        sorted(int(p.parent.name.split("_")[1]) for p in out.glob(f"seed_*/{RESULT_FILE}"))
-    if not seeds:
-        raise SystemExit(f"no finished seed under {out} (each leaves seed_<s>/{RESULT_FILE})")
-    if settings is None:  # --merge-only: every seed must have been trained with the first one's flags
-        settings = seed_settings(out / f"seed_{seeds[0]}")
-        log(f"settings of the seeds: {flags_text(settings)}")
-    per_seed = {seed: load_seed(out / f"seed_{seed}", data_fingerprint(data), settings) for seed in seeds}
-    summary = merge(per_seed)
+    seeds = args.seeds if not args.merge_only else sorted(int(p.name.split("_")[1]) for p in out.glob("seed_*"))
+    per_seed = {}
+    for seed in seeds:
+        found = {model: find_result(out / f"seed_{seed}", model, model_settings(settings, model), fingerprint)
+                 for model in TRAINED}
+        if all(found.values()):
+            per_seed[seed] = {model: hit[0] for model, hit in found.items()}
+    if not per_seed:
+        raise SystemExit(f"no seed under {out} has both models trained with {flags_text(settings)}"
+                         f"{variants_text(out, settings)}")
+    log(f"seeds {', '.join(map(str, per_seed))} trained with: {flags_text(settings)}")
+    summary = merge(per_seed, evaluate_next_item(PopularityScorer.fit(split), split))
     log(f"\ntotal time {time.perf_counter() - start:.0f} s\n")
-    log(merged_table(summary, seeds))
+    log(merged_table(summary, list(per_seed)))
     print(json.dumps(summary))
     return summary
+
+
+def train_or_reuse(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, model: str, fingerprint: str,
+                   log: Log) -> ModelRun:
+    """``model``'s run for ``seed`` with the given flags: the saved one under ``--out`` if there is one, else
+    trained now and saved (``<out>/seed_<seed>/<model>-<digest>.npz``; the LLM's checkpoint beside it)."""
+    seed_dir, wanted = Path(args.out) / f"seed_{seed}", model_settings(training_settings(args), model)
+    found = find_result(seed_dir, model, wanted, fingerprint)
+    if found is not None:
+        log(f"seed {seed}: {model} done before ({found[1]}), not rerun")
+        return found[0]
+    path = result_path(seed_dir, model, wanted)
+    run = {"sasrec": run_sasrec, "llm": run_llm}[model](args, seed, split, path.with_suffix(""), log)
+    save_result(path, run, fingerprint, wanted)
+    return run
 
 
 def data_fingerprint(data) -> str:
@@ -195,63 +212,106 @@ def flags_text(settings: Mapping[str, object]) -> str:
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
 
 
-def save_seed(seed_dir: Path, results: Mapping[str, EvaluationResult], fingerprint: str,
-              settings: Mapping[str, object]) -> Path:
-    """One seed's per-user test ranks of every model and the flags that trained them, written atomically
-    (its presence marks the seed done)."""
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    first = next(iter(results.values()))
-    with atomic_open(seed_dir / RESULT_FILE, "wb") as handle:
-        np.savez(handle, target_train_counts=first.target_train_counts, data=np.array(fingerprint),
-                 settings=np.array(json.dumps(settings)), **{f"ranks/{name}": res.ranks for name, res in results.items()})
-    return seed_dir / RESULT_FILE
+TRAINED = ("sasrec", "llm")
+"""the models trained once per seed (popularity has no seed: it is fit again at the merge)"""
+LEGACY_FILE = "ranks.npz"
+"""one file per seed with every model's ranks and all flags (written before 2026-12-01's per-model files); still read"""
 
 
-def seed_settings(seed_dir: Path) -> dict[str, object]:
-    """The training flags a finished seed was run with."""
-    with np.load(seed_dir / RESULT_FILE) as archive:
-        return _saved_settings(archive, seed_dir)
+def model_settings(settings: Mapping[str, object], model: str) -> dict[str, object]:
+    """The flags of one model (``--sasrec-*`` or ``--llm-*``): what its saved result depends on."""
+    return {k: v for k, v in settings.items() if k.startswith(f"{model}_")}
 
 
-def _saved_settings(archive: Any, seed_dir: Path) -> dict[str, object]:
-    if "settings" not in archive:
-        raise SystemExit(f"{seed_dir / RESULT_FILE} records no training flags (written before they were "
-                         "saved): rerun that seed")
-    return json.loads(str(archive["settings"]))
+def result_path(seed_dir: Path, model: str, settings: Mapping[str, object]) -> Path:
+    """``<seed_dir>/<model>-<digest of its flags>.npz``: variants of a model (other flags) sit side by side."""
+    digest = hashlib.sha1(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()[:10]
+    return seed_dir / f"{model}-{digest}.npz"
 
 
-def load_seed(seed_dir: Path, fingerprint: str, settings: Mapping[str, object]) -> dict[str, EvaluationResult]:
-    """A finished seed's results; refuses one made from other data or with other training flags."""
-    with np.load(seed_dir / RESULT_FILE) as archive:
-        saved = str(archive["data"])
-        if saved != fingerprint:
-            raise SystemExit(f"{seed_dir / RESULT_FILE} was made from {saved!r}, not {fingerprint!r}: "
-                             "give another --out for another data set")
-        counts = archive["target_train_counts"]
-        results = {name: EvaluationResult(archive[f"ranks/{name}"], counts) for name in MODELS}
-        saved_settings = _saved_settings(archive, seed_dir)
-    # a flag added after the seed ran counts as what the code did before the flag existed
+def save_result(path: Path, run: ModelRun, fingerprint: str, settings: Mapping[str, object]) -> Path:
+    """One model's per-user test and validation ranks for one seed, with the data and the flags that made
+    them, written atomically (its presence marks that model's seed done)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, ranks=run.test.ranks, target_train_counts=run.test.target_train_counts,
+                 valid_ranks=run.valid.ranks, valid_target_train_counts=run.valid.target_train_counts,
+                 data=np.array(fingerprint), settings=np.array(json.dumps(dict(settings))))
+    return path
+
+
+def differing_flags(saved: Mapping[str, object], wanted: Mapping[str, object]) -> dict[str, tuple[object, object]]:
+    """``{flag: (saved value, wanted value)}`` where they differ; a flag added after a result was saved counts
+    as what the code did before the flag existed (``FLAGS_BEFORE_THEY_EXISTED``, else its default)."""
     defaults = {**training_settings(parse_args([])), **FLAGS_BEFORE_THEY_EXISTED}
     value = lambda flags, k: flags.get(k, defaults.get(k))  # noqa: E731
-    differ = sorted(k for k in set(saved_settings) | set(settings) if value(saved_settings, k) != value(settings, k))
-    if differ:
-        raise SystemExit(
-            f"{seed_dir / RESULT_FILE} was trained with {flags_text({k: value(saved_settings, k) for k in differ})}, "
-            f"not {flags_text({k: value(settings, k) for k in differ})}: give the same flags or another --out"
-        )
-    return results
+    return {k: (value(saved, k), value(wanted, k)) for k in sorted(set(saved) | set(wanted))
+            if value(saved, k) != value(wanted, k)}
 
 
-def merge(per_seed: Mapping[int, Mapping[str, EvaluationResult]]) -> dict[str, dict]:
-    """Means and t-CIs across seeds per model; the paired bootstrap of LLM minus SASRec NDCG@10 over users."""
+def saved_results(seed_dir: Path, model: str, fingerprint: str) -> list[tuple[Path, dict, ModelRun]]:
+    """Every saved result of ``model`` in ``seed_dir`` (per-model files, then a legacy ``ranks.npz``) as
+    (file, the model's flags, result); refuses one made from other data."""
+    found = []
+    for path in [*sorted(seed_dir.glob(f"{model}-*.npz")), seed_dir / LEGACY_FILE]:
+        if not path.exists():
+            continue
+        with np.load(path) as archive:
+            if str(archive["data"]) != fingerprint:
+                raise SystemExit(f"{path} was made from {str(archive['data'])!r}, not {fingerprint!r}: "
+                                 "give another --out for another data set")
+            if "settings" not in archive:
+                raise SystemExit(f"{path} records no training flags (written before they were saved): remove it")
+            key = "ranks" if path.name != LEGACY_FILE else f"ranks/{model}"
+            valid = EvaluationResult(archive["valid_ranks"], archive["valid_target_train_counts"]) \
+                if "valid_ranks" in archive else None
+            run = ModelRun(EvaluationResult(archive[key], archive["target_train_counts"]), valid)
+            found.append((path, model_settings(json.loads(str(archive["settings"])), model), run))
+    return found
+
+
+def find_result(seed_dir: Path, model: str, settings: Mapping[str, object],
+                fingerprint: str) -> tuple[ModelRun, Path] | None:
+    """The saved result of ``model`` trained with exactly ``settings`` (its flags) in ``seed_dir``, or None."""
+    for path, saved, result in saved_results(seed_dir, model, fingerprint):
+        if not differing_flags(saved, settings):
+            return result, path
+    return None
+
+
+def variants_text(out: Path, settings: Mapping[str, object]) -> str:
+    """What was trained under ``out`` instead: each saved model variant's flags that differ from ``settings``."""
+    lines = set()
+    for seed_dir in sorted(out.glob("seed_*")):
+        for model in TRAINED:
+            for path in [*seed_dir.glob(f"{model}-*.npz"), seed_dir / LEGACY_FILE]:
+                if path.exists():
+                    with np.load(path) as archive:
+                        saved = model_settings(json.loads(str(archive.get("settings", "{}"))), model)
+                    differ = differing_flags(saved, model_settings(settings, model))
+                    lines.add(f"{model}: " + (" ".join(f"--{k.replace('_', '-')} {v[0]}" for k, v in differ.items())
+                                              or "the flags asked for"))
+    return "; found " + ", ".join(sorted(lines)) if lines else ""
+
+
+def merge(per_seed: Mapping[int, Mapping[str, ModelRun]], popularity: EvaluationResult) -> dict[str, dict]:
+    """Means and t-CIs across seeds per model (test; validation NDCG@10 as ``valid_ndcg@10``); the paired
+    bootstrap of LLM minus SASRec NDCG@10 over users (test, and ``"valid"`` when every seed has it)."""
+    test = {seed: {"popularity": popularity, **{m: run.test for m, run in runs.items()}} for seed, runs in per_seed.items()}
     summary: dict[str, dict] = {}
     for name in MODELS:
-        rows = [results[name].metrics() for results in per_seed.values()]
+        rows = [results[name].metrics() for results in test.values()]
         summary[name] = {"seeds": len(rows)}
         for metric in METRICS:
             mean, half = t_ci95([row[metric] for row in rows])
             summary[name][metric], summary[name][f"{metric}_ci95"] = mean, half
-    summary["paired"] = {"llm_vs_sasrec": paired_ndcg(per_seed, "llm", "sasrec")}
+    summary["paired"] = {"llm_vs_sasrec": paired_ndcg(test, "llm", "sasrec")}
+    if all(run.valid is not None for runs in per_seed.values() for run in runs.values()):
+        valid = {seed: {m: run.valid for m, run in runs.items()} for seed, runs in per_seed.items()}
+        for name in TRAINED:
+            mean, half = t_ci95([results[name].metrics()["ndcg@10"] for results in valid.values()])
+            summary[name]["valid_ndcg@10"], summary[name]["valid_ndcg@10_ci95"] = mean, half
+        summary["paired"]["llm_vs_sasrec"]["valid"] = paired_ndcg(valid, "llm", "sasrec")
     return summary
 
 
@@ -287,10 +347,12 @@ def merged_table(summary: Mapping[str, dict], seeds: Sequence[int]) -> str:
     lines += ["", "LLM - SASRec NDCG@10, paired per user (seeds averaged), 95% bootstrap CI over users:", "",
               "| users | difference | 95% CI | |", "| --- | ---: | ---: | --- |"]
     entries = [("all", paired), *paired["by_bucket"].items()]
+    if "valid" in paired:
+        entries.append(("validation users", paired["valid"]))
     for label, entry in entries:
         low, high = entry["ndcg@10_ci95"]
         verdict = "LLM better" if low > 0 else "SASRec better" if high < 0 else "no difference shown"
-        name = "all" if label == "all" else f"target seen {label} times"
+        name = label if label in ("all", "validation users") else f"target seen {label} times"
         lines.append(f"| {name} ({entry['users']}) | {entry['ndcg@10_diff']:+.4f} | [{low:+.4f}, {high:+.4f}] | "
                      f"{verdict} |")
     return "\n".join(lines)
@@ -302,19 +364,20 @@ def sasrec_config(args: argparse.Namespace, seed: int) -> SASRecConfig:
         max_len=args.sasrec_max_len,
         max_epochs=args.sasrec_epochs,
         batch_size=args.sasrec_batch_size,
+        hidden=args.sasrec_hidden,
         windows=args.sasrec_windows,
         seed=seed,
         time_budget_s=60.0 * args.sasrec_budget_min,
     )
 
 
-def run_sasrec(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, log: Log) -> EvaluationResult:
-    """Train SASRec with the ``--sasrec-*`` settings; its test evaluation."""
+def run_sasrec(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, out: Path, log: Log) -> ModelRun:
+    """Train SASRec with the ``--sasrec-*`` settings; its test and validation ranks (``out``: unused, no checkpoint)."""
     t = time.perf_counter()
     sasrec, sasrec_log = train_sasrec(split, sasrec_config(args, seed), progress=log)
-    result = evaluate_next_item(SASRecScorer(sasrec), split)
+    test, valid = (evaluate_next_item(SASRecScorer(sasrec), split, stage=stage) for stage in ("test", "valid"))
     log(f"sasrec: {sasrec_log.epochs} epochs, best epoch {sasrec_log.best_epoch}, {time.perf_counter() - t:.0f} s")
-    return result
+    return ModelRun(test, valid)
 
 
 def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
@@ -326,7 +389,8 @@ def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
         base.model,
         item_id_embeddings=not args.llm_no_id_embeddings,
         causal_encoder=objective == "all_positions",
-        **given(dropout=args.llm_dropout, pooling=args.llm_pooling, item_id_dropout=args.llm_id_dropout),
+        **given(d_model=args.llm_d_model, dropout=args.llm_dropout, pooling=args.llm_pooling,
+                item_id_dropout=args.llm_id_dropout),
     )
     if args.llm_pointer_scale is not None:
         model_config = dataclasses.replace(model_config, pointer_scale=args.llm_pointer_scale or None)
@@ -351,8 +415,9 @@ def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
     )
 
 
-def run_llm(args: argparse.Namespace, seed: int, out: Path, log: Log) -> EvaluationResult:
-    """Next-item pretraining of the LLM policy (``pretrain_movielens``, on ``--llm-threads``); its test evaluation."""
+def run_llm(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, out: Path, log: Log) -> ModelRun:
+    """Next-item pretraining of the LLM policy (``pretrain_movielens``, on ``--llm-threads``; its checkpoint and
+    metrics go to ``out``); its test and validation ranks (``split``: unused, it splits ``--data`` alike)."""
     t = time.perf_counter()
     torch.set_num_threads(args.llm_threads)
     llm = pretrain_movielens(llm_config(args), data_path=args.data, seed=seed, output_dir=out,
@@ -365,7 +430,7 @@ def run_llm(args: argparse.Namespace, seed: int, out: Path, log: Log) -> Evaluat
         f"{train_log['best_epoch']}, {time.perf_counter() - t:.0f} s (incl. item-text encoding); "
         f"checkpoint: {llm.best_dir}"
     )
-    return llm.test
+    return ModelRun(llm.test, llm.valid_ranks)
 
 
 def log_genre_calibration(args: argparse.Namespace, num_items: int, log: Log) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,10 @@ def load_offline():
     return load_benchmark("offline_movielens")
 
 
+def ndcg10(ranks: np.ndarray) -> np.ndarray:
+    return np.where(ranks <= 10, 1 / np.log2(ranks + 1), 0)
+
+
 def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path, capsys):
     bench = load_offline()
     args = ["--data", str(FIXTURE), "--sasrec-epochs", "2", "--llm-epochs", "2", "--skip-calibration", "--threads", "1",
@@ -27,42 +30,56 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(summary))  # the JSON line is the summary
     assert summary["sasrec"]["seeds"] == 2 and {"hr@10", "ndcg@10", "mrr@10", "ndcg@10_ci95"} <= set(summary["llm"])
-    # the paired difference is the per-user NDCG@10 difference averaged over seeds, from the saved ranks
-    ranks = [np.load(tmp_path / f"seed_{s}" / "ranks.npz") for s in (0, 1)]
-    ndcg = {m: np.mean([np.where(r[f"ranks/{m}"] <= 10, 1 / np.log2(r[f"ranks/{m}"] + 1), 0) for r in ranks], axis=0)
-            for m in ("llm", "sasrec")}
+    # one file per (seed, model): test and validation ranks; the paired differences are per-user NDCG@10
+    # differences averaged over seeds, from those files
+    files = {m: [np.load(next((tmp_path / f"seed_{s}").glob(f"{m}-*.npz"))) for s in (0, 1)] for m in ("llm", "sasrec")}
     paired = summary["paired"]["llm_vs_sasrec"]
-    assert paired["ndcg@10_diff"] == pytest.approx(float((ndcg["llm"] - ndcg["sasrec"]).mean()), abs=1e-6)
-    low, high = paired["ndcg@10_ci95"]
-    assert low <= paired["ndcg@10_diff"] <= high and paired["users"] == len(ndcg["llm"])
+    for stage, key in (("test", "ranks"), ("valid", "valid_ranks")):
+        ndcg = {m: np.mean([ndcg10(f[key]) for f in files[m]], axis=0) for m in files}
+        entry = paired if stage == "test" else paired["valid"]
+        assert entry["ndcg@10_diff"] == pytest.approx(float((ndcg["llm"] - ndcg["sasrec"]).mean()), abs=1e-6)
+        low, high = entry["ndcg@10_ci95"]
+        assert low <= entry["ndcg@10_diff"] <= high and entry["users"] == len(ndcg["llm"])
+    assert summary["llm"]["valid_ndcg@10"] == pytest.approx(np.mean([ndcg10(f["valid_ranks"]).mean() for f in files["llm"]]))
+    saved = json.loads(str(files["llm"][0]["settings"]))
+    assert saved["llm_epochs"] == 2 and "sasrec_windows" not in saved and "seeds" not in saved
     # finished seeds are not rerun; --merge-only aggregates what is there
     again = bench.main([*args, "--seeds", "0-1"])
-    assert "seed 0: done before" in capsys.readouterr().out and again == summary
+    assert "seed 0: llm done before" in capsys.readouterr().out and again == summary
     assert bench.main([*args, "--merge-only"]) == summary
-    settings = bench.seed_settings(tmp_path / "seed_0")
-    assert settings["llm_epochs"] == 2 and settings["sasrec_windows"] == "chunks" and "seeds" not in settings
     with pytest.raises(SystemExit, match="was made from .ml_tiny: .* users"):
-        bench.load_seed(tmp_path / "seed_0", "ml-latest-small: 610 users, 9742 items, 100836 ratings", settings)
-    # a finished seed trained with other flags is refused, on resume and in a merge, naming the flags
-    with pytest.raises(SystemExit, match="seed_0/ranks.npz was trained with --llm-epochs 2, not --llm-epochs 3"):
-        bench.main([*args[:-2], "--llm-epochs", "3", "--out", str(tmp_path), "--seeds", "0-2"])
-    assert not (tmp_path / "seed_2").exists()  # refused before any training
-    # a flag added after a seed ran counts as what the code did then (tail windows), not as today's default
-    with np.load(tmp_path / "seed_0" / "ranks.npz") as archive:
-        files = {key: archive[key] for key in archive.files}
-    original = dict(files)
-    files["settings"] = np.array(json.dumps({k: v for k, v in settings.items() if k != "sasrec_windows"}))
-    np.savez(tmp_path / "seed_0" / "ranks.npz", **files)
-    fingerprint = str(files["data"])
-    tail = {**settings, "sasrec_windows": "tail"}
-    assert bench.load_seed(tmp_path / "seed_0", fingerprint, tail)["llm"].ranks.shape == files["ranks/llm"].shape
-    with pytest.raises(SystemExit, match="trained with --sasrec-windows tail, not --sasrec-windows chunks"):
-        bench.load_seed(tmp_path / "seed_0", fingerprint, settings)
-    np.savez(tmp_path / "seed_0" / "ranks.npz", **original)
-    bench.main([*args[:-2], "--out", str(tmp_path / "other"), "--sasrec-windows", "tail", "--seeds", "0"])
-    shutil.copytree(tmp_path / "other" / "seed_0", tmp_path / "seed_2")
-    with pytest.raises(SystemExit, match="seed_2/ranks.npz was trained with --sasrec-windows tail, not --sasrec-windows chunks"):
-        bench.main([*args, "--merge-only"])
+        bench.saved_results(tmp_path / "seed_0", "llm", "ml-latest-small: 610 users, 9742 items, 100836 ratings")
+    # another LLM variant trains beside the first and reuses SASRec's seeds; each merges on its own flags
+    variant = bench.main([*args, "--llm-epochs", "1", "--seeds", "0"])
+    assert "seed 0: sasrec done before" in capsys.readouterr().out
+    assert len(list((tmp_path / "seed_0").glob("llm-*.npz"))) == 2 and variant["sasrec"]["seeds"] == 1
+    assert variant["sasrec"]["ndcg@10"] == pytest.approx(ndcg10(files["sasrec"][0]["ranks"]).mean())
+    assert bench.main([*args, "--merge-only"]) == summary
+    with pytest.raises(SystemExit, match=r"no seed under .* has both models trained with .*--llm-epochs 5.*"
+                                         r"found llm: --llm-epochs 1, llm: --llm-epochs 2"):
+        bench.main([*args, "--llm-epochs", "5", "--merge-only"])
+
+
+def test_a_flag_added_after_a_result_was_saved_counts_as_what_the_code_did_then():
+    bench = load_offline()
+    today = bench.model_settings(bench.training_settings(bench.parse_args([])), "sasrec")
+    before = {k: v for k, v in today.items() if k != "sasrec_windows"}  # saved before --sasrec-windows existed
+    assert bench.differing_flags(before, today) == {"sasrec_windows": ("tail", "chunks")}
+    assert bench.differing_flags(before, {**today, "sasrec_windows": "tail"}) == {}
+    assert bench.differing_flags({k: v for k, v in today.items() if k != "sasrec_hidden"}, today) == {}
+
+
+def test_a_legacy_per_seed_file_is_still_read(tmp_path):
+    bench = load_offline()
+    settings = bench.training_settings(bench.parse_args(["--llm-epochs", "2"]))
+    seed_dir = tmp_path / "seed_0"
+    seed_dir.mkdir()
+    ranks = {m: np.arange(1, 5) * (i + 1) for i, m in enumerate(("popularity", "sasrec", "llm"))}
+    np.savez(seed_dir / "ranks.npz", target_train_counts=np.zeros(4), data=np.array("d"),
+             settings=np.array(json.dumps(settings)), **{f"ranks/{m}": r for m, r in ranks.items()})
+    run, path = bench.find_result(seed_dir, "llm", bench.model_settings(settings, "llm"), "d")
+    assert path.name == "ranks.npz" and run.test.ranks.tolist() == ranks["llm"].tolist() and run.valid is None
+    assert bench.find_result(seed_dir, "llm", {"llm_epochs": 3}, "d") is None
 
 
 def test_window_flags_reach_both_models_configs():
