@@ -19,9 +19,12 @@ the seeds first; ``agents.stats.paired_bootstrap_ci95``), overall and per cold-s
 bucket. No choice is made on test users: both models early-stop on validation NDCG@10. Both train on
 every training item, cut into windows of the history length + 1 (``--*-windows chunks``); ``tail`` keeps
 only each user's last window, as SASRec's reference code (26% of ml-latest-small's training transitions).
-Each seed's per-user ranks are saved as it finishes (``<out>/seed_<s>/ranks.npz``, with the
-training flags), so seeds can run in separate processes or sessions; finished seeds are not rerun, and
-``--merge-only`` aggregates what is there. A finished seed trained with other flags is refused, never mixed in.
+Each model's per-user test and validation ranks for a seed are saved as it finishes
+(``<out>/seed_<s>/<model>-<digest of its flags>.npz``, with those flags), so seeds can run in separate processes or
+sessions; a finished (seed, model) is never rerun. A variant of one model (other ``--llm-*`` flags) trains beside the
+saved ones and reuses the other model's seeds, and ``--merge-only`` with the same flags aggregates that variant: a
+result is only ever merged with the flags it was trained with. The merge also reports validation NDCG@10 and its
+paired difference, the numbers on which a variant may be chosen.
 
 It also prints the genre calibration of the ``longrec/MovieLens-v0`` simulator
 (Jensen-Shannon divergence of consumed genres under the popularity policy vs
@@ -75,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="MovieLens folder (default: $LONGREC_MOVIELENS or data/ml-latest-small)")
     p.add_argument("--seeds", type=parse_seeds, default=[0],
                    help="training seeds of SASRec and the LLM: 0-4, 0,1,2 or 3 (default 0)")
-    p.add_argument("--merge-only", action="store_true", help="aggregate the finished seeds under --out; train nothing")
+    p.add_argument("--merge-only", action="store_true", help="aggregate the finished seeds under --out trained with the given flags; train nothing")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (SASRec, evaluation)")
     p.add_argument("--llm-threads", type=int, default=1,
                    help="torch CPU threads while the LLM trains (its many small ops run faster on one thread here)")
