@@ -21,7 +21,8 @@ every training item, cut into windows of the history length + 1 (``--*-windows c
 only each user's last window, as SASRec's reference code (26% of ml-latest-small's training transitions).
 Each model's per-user test and validation ranks for a seed are saved as it finishes
 (``<out>/seed_<s>/<model>-<digest of its flags>.npz``, with those flags), so seeds can run in separate processes or
-sessions; a finished (seed, model) is never rerun. A variant of one model (other ``--llm-*`` flags) trains beside the
+sessions (``--models sasrec`` and ``--models llm`` train the two side by side); a finished (seed, model) is never
+rerun. A variant of one model (other ``--llm-*`` flags) trains beside the
 saved ones and reuses the other model's seeds, and ``--merge-only`` with the same flags aggregates that variant: a
 result is only ever merged with the flags it was trained with. The merge also reports validation NDCG@10 and its
 paired difference, the numbers on which a variant may be chosen.
@@ -73,11 +74,29 @@ from llm_policy.metrics import ndcg_at_k  # noqa: E402
 Log = Callable[[str], None]
 
 
+MODELS = ("popularity", "sasrec", "llm")
+TRAINED = ("sasrec", "llm")
+"""the models trained once per seed (popularity has no seed: it is fit again at the merge)"""
+METRICS = ("hr@10", "ndcg@10", "mrr@10")
+
+
+def parse_trained_models(text: str) -> list[str]:
+    """``"sasrec,llm"`` -> ``["sasrec", "llm"]``, refusing a name that is not a trained model."""
+    models = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in models if name not in TRAINED]
+    if unknown or not models:
+        raise argparse.ArgumentTypeError(f"--models {text!r}: expected one or more of {', '.join(TRAINED)}")
+    return list(dict.fromkeys(models))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="MovieLens folder (default: $LONGREC_MOVIELENS or data/ml-latest-small)")
     p.add_argument("--seeds", type=parse_seeds, default=[0],
                    help="training seeds of SASRec and the LLM: 0-4, 0,1,2 or 3 (default 0)")
+    p.add_argument("--models", type=parse_trained_models, default=list(TRAINED),
+                   help="which models to train: sasrec, llm or sasrec,llm (default); one model per process trains "
+                        "them side by side, and the run that finds both finished (or --merge-only) merges")
     p.add_argument("--merge-only", action="store_true", help="aggregate the finished seeds under --out trained with the given flags; train nothing")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (SASRec, evaluation)")
     p.add_argument("--llm-threads", type=int, default=1,
@@ -130,10 +149,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-MODELS = ("popularity", "sasrec", "llm")
-METRICS = ("hr@10", "ndcg@10", "mrr@10")
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelRun:
     """One trained model's per-user ranks for one seed: test, and validation (None in a legacy ``ranks.npz``)."""
@@ -158,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     out, fingerprint, settings = Path(args.out), data_fingerprint(data), training_settings(args)
     for seed in [] if args.merge_only else args.seeds:
         t = time.perf_counter()
-        runs = {model: train_or_reuse(args, seed, split, model, fingerprint, log) for model in TRAINED}
+        runs = {model: train_or_reuse(args, seed, split, model, fingerprint, log) for model in args.models}
         log(f"\nseed {seed}: {time.perf_counter() - t:.0f} s\n{format_table({m: r.test for m, r in runs.items()})}\n")
     if not args.skip_calibration and not args.merge_only:
         log_genre_calibration(args, data.num_items, log)
@@ -169,6 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                  for model in TRAINED}
         if all(found.values()):
             per_seed[seed] = {model: hit[0] for model, hit in found.items()}
+    if not per_seed and not args.merge_only and set(args.models) != set(TRAINED):
+        log(f"trained {', '.join(args.models)} only; once the other model is done, --merge-only with the same "
+            f"flags merges the seeds")
+        return {}
     if not per_seed:
         raise SystemExit(f"no seed under {out} has both models trained with {flags_text(settings)}"
                          f"{variants_text(out, settings)}")
@@ -200,7 +219,7 @@ def data_fingerprint(data) -> str:
     return f"{Path(data.path).name}: {data.num_users} users, {data.num_items} items, {data.num_interactions} ratings"
 
 
-UNSAVED_FLAGS = frozenset({"data", "seeds", "merge_only", "threads", "llm_threads", "out", "skip_calibration"})
+UNSAVED_FLAGS = frozenset({"data", "seeds", "models", "merge_only", "threads", "llm_threads", "out", "skip_calibration"})
 """flags that do not change a seed's trained models (where they run, which seeds, where results go)"""
 FLAGS_BEFORE_THEY_EXISTED = {"sasrec_windows": "tail", "llm_windows": "tail"}
 """How a seed saved before one of these flags existed was trained, where today's default differs."""
@@ -215,8 +234,6 @@ def flags_text(settings: Mapping[str, object]) -> str:
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
 
 
-TRAINED = ("sasrec", "llm")
-"""the models trained once per seed (popularity has no seed: it is fit again at the merge)"""
 LEGACY_FILE = "ranks.npz"
 """one file per seed with every model's ranks and all flags (written before 2026-12-01's per-model files); still read"""
 

@@ -60,6 +60,22 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
         bench.main([*args, "--llm-epochs", "5", "--merge-only"])
 
 
+def test_each_model_can_train_in_its_own_process_and_the_last_one_merges(tmp_path, capsys):
+    bench = load_offline()
+    args = ["--data", str(FIXTURE), "--sasrec-epochs", "1", "--llm-epochs", "1", "--skip-calibration", "--threads", "1",
+            "--out", str(tmp_path), "--seeds", "0"]
+    assert bench.main([*args, "--models", "sasrec"]) == {}
+    assert "trained sasrec only; once the other model is done, --merge-only" in capsys.readouterr().out
+    assert [p.name.split("-")[0] for p in (tmp_path / "seed_0").glob("*.npz")] == ["sasrec"]
+    summary = bench.main([*args, "--models", "llm"])
+    assert "seed 0: sasrec done before" not in capsys.readouterr().out  # not even looked at: only the LLM trains
+    assert summary["llm"]["seeds"] == summary["sasrec"]["seeds"] == 1
+    assert bench.main([*args, "--merge-only"]) == summary
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "sasrec,bert4rec"])
+    assert "--models 'sasrec,bert4rec': expected one or more of sasrec, llm" in capsys.readouterr().err
+
+
 def test_a_flag_added_after_a_result_was_saved_counts_as_what_the_code_did_then():
     bench = load_offline()
     today = bench.model_settings(bench.training_settings(bench.parse_args([])), "sasrec")
