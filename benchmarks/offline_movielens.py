@@ -25,7 +25,9 @@ sessions (``--models sasrec`` and ``--models llm`` train the two side by side); 
 rerun. A variant of one model (other ``--llm-*`` flags) trains beside the
 saved ones and reuses the other model's seeds, and ``--merge-only`` with the same flags aggregates that variant: a
 result is only ever merged with the flags it was trained with. The merge also reports validation NDCG@10 and its
-paired difference, the numbers on which a variant may be chosen.
+paired difference, the numbers on which a variant may be chosen. Each file also keeps the model's validation
+NDCG@10 after every epoch, the epoch it kept and its training time; the merge tabulates them per seed and plots the
+curves (``<out>/validation_curves.png``), so a screen compares with earlier runs without rerunning them.
 
 It also prints the genre calibration of the ``longrec/MovieLens-v0`` simulator
 (Jensen-Shannon divergence of consumed genres under the popularity policy vs
@@ -150,11 +152,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @dataclasses.dataclass(frozen=True)
+class Training:
+    """How one model's training for one seed went: its validation NDCG@10 after each epoch, the epoch whose
+    weights were kept and the seconds it took (saved beside the ranks, so runs compare without a rerun)."""
+
+    valid_curve: np.ndarray
+    best_epoch: int
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelRun:
-    """One trained model's per-user ranks for one seed: test, and validation (None in a legacy ``ranks.npz``)."""
+    """One trained model's per-user ranks for one seed: test, and validation (None in a legacy ``ranks.npz``),
+    and how its training went (None in files written before that was saved)."""
 
     test: EvaluationResult
     valid: EvaluationResult | None
+    training: Training | None = None
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -195,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     summary = merge(per_seed, evaluate_next_item(PopularityScorer.fit(split), split))
     log(f"\ntotal time {time.perf_counter() - start:.0f} s\n")
     log(merged_table(summary, list(per_seed)))
+    if training := training_table(per_seed):
+        log(f"\ntraining per seed (curves: {plot_validation_curves(per_seed, out / CURVES_PLOT)})\n\n{training}\n")
     print(json.dumps(summary))
     return summary
 
@@ -235,6 +251,8 @@ def flags_text(settings: Mapping[str, object]) -> str:
 
 
 LEGACY_FILE = "ranks.npz"
+CURVES_PLOT = "validation_curves.png"
+"""written by the merge under ``--out``: each model's validation NDCG@10 per epoch and seed"""
 """one file per seed with every model's ranks and all flags (written before 2026-12-01's per-model files); still read"""
 
 
@@ -254,9 +272,12 @@ def save_result(path: Path, run: ModelRun, fingerprint: str, settings: Mapping[s
     them, written atomically (its presence marks that model's seed done)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as handle:
+        training = {} if run.training is None else {
+            "valid_curve": run.training.valid_curve, "best_epoch": np.array(run.training.best_epoch),
+            "train_seconds": np.array(run.training.seconds)}
         np.savez(handle, ranks=run.test.ranks, target_train_counts=run.test.target_train_counts,
                  valid_ranks=run.valid.ranks, valid_target_train_counts=run.valid.target_train_counts,
-                 data=np.array(fingerprint), settings=np.array(json.dumps(dict(settings))))
+                 data=np.array(fingerprint), settings=np.array(json.dumps(dict(settings))), **training)
     return path
 
 
@@ -285,7 +306,9 @@ def saved_results(seed_dir: Path, model: str, fingerprint: str) -> list[tuple[Pa
             key = "ranks" if path.name != LEGACY_FILE else f"ranks/{model}"
             valid = EvaluationResult(archive["valid_ranks"], archive["valid_target_train_counts"]) \
                 if "valid_ranks" in archive else None
-            run = ModelRun(EvaluationResult(archive[key], archive["target_train_counts"]), valid)
+            training = Training(archive["valid_curve"], int(archive["best_epoch"]), float(archive["train_seconds"])) \
+                if "valid_curve" in archive else None
+            run = ModelRun(EvaluationResult(archive[key], archive["target_train_counts"]), valid, training)
             found.append((path, model_settings(json.loads(str(archive["settings"])), model), run))
     return found
 
@@ -397,7 +420,8 @@ def run_sasrec(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, out
     sasrec, sasrec_log = train_sasrec(split, sasrec_config(args, seed), progress=log)
     test, valid = (evaluate_next_item(SASRecScorer(sasrec), split, stage=stage) for stage in ("test", "valid"))
     log(f"sasrec: {sasrec_log.epochs} epochs, best epoch {sasrec_log.best_epoch}, {time.perf_counter() - t:.0f} s")
-    return ModelRun(test, valid)
+    return ModelRun(test, valid, Training(validation_curve(sasrec_log.history), sasrec_log.best_epoch,
+                                          time.perf_counter() - t))
 
 
 def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
@@ -450,7 +474,55 @@ def run_llm(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, out: P
         f"{train_log['best_epoch']}, {time.perf_counter() - t:.0f} s (incl. item-text encoding); "
         f"checkpoint: {llm.best_dir}"
     )
-    return ModelRun(llm.test, llm.valid_ranks)
+    return ModelRun(llm.test, llm.valid_ranks, Training(validation_curve(train_log["history"]), train_log["best_epoch"],
+                                                         time.perf_counter() - t))
+
+
+def validation_curve(history: Sequence[Mapping[str, float]]) -> np.ndarray:
+    """``(epochs,)`` validation NDCG@10 after each epoch of a training log's per-epoch records (NaN where an
+    epoch was not evaluated)."""
+    return np.array([record.get("valid_ndcg@10", np.nan) for record in history], dtype=np.float64)
+
+
+def training_table(per_seed: Mapping[int, Mapping[str, ModelRun]]) -> str:
+    """Markdown: per model and seed, the epochs trained, the kept epoch, its validation NDCG@10 and the time
+    ("" when no run recorded its training)."""
+    rows = [(seed, model, run.training) for seed, runs in per_seed.items() for model, run in runs.items()
+            if run.training is not None]
+    if not rows:
+        return ""
+    lines = ["| model | seed | epochs (kept) | validation NDCG@10 of the kept epoch | seconds |",
+             "| --- | ---: | --- | ---: | ---: |"]
+    for seed, model, training in sorted(rows, key=lambda row: (TRAINED.index(row[1]), row[0])):
+        kept = training.valid_curve[training.best_epoch - 1]
+        lines.append(f"| {model} | {seed} | {training.valid_curve.size} ({training.best_epoch}) | {kept:.4f} | "
+                     f"{training.seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_validation_curves(per_seed: Mapping[int, Mapping[str, ModelRun]], path: Path) -> Path | None:
+    """Each model's validation NDCG@10 per epoch, one line per seed, kept epochs marked; None without curves."""
+    runs = [(seed, model, run.training) for seed, runs in per_seed.items() for model, run in runs.items()
+            if run.training is not None]
+    if not runs:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = {"sasrec": "tab:blue", "llm": "tab:orange"}
+    for seed, model, training in runs:
+        epochs = np.arange(1, training.valid_curve.size + 1)
+        evaluated = np.isfinite(training.valid_curve)
+        ax.plot(epochs[evaluated], training.valid_curve[evaluated], color=colors[model], alpha=0.6, lw=1,
+                label=model if seed == min(per_seed) else None)
+        ax.plot(training.best_epoch, training.valid_curve[training.best_epoch - 1], "o", color=colors[model], ms=4)
+    ax.set(xlabel="epoch", ylabel="validation NDCG@10", title=f"validation NDCG@10 per epoch, seeds {', '.join(map(str, per_seed))} (dot: kept epoch)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def log_genre_calibration(args: argparse.Namespace, num_items: int, log: Log) -> None:

@@ -27,7 +27,8 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
             "--out", str(tmp_path)]
     summary = bench.main([*args, "--seeds", "0-1"])
     assert [p.name for p in sorted(tmp_path.glob("seed_*"))] == ["seed_0", "seed_1"]
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    printed = capsys.readouterr().out
+    last = printed.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(summary))  # the JSON line is the summary
     assert summary["sasrec"]["seeds"] == 2 and {"hr@10", "ndcg@10", "mrr@10", "ndcg@10_ci95"} <= set(summary["llm"])
     # one file per (seed, model): test and validation ranks; the paired differences are per-user NDCG@10
@@ -41,6 +42,16 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
         low, high = entry["ndcg@10_ci95"]
         assert low <= entry["ndcg@10_diff"] <= high and entry["users"] == len(ndcg["llm"])
     assert summary["llm"]["valid_ndcg@10"] == pytest.approx(np.mean([ndcg10(f["valid_ranks"]).mean() for f in files["llm"]]))
+    # each file also records how training went: validation NDCG@10 per epoch, the kept (best) epoch, the time;
+    # SASRec's kept weights score the validation users exactly as that epoch did
+    for model, runs in files.items():
+        for f in runs:
+            curve, best = f["valid_curve"], int(f["best_epoch"])
+            assert curve.shape == (2,) and curve[best - 1] == curve.max() and float(f["train_seconds"]) > 0
+            if model == "sasrec":
+                assert ndcg10(f["valid_ranks"]).mean() == pytest.approx(curve[best - 1], abs=1e-6)
+    assert "| llm | 1 | 2 (" in printed and "| sasrec | 0 | 2 (" in printed
+    assert (tmp_path / bench.CURVES_PLOT).stat().st_size > 0
     saved = json.loads(str(files["llm"][0]["settings"]))
     assert saved["llm_epochs"] == 2 and "sasrec_windows" not in saved and "seeds" not in saved
     # finished seeds are not rerun; --merge-only aggregates what is there
