@@ -516,7 +516,8 @@ def plot_validation_curves(per_seed: Mapping[int, Mapping[str, ModelRun]], path:
         ax.plot(epochs[evaluated], training.valid_curve[evaluated], color=colors[model], alpha=0.6, lw=1,
                 label=model if seed == min(per_seed) else None)
         ax.plot(training.best_epoch, training.valid_curve[training.best_epoch - 1], "o", color=colors[model], ms=4)
-    ax.set(xlabel="epoch", ylabel="validation NDCG@10", title=f"validation NDCG@10 per epoch, seeds {', '.join(map(str, per_seed))} (dot: kept epoch)")
+    seeds = f"seed{'s' * (len(per_seed) > 1)} {', '.join(map(str, per_seed))}"
+    ax.set(xlabel="epoch", ylabel="validation NDCG@10", title=f"validation NDCG@10 per epoch, {seeds} (dot: kept epoch)")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
