@@ -484,11 +484,16 @@ def validation_curve(history: Sequence[Mapping[str, float]]) -> np.ndarray:
     return np.array([record.get("valid_ndcg@10", np.nan) for record in history], dtype=np.float64)
 
 
+def recorded_trainings(per_seed: Mapping[int, Mapping[str, ModelRun]]) -> list[tuple[int, str, Training]]:
+    """(seed, model, training) of every run that recorded its training."""
+    return [(seed, model, run.training) for seed, runs in per_seed.items() for model, run in runs.items()
+            if run.training is not None]
+
+
 def training_table(per_seed: Mapping[int, Mapping[str, ModelRun]]) -> str:
     """Markdown: per model and seed, the epochs trained, the kept epoch, its validation NDCG@10 and the time
     ("" when no run recorded its training)."""
-    rows = [(seed, model, run.training) for seed, runs in per_seed.items() for model, run in runs.items()
-            if run.training is not None]
+    rows = recorded_trainings(per_seed)
     if not rows:
         return ""
     lines = ["| model | seed | epochs (kept) | validation NDCG@10 of the kept epoch | seconds |",
@@ -502,8 +507,7 @@ def training_table(per_seed: Mapping[int, Mapping[str, ModelRun]]) -> str:
 
 def plot_validation_curves(per_seed: Mapping[int, Mapping[str, ModelRun]], path: Path) -> Path | None:
     """Each model's validation NDCG@10 per epoch, one line per seed, kept epochs marked; None without curves."""
-    runs = [(seed, model, run.training) for seed, runs in per_seed.items() for model, run in runs.items()
-            if run.training is not None]
+    runs = recorded_trainings(per_seed)
     if not runs:
         return None
     import matplotlib.pyplot as plt
