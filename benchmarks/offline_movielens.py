@@ -69,6 +69,7 @@ from agents.sasrec import SASRecConfig, SASRecScorer, train_sasrec  # noqa: E402
 from agents.stats import paired_bootstrap_ci95, t_ci95  # noqa: E402
 from envs.atomic_file import atomic_open  # noqa: E402
 from envs.movielens import load_movielens  # noqa: E402
+from experiments.compare import save_figure  # noqa: E402
 from experiments.seeds import parse_seeds  # noqa: E402
 from llm_policy.config import TRAINING_WINDOWS, LLMNextItemConfig  # noqa: E402
 from llm_policy.metrics import ndcg_at_k  # noqa: E402
@@ -251,9 +252,9 @@ def flags_text(settings: Mapping[str, object]) -> str:
 
 
 LEGACY_FILE = "ranks.npz"
+"""one file per seed with every model's ranks and all flags (written before 2026-12-01's per-model files); still read"""
 CURVES_PLOT = "validation_curves.png"
 """written by the merge under ``--out``: each model's validation NDCG@10 per epoch and seed"""
-"""one file per seed with every model's ranks and all flags (written before 2026-12-01's per-model files); still read"""
 
 
 def model_settings(settings: Mapping[str, object], model: str) -> dict[str, object]:
@@ -419,9 +420,9 @@ def run_sasrec(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, out
     t = time.perf_counter()
     sasrec, sasrec_log = train_sasrec(split, sasrec_config(args, seed), progress=log)
     test, valid = (evaluate_next_item(SASRecScorer(sasrec), split, stage=stage) for stage in ("test", "valid"))
-    log(f"sasrec: {sasrec_log.epochs} epochs, best epoch {sasrec_log.best_epoch}, {time.perf_counter() - t:.0f} s")
-    return ModelRun(test, valid, Training(validation_curve(sasrec_log.history), sasrec_log.best_epoch,
-                                          time.perf_counter() - t))
+    seconds = time.perf_counter() - t
+    log(f"sasrec: {sasrec_log.epochs} epochs, best epoch {sasrec_log.best_epoch}, {seconds:.0f} s")
+    return ModelRun(test, valid, Training(validation_curve(sasrec_log.history), sasrec_log.best_epoch, seconds))
 
 
 def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
@@ -523,11 +524,7 @@ def plot_validation_curves(per_seed: Mapping[int, Mapping[str, ModelRun]], path:
     seeds = f"seed{'s' * (len(per_seed) > 1)} {', '.join(map(str, per_seed))}"
     ax.set(xlabel="epoch", ylabel="validation NDCG@10", title=f"validation NDCG@10 per epoch, {seeds} (dot: kept epoch)")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def log_genre_calibration(args: argparse.Namespace, num_items: int, log: Log) -> None:
