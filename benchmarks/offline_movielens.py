@@ -120,6 +120,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-windows", choices=TRAINING_WINDOWS, default="chunks",
                    help="all_positions training windows: every training item in chunks of H + 1 (default), "
                         "or only each user's last H + 1 items (tail)")
+    p.add_argument("--llm-future-targets", type=int, default=None,
+                   help="train each position on its next K items (soft label; default: LLMNextItemConfig's, 1)")
+    p.add_argument("--llm-future-decay", type=float, default=None,
+                   help="weight ratio of consecutive future targets (default: LLMNextItemConfig's, 1.0)")
     p.add_argument("--llm-epochs", type=int, default=200, help="upper bound (early stopping on valid NDCG@10)")
     p.add_argument("--llm-steps-per-epoch", type=int, default=None,
                    help="steps between evaluations (default: a full pass over the training windows / examples)")
@@ -454,6 +458,7 @@ def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
                 batch_size=args.llm_batch_size, steps_per_epoch=args.llm_steps_per_epoch, learning_rate=args.llm_lr,
                 weight_decay=args.llm_weight_decay, patience=args.llm_patience,
                 lr_decay_patience=args.llm_lr_decay_patience, id_min_count=args.llm_id_min_count,
+                future_targets=args.llm_future_targets, future_decay=args.llm_future_decay,
             ),
             windows=args.llm_windows,
         ),

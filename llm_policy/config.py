@@ -269,6 +269,14 @@ class LLMNextItemConfig:
     training items form one window, the causal encoder runs once over it and decoder position 0 is
     trained at every history position t to predict item t + 1 (``all_positions_loss``); ``batch_size``
     then counts windows (users) and ``recent_positions`` / ``next_items`` are not used."""
+    future_targets: int = 1
+    """With ``objective="all_positions"``: each history position is trained on its next ``future_targets``
+    items (those inside the window), each a full-catalog cross-entropy target weighted by
+    ``future_decay ** j`` for the item ``j + 1`` steps ahead (1 = the next item only, SASRec's loss).
+    MovieLens users rate many films within seconds, so the order of nearby items is partly arbitrary;
+    the later items regularise the next-item prediction (a "dense all-action" style loss)."""
+    future_decay: float = 1.0
+    """Weight ratio between consecutive future targets (see ``future_targets``), in (0, 1]."""
     windows: TrainingWindows = "tail"
     """With ``objective="all_positions"``: "tail" trains on each user's last ``history_length + 1``
     training items (SASRec's reference code); "chunks" cuts each training sequence into such windows
@@ -320,5 +328,10 @@ class LLMNextItemConfig:
             raise ValueError(f"windows must be one of {TRAINING_WINDOWS}, got {self.windows!r}")
         if self.objective == "all_positions" and not self.model.causal_encoder:
             raise ValueError("objective='all_positions' needs model.causal_encoder=True (a prefix's state must not see later items)")
+        if self.future_targets < 1 or not 0.0 < self.future_decay <= 1.0:
+            raise ValueError(f"future_targets must be >= 1 and future_decay in (0, 1], got {self.future_targets}, "
+                             f"{self.future_decay}")
+        if self.future_targets > 1 and self.objective != "all_positions":
+            raise ValueError(f"future_targets={self.future_targets} needs objective='all_positions', got {self.objective!r}")
         if self.objective == "all_positions" and self.next_items != 1:
             raise ValueError("objective='all_positions' trains slate position 0 only (next_items must be 1)")

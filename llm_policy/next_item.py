@@ -178,7 +178,13 @@ def llm_training_windows(
 
 
 def all_positions_loss(
-    model: SlateModel, windows: torch.Tensor, context_dim: int, keys: torch.Tensor | None = None
+    model: SlateModel,
+    windows: torch.Tensor,
+    context_dim: int,
+    keys: torch.Tensor | None = None,
+    *,
+    future_targets: int = 1,
+    future_decay: float = 1.0,
 ) -> tuple[torch.Tensor, int]:
     """Mean full-catalog cross-entropy of every next item of a batch of windows, one encoder pass.
 
@@ -187,7 +193,11 @@ def all_positions_loss(
     token t with a valid next item becomes one slate-decoder query at position 0 whose start token is
     the running-mean pooled state up to t and whose cross-attention sees the valid tokens <= t (the
     context token included), so each query scores exactly as the single-target model would on the
-    prefix ending at t (same token positions). Returns ``(loss, number of targets)``.
+    prefix ending at t (same token positions). Returns ``(loss, number of queries)``.
+
+    ``future_targets`` k > 1: each query's target is the soft label over its next k items inside the
+    window, item ``j + 1`` steps ahead weighted ``future_decay ** j`` (normalised per query), i.e. the
+    mean over queries of ``sum_j w_j * CE(item t + 1 + j) / sum_j w_j``; k = 1 is the plain next-item loss.
     """
     if not model.config.causal_encoder:
         raise ValueError("all_positions_loss needs a model with config.causal_encoder=True")
@@ -227,7 +237,23 @@ def all_positions_loss(
         keys = dec.key_proj(model.item_repr(None))
     cands = model.with_text_match(PreparedCandidates(keys=keys, inputs=keys, mask=None), inputs[rows, cols])
     logits = dec.pointer_logits(hidden, cands).squeeze(1)
-    return torch.nn.functional.cross_entropy(logits, targets[rows, cols]), int(rows.numel())
+    if future_targets == 1:
+        return torch.nn.functional.cross_entropy(logits, targets[rows, cols]), int(rows.numel())
+    return _future_targets_loss(logits, targets, rows, cols, n, future_targets, future_decay), int(rows.numel())
+
+
+def _future_targets_loss(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                         padding: int, k: int, decay: float) -> torch.Tensor:
+    """Soft-label cross-entropy of queries ``(rows, cols)`` on ``targets[row, col + j]``, j < k, weights ``decay ** j``
+    over the items inside the window (not ``padding``); j = 0 is always a valid target."""
+    width = targets.shape[1]
+    ahead = torch.arange(k, device=targets.device)
+    pos = cols.unsqueeze(1) + ahead  # (Q, k)
+    future = targets[rows.unsqueeze(1), pos.clamp(max=width - 1)]
+    weights = (decay ** ahead.float()) * ((pos < width) & (future != padding)).float()
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    nll = -logits.log_softmax(dim=-1).gather(1, future.clamp(max=padding - 1))
+    return (nll * weights).sum(dim=1).mean()
 
 
 def _next_item_loss(
@@ -403,13 +429,15 @@ class _Batches:
         idx = self.order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
         if self.all_positions:
-            return all_positions_loss(model, self.windows[torch.from_numpy(idx)], self.config.context_dim)
+            return all_positions_loss(model, self.windows[torch.from_numpy(idx)], self.config.context_dim,
+                                      future_targets=self.config.future_targets, future_decay=self.config.future_decay)
         loss = _next_item_loss(model, train_sequences, self.users[idx], self.positions[idx], self.config, device)
         return loss, len(idx) * self.config.next_items
 
     def user_loss(self, model: SlateModel, user: int) -> torch.Tensor:
         """The loss of one user's training window alone (``objective="all_positions"``)."""
-        return all_positions_loss(model, self.windows[user : user + 1], self.config.context_dim)[0]
+        return all_positions_loss(model, self.windows[user : user + 1], self.config.context_dim,
+                                  future_targets=self.config.future_targets, future_decay=self.config.future_decay)[0]
 
     def private_epoch(self, model: SlateModel, user_dp: UserLevelDP) -> tuple[float, int]:
         """``steps_per_epoch`` user-level DP steps; (sum of the steps' mean losses, targets seen)."""

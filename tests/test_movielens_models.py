@@ -262,10 +262,9 @@ def test_user_level_dp_refuses_several_windows_per_user() -> None:
         train_on_split(split, torch.randn(6, 8), config, dp=DPConfig(epsilon=1.0))
 
 
-@pytest.mark.parametrize(("pooling", "text_match_dims"), [("mean", 0), ("last", 0), ("last", 5)])
-def test_all_positions_loss_is_the_mean_of_single_prefix_losses(pooling: str, text_match_dims: int) -> None:
-    # One causal encoder pass over a window scores every prefix exactly as the single-target model
-    # does on that prefix alone (same positions, later slots padding).
+def prefix_queries(pooling: str = "last", text_match_dims: int = 0) -> tuple[SlateModel, int, torch.Tensor, list]:
+    """A small causal model, its context size, three left-padded windows and, per valid query (row, t), the catalog logits of
+    the single-target model on the prefix ending at t alone (same positions, later slots padding)."""
     torch.manual_seed(0)
     n, h = 30, 8
     config = causal_llm_config(history_length=h, pooling=pooling, text_match_dims=text_match_dims)
@@ -274,8 +273,7 @@ def test_all_positions_loss_is_the_mean_of_single_prefix_losses(pooling: str, te
     windows = torch.randint(0, n, (3, h + 1))
     windows[1, :4] = n
     windows[2, :7] = n
-    loss, count = all_positions_loss(model, windows, config.context_dim)
-    singles = []
+    queries = []
     for row in windows:
         for t in range(h):
             if row[t] == n or row[t + 1] == n:
@@ -290,10 +288,40 @@ def test_all_positions_loss_is_the_mean_of_single_prefix_losses(pooling: str, te
                 "candidate_item_ids": torch.zeros(1, 1, dtype=torch.long),
                 "context": torch.zeros(1, config.context_dim),
             }
-            logits = catalog_logits(model, obs)
-            singles.append(torch.nn.functional.cross_entropy(logits, row[t + 1 : t + 2]))
+            queries.append((catalog_logits(model, obs), row, t))
+    return model, config.context_dim, windows, queries
+
+
+@pytest.mark.parametrize(("pooling", "text_match_dims"), [("mean", 0), ("last", 0), ("last", 5)])
+def test_all_positions_loss_is_the_mean_of_single_prefix_losses(pooling: str, text_match_dims: int) -> None:
+    # One causal encoder pass over a window scores every prefix exactly as the single-target model
+    # does on that prefix alone (same positions, later slots padding).
+    model, context_dim, windows, queries = prefix_queries(pooling, text_match_dims)
+    loss, count = all_positions_loss(model, windows, context_dim)
+    singles = [torch.nn.functional.cross_entropy(logits, row[t + 1 : t + 2]) for logits, row, t in queries]
     assert count == len(singles) == 8 + 4 + 1
     torch.testing.assert_close(loss, torch.stack(singles).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_future_targets_loss_is_the_soft_label_cross_entropy_over_the_next_items() -> None:
+    # k = 3, decay 0.5: query t's loss is sum_j 0.5^j CE(item t + 1 + j) / sum_j 0.5^j over the items inside
+    # the window; the last queries of a window have fewer future items.
+    model, context_dim, windows, queries = prefix_queries()
+    loss, count = all_positions_loss(model, windows, context_dim, future_targets=3, future_decay=0.5)
+    expected = []
+    for logits, row, t in queries:
+        future = row[t + 1 : t + 4]
+        weights = 0.5 ** torch.arange(len(future), dtype=torch.float32)
+        nll = -logits.log_softmax(-1)[0, future]
+        expected.append((weights * nll).sum() / weights.sum())
+    assert count == len(queries)
+    torch.testing.assert_close(loss, torch.stack(expected).mean(), atol=1e-5, rtol=1e-5)
+    plain, _ = all_positions_loss(model, windows, context_dim)
+    assert not torch.isclose(loss, plain)
+    with pytest.raises(ValueError, match=r"future_targets must be >= 1 and future_decay in \(0, 1\], got 2, 0.0"):
+        LLMNextItemConfig(future_targets=2, future_decay=0.0)
+    with pytest.raises(ValueError, match="future_targets=2 needs objective='all_positions', got 'next_item'"):
+        LLMNextItemConfig(future_targets=2, objective="next_item")
 
 
 def test_llm_all_positions_objective_learns_a_cycle_and_is_deterministic() -> None:
