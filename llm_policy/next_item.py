@@ -429,15 +429,18 @@ class _Batches:
         idx = self.order[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
         if self.all_positions:
-            return all_positions_loss(model, self.windows[torch.from_numpy(idx)], self.config.context_dim,
-                                      future_targets=self.config.future_targets, future_decay=self.config.future_decay)
+            return self._windows_loss(model, self.windows[torch.from_numpy(idx)])
         loss = _next_item_loss(model, train_sequences, self.users[idx], self.positions[idx], self.config, device)
         return loss, len(idx) * self.config.next_items
 
     def user_loss(self, model: SlateModel, user: int) -> torch.Tensor:
         """The loss of one user's training window alone (``objective="all_positions"``)."""
-        return all_positions_loss(model, self.windows[user : user + 1], self.config.context_dim,
-                                  future_targets=self.config.future_targets, future_decay=self.config.future_decay)[0]
+        return self._windows_loss(model, self.windows[user : user + 1])[0]
+
+    def _windows_loss(self, model: SlateModel, windows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """:func:`all_positions_loss` of ``windows`` with this run's context size and future targets."""
+        return all_positions_loss(model, windows, self.config.context_dim,
+                                  future_targets=self.config.future_targets, future_decay=self.config.future_decay)
 
     def private_epoch(self, model: SlateModel, user_dp: UserLevelDP) -> tuple[float, int]:
         """``steps_per_epoch`` user-level DP steps; (sum of the steps' mean losses, targets seen)."""
