@@ -139,6 +139,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-id-min-count", type=int, default=None,
                    help="items with fewer training interactions get no id vector (default: LLMNextItemConfig's)")
     p.add_argument("--llm-id-dropout", type=float, default=None, help="default: the model config's")
+    p.add_argument("--llm-ema-decay", type=float, default=None,
+                   help="validate, keep and return a moving average of the LLM's weights, moved by 1 - DECAY towards "
+                        "them each step (default: LLMNextItemConfig's, none)")
     p.add_argument("--llm-lr-decay-patience", type=int, default=None,
                    help="halve the learning rate after this many evaluations without a better valid NDCG@10 "
                         "(default: LLMNextItemConfig's; 0 = after every one)")
@@ -458,7 +461,7 @@ def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
                 batch_size=args.llm_batch_size, steps_per_epoch=args.llm_steps_per_epoch, learning_rate=args.llm_lr,
                 weight_decay=args.llm_weight_decay, patience=args.llm_patience,
                 lr_decay_patience=args.llm_lr_decay_patience, id_min_count=args.llm_id_min_count,
-                future_targets=args.llm_future_targets, future_decay=args.llm_future_decay,
+                future_targets=args.llm_future_targets, future_decay=args.llm_future_decay, ema_decay=args.llm_ema_decay,
             ),
             windows=args.llm_windows,
         ),

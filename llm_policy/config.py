@@ -277,6 +277,13 @@ class LLMNextItemConfig:
     the later items regularise the next-item prediction (a "dense all-action" style loss)."""
     future_decay: float = 1.0
     """Weight ratio between consecutive future targets (see ``future_targets``), in (0, 1]."""
+    ema_decay: float | None = None
+    """Average the weights: after every gradient step an exponential moving average moves by
+    ``1 - ema_decay`` towards the trained weights (``torch.optim.swa_utils.get_ema_multi_avg_fn``), and
+    the *average* is what validation NDCG@10 scores each epoch, what the learning-rate schedule and early
+    stopping read, what the text-match weights are calibrated on and what training returns. It smooths
+    the epoch-to-epoch noise of the kept model (a cheap ensemble of the last ~``1 / (1 - ema_decay)``
+    steps' weights). None = the trained weights themselves; otherwise in (0, 1)."""
     windows: TrainingWindows = "tail"
     """With ``objective="all_positions"``: "tail" trains on each user's last ``history_length + 1``
     training items (SASRec's reference code); "chunks" cuts each training sequence into such windows
@@ -331,6 +338,8 @@ class LLMNextItemConfig:
         if self.future_targets < 1 or not 0.0 < self.future_decay <= 1.0:
             raise ValueError(f"future_targets must be >= 1 and future_decay in (0, 1], got {self.future_targets}, "
                              f"{self.future_decay}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be None or in (0, 1), got {self.ema_decay}")
         if self.future_targets > 1 and self.objective != "all_positions":
             raise ValueError(f"future_targets={self.future_targets} needs objective='all_positions', got {self.objective!r}")
         if self.objective == "all_positions" and self.next_items != 1:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from llm_policy.config import TRAINING_WINDOWS, DPConfig, LLMNextItemConfig, TrainingWindows
 from llm_policy.device import resolve_device
@@ -309,7 +310,8 @@ def train_llm_next_item(
     sequences: the history is the last H items before t, the target the item at t.
     ``objective="all_positions"``: one window of the last H + 1 training items per user, every
     position trained in one causal encoder pass (:func:`all_positions_loss`). Returns the model with
-    the best validation NDCG@10 (text-match weights then calibrated) and a log dict.
+    the best validation NDCG@10 (text-match weights then calibrated; with ``config.ema_decay``, the
+    moving average of the weights is what is validated and returned) and a log dict.
     """
     config = config or LLMNextItemConfig()
     private = dp is not None and dp.enabled
@@ -338,14 +340,22 @@ def train_llm_next_item(
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=0.5, patience=config.lr_decay_patience, threshold=0.0
         )
-    stopper = BestOnValidation(model, config.patience, time_budget_s=config.time_budget_s, start=start)
+    # With ema_decay, validation scores, early stopping keeps and training returns the weights' moving average.
+    averaged = None if config.ema_decay is None else AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+    evaluated = model if averaged is None else averaged.module
+
+    def after_step() -> None:
+        if averaged is not None:
+            averaged.update_parameters(model)
+
+    stopper = BestOnValidation(evaluated, config.patience, time_budget_s=config.time_budget_s, start=start)
     epoch, targets_seen = 0, 0
     history: list[dict[str, float]] = []
     for epoch in range(1, config.max_epochs + 1):
         model.train()
         total = 0.0
         if user_dp is not None:
-            total, count = batches.private_epoch(model, user_dp)
+            total, count = batches.private_epoch(model, user_dp, after_step)
             targets_seen += count
         for _ in range(batches.steps_per_epoch if user_dp is None else 0):
             loss, count = batches.next_loss(model, train_sequences, torch_device)
@@ -354,9 +364,10 @@ def train_llm_next_item(
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
+            after_step()
             total += float(loss.detach())
             targets_seen += count
-        scorer = LLMScorer(model, config.history_length, config.context_dim)
+        scorer = LLMScorer(evaluated, config.history_length, config.context_dim)
         valid = ranking_metrics(full_catalog_ranks(scorer.score, valid_histories, valid_targets, model.num_items))
         record = {"epoch": float(epoch), "train_loss": total / batches.steps_per_epoch,
                   "lr": optimizer.param_groups[0]["lr"], **{f"valid_{k}": v for k, v in valid.items()}}
@@ -371,6 +382,7 @@ def train_llm_next_item(
         if stopper.should_stop:
             break
     stopper.restore_best()
+    model = evaluated
     valid_ndcg, text_match = _calibrate_after_training(model, valid_histories, valid_targets, config, stopper, progress)
     log = {
         "epochs": epoch,
@@ -442,12 +454,14 @@ class _Batches:
         return all_positions_loss(model, windows, self.config.context_dim,
                                   future_targets=self.config.future_targets, future_decay=self.config.future_decay)
 
-    def private_epoch(self, model: SlateModel, user_dp: UserLevelDP) -> tuple[float, int]:
-        """``steps_per_epoch`` user-level DP steps; (sum of the steps' mean losses, targets seen)."""
+    def private_epoch(self, model: SlateModel, user_dp: UserLevelDP, after_step: Callable[[], None]) -> tuple[float, int]:
+        """``steps_per_epoch`` user-level DP steps, each followed by ``after_step()``; (sum of the steps'
+        mean losses, targets seen)."""
         total, targets = 0.0, 0
         for _ in range(self.steps_per_epoch):
             users = user_dp.sample_users()
             step = user_dp.step(lambda u: self.user_loss(model, u), users)
+            after_step()
             total += step.loss if step.users else 0.0
             windows = self.windows[torch.from_numpy(users)]
             targets += int(((windows[:, :-1] != model.num_items) & (windows[:, 1:] != model.num_items)).sum())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from agents.offline_protocol import (
 )
 from agents.sasrec import SASRec, SASRecConfig, SASRecScorer, _left_pad, _training_windows, train_sasrec
 from llm_policy.config import DPConfig, SlatePolicyConfig
-from llm_policy.metrics import target_ranks
+from llm_policy.metrics import ndcg_at_k, target_ranks
 from llm_policy.model import SlateModel
 from llm_policy.next_item import (
     LLMNextItemConfig,
@@ -451,3 +453,41 @@ def test_llm_learning_rate_halves_on_a_validation_plateau() -> None:
     assert {record["lr"] for record in constant["history"]} == {1e-2}
     with pytest.raises(ValueError, match="lr_decay_patience"):
         tiny_llm_config(lr_decay_patience=-1)
+
+
+def test_ema_training_validates_and_returns_the_moving_average_of_the_trained_weights() -> None:
+    split = leave_one_out_split(cyclic_sequences(np.arange(12), num_users=30), num_items=12)
+    features = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    config = tiny_llm_config(max_epochs=1, lr_decay_patience=None)
+    # One epoch of j steps ends at the j-th weights of the same trajectory (same seed, same batches).
+    trained = [train_on_split(split, features, dataclasses.replace(config, steps_per_epoch=j))[0].state_dict()
+               for j in (1, 2, 3)]
+    decay = 0.6
+    expected = {name: value.clone() for name, value in trained[0].items()}  # the average starts at the first step
+    for state in trained[1:]:
+        for name, value in state.items():
+            if value.is_floating_point():
+                expected[name] = decay * expected[name] + (1 - decay) * value
+    averaged, log = train_on_split(split, features, dataclasses.replace(config, steps_per_epoch=3, ema_decay=decay))
+    for name, value in averaged.state_dict().items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+    assert any(not torch.allclose(value, trained[2][name]) for name, value in averaged.state_dict().items())  # not the last step's
+    scorer = LLMScorer(averaged, config.history_length, config.context_dim)
+    ranks = target_ranks(scorer.score(split.histories("valid")), split.targets("valid"), split.histories("valid"))
+    assert log["history"][0]["valid_ndcg@10"] == pytest.approx(float(ndcg_at_k(torch.as_tensor(ranks), 10).mean()))
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match=rf"ema_decay must be None or in \(0, 1\), got {bad}"):
+            tiny_llm_config(ema_decay=bad)
+
+
+def test_private_training_moves_the_average_after_every_step() -> None:
+    pytest.importorskip("opacus")
+    split = leave_one_out_split(cyclic_sequences(np.arange(12), num_users=30), num_items=12)
+    features = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    config = causal_llm_config(max_epochs=1, steps_per_epoch=2, lr_decay_patience=None)
+    dp = DPConfig(noise_multiplier=1.0, max_grad_norm=1.0)
+    trained, _ = train_on_split(split, features, config, dp=dp)
+    # a vanishing decay: the average follows the trained weights step for step (not the initial ones)
+    averaged, _ = train_on_split(split, features, dataclasses.replace(config, ema_decay=1e-12), dp=dp)
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(averaged.state_dict()[name], value, msg=name)
