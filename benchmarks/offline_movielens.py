@@ -152,6 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llm-no-release-year", action="store_true", help="leave the release-year features out of the item features")
     p.add_argument("--llm-no-text-match", action="store_true",
                    help="no text-match logit term (cosine between the last clicked movie's text and each candidate's)")
+    p.add_argument("--llm-no-features-view", action="store_true",
+                   help="rank with the id view alone (default: add the features-only view's logits with a weight "
+                        "picked on validation users, LLMNextItemConfig.features_view_grid)")
     p.add_argument("--llm-budget-min", type=float, default=120.0,
                    help="wall-clock cap on LLM training (a safety net: it stops on validation first)")
     p.add_argument("--out", default="benchmarks/out/offline_movielens", help="where the LLM checkpoint and metrics go")
@@ -245,7 +248,7 @@ def data_fingerprint(data) -> str:
 
 UNSAVED_FLAGS = frozenset({"data", "seeds", "models", "merge_only", "threads", "llm_threads", "out", "skip_calibration"})
 """flags that do not change a seed's trained models (where they run, which seeds, where results go)"""
-FLAGS_BEFORE_THEY_EXISTED = {"sasrec_windows": "tail", "llm_windows": "tail"}
+FLAGS_BEFORE_THEY_EXISTED = {"sasrec_windows": "tail", "llm_windows": "tail", "llm_no_features_view": True}
 """How a seed saved before one of these flags existed was trained, where today's default differs."""
 
 
@@ -463,6 +466,7 @@ def llm_config(args: argparse.Namespace) -> MovieLensPretrainConfig:
                 lr_decay_patience=args.llm_lr_decay_patience, id_min_count=args.llm_id_min_count,
                 future_targets=args.llm_future_targets, future_decay=args.llm_future_decay, ema_decay=args.llm_ema_decay,
             ),
+            **({"features_view_grid": ()} if args.llm_no_features_view else {}),
             windows=args.llm_windows,
         ),
     )

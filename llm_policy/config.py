@@ -93,6 +93,14 @@ class SlatePolicyConfig:
     """initial value of the text-match weights (parameters; 0: the model starts as the one without the
     term, as next-item pretraining trains it, which then picks the weights on validation data:
     ``llm_policy.next_item.calibrate_text_match``)"""
+    features_view_weight: float = param(0.0, ge=0.0)
+    """next-item ranking only (``llm_policy.next_item.catalog_logits``; the slate decoder does not use it):
+    add this multiple of the logits the model gives with every item represented by its features alone (no
+    id vectors, in the history and among the candidates: ``SlateModel.features_only``) to its usual logits,
+    i.e. multiply the two views' next-item distributions. Trained with ``item_id_dropout``, the model
+    scores items both ways; the features view is the smoother one for items whose id vector saw few
+    interactions. 0 = off; next-item training sets it on validation data
+    (``llm_policy.next_item.calibrate_features_view``)."""
     item_statistics: bool = False
     """the last ``len(ITEM_STATISTICS)`` columns of the item features are the items' logged engagement
     statistics (completion, click rate, clicks: ``agents.item_statistics``), computed from the pretraining
@@ -305,6 +313,10 @@ class LLMNextItemConfig:
     (``calibrate_text_match``, stage 2; empty: offset 0)."""
     text_match_cold_tolerance: float = 0.0
     """Overall validation NDCG@10 the cold-start stage of ``calibrate_text_match`` may give up."""
+    features_view_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    """With ``model.item_id_embeddings``: after the text-match weights, ``model.features_view_weight`` is set
+    to the value of this grid with the best validation NDCG@10 (``calibrate_features_view``; ties go to
+    the smaller weight; empty: 0, the id view alone)."""
     time_budget_s: float | None = None
     """Optional wall-clock cap on training (makes the result machine-dependent)."""
 
@@ -327,6 +339,8 @@ class LLMNextItemConfig:
             raise ValueError(f"LLMNextItemConfig.lr_decay_patience must be >= 0 or None, got {self.lr_decay_patience}")
         if any(weight < 0 for weight in self.text_match_grid):
             raise ValueError(f"text_match_grid weights must be >= 0, got {self.text_match_grid}")
+        if any(weight < 0 for weight in self.features_view_grid):
+            raise ValueError(f"features_view_grid weights must be >= 0, got {self.features_view_grid}")
         if self.text_match_cold_tolerance < 0:
             raise ValueError(f"text_match_cold_tolerance must be >= 0, got {self.text_match_cold_tolerance}")
         if self.objective not in ("next_item", "all_positions"):

@@ -17,10 +17,11 @@ item embeddings); ``from_pretrained(dir)`` rebuilds it with no other file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,21 @@ class SlateModel(nn.Module):
         self.config = dataclasses.replace(self.config, dropout=0.0, item_id_dropout=0.0)
         self.encoder.config = self.config
         return self
+
+    @contextlib.contextmanager
+    def features_only(self) -> Iterator[SlateModel]:
+        """Within the block every item is represented by its features alone, as an item the model has never
+        seen (no learned id vector, in the history and among the candidates); the id vectors in use before
+        are restored after it. Without id embeddings the model is unchanged."""
+        if self.item_id_embedding is None:
+            yield self
+            return
+        saved = self.item_id_active.clone()
+        self.item_id_active[:-1] = False
+        try:
+            yield self
+        finally:
+            self.item_id_active.copy_(saved)
 
     def restrict_item_ids(self, active: torch.Tensor | np.ndarray) -> None:
         """Use learned id vectors only for the items where ``active`` ``(N,)`` is True.

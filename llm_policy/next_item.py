@@ -9,7 +9,9 @@ McAuley, ICDM 2018; full cross-entropy over all items as in Klenitskiy and Vasil
   items per user with every position a target (``objective="all_positions"``, causal encoder) or
   one example per (user, position) (``"next_item"``), keeps the epoch with the best validation
   NDCG@10 (:class:`llm_policy.early_stopping.BestOnValidation`) and then picks the text-match
-  weights on the validation users (:func:`calibrate_text_match`);
+  weights (:func:`calibrate_text_match`) and the features-view weight (:func:`calibrate_features_view`:
+  how much of the logits the model gives with no id vectors at all to add to its usual ones) on the
+  validation users;
 * :class:`LLMScorer` scores the whole catalog for a batch of histories (a next-item scorer, as an
   offline leave-one-out protocol ranks them).
 
@@ -24,6 +26,7 @@ ranks exclude each user's history items (``llm_policy.metrics.target_ranks``). T
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,7 +50,9 @@ __all__ = [
     "TextMatchCalibration",
     "TextMatchSetting",
     "all_positions_loss",
+    "calibrate_features_view",
     "calibrate_text_match",
+    "catalog_keys",
     "catalog_logits",
     "history_observation",
     "llm_training_windows",
@@ -77,16 +82,36 @@ def history_observation(
     }
 
 
-def catalog_logits(model: SlateModel, obs: dict[str, torch.Tensor], keys: torch.Tensor | None = None) -> torch.Tensor:
+def catalog_logits(
+    model: SlateModel,
+    obs: dict[str, torch.Tensor],
+    keys: torch.Tensor | None = None,
+    feature_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``(B, N)`` next-item logits: slate position 0 of the decoder, pointer-scored over the whole catalog.
 
     Same numbers as ``model.encode(obs, full_catalog=True)`` + ``model.candidate_scores``, but only
     the catalog's pointer keys are projected (the decoder's item *inputs* are not needed for
-    position 0), and ``keys`` can be reused across batches at evaluation time.
+    position 0), and ``keys`` (:func:`catalog_keys`) can be reused across batches at evaluation time.
+    With ``model.config.features_view_weight`` w > 0 (and id vectors), w times the logits of the
+    features view (the same, inside :meth:`SlateModel.features_only`; ``feature_keys`` its keys) are added.
     """
+    logits = _one_view_logits(model, obs, keys)
+    weight = model.config.features_view_weight
+    if weight == 0 or model.item_id_embedding is None:
+        return logits
+    with model.features_only():
+        return logits + weight * _one_view_logits(model, obs, feature_keys)
+
+
+def catalog_keys(model: SlateModel) -> torch.Tensor:
+    """``(N, d)`` pointer keys of the whole catalog, as the model represents its items now."""
+    return model.decoder.key_proj(model.item_repr(None))
+
+
+def _one_view_logits(model: SlateModel, obs: dict[str, torch.Tensor], keys: torch.Tensor | None) -> torch.Tensor:
     enc = model.encode(obs)
-    if keys is None:
-        keys = model.decoder.key_proj(model.item_repr(None))
+    keys = catalog_keys(model) if keys is None else keys
     enc.candidates = model.with_text_match(PreparedCandidates(keys=keys, inputs=keys, mask=None), enc.last_clicked)
     return model.candidate_scores(enc)
 
@@ -103,17 +128,20 @@ class LLMScorer:
     history_length: int
     context_dim: int
     _keys: torch.Tensor | None = None
+    _feature_keys: torch.Tensor | None = None
 
     @torch.no_grad()
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """(B, N) next-item logits of B histories of item ids, oldest first (the model is put in eval mode)."""
         self.model.eval()
         if self._keys is None:
-            self._keys = self.model.decoder.key_proj(self.model.item_repr(None))
+            self._keys = catalog_keys(self.model)
+            with self.model.features_only():
+                self._feature_keys = catalog_keys(self.model)
         obs = history_observation(histories, self.model.num_items, self.history_length, self.context_dim)
         device = self._keys.device
         obs = {k: v.to(device) for k, v in obs.items()}
-        return catalog_logits(self.model, obs, self._keys).float().cpu().numpy()
+        return catalog_logits(self.model, obs, self._keys, self._feature_keys).float().cpu().numpy()
 
 
 def training_examples(
@@ -384,11 +412,20 @@ def train_llm_next_item(
     stopper.restore_best()
     model = evaluated
     valid_ndcg, text_match = _calibrate_after_training(model, valid_histories, valid_targets, config, stopper, progress)
+    features_view = {}
+    if model.item_id_embedding is not None and config.features_view_grid:
+        features_view = calibrate_features_view(model, valid_histories, valid_targets, config.history_length,
+                                                config.context_dim, config.features_view_grid)
+        valid_ndcg = features_view[model.config.features_view_weight]
+        if progress is not None:
+            progress(f"llm features-view weight: {model.config.features_view_weight:g}; valid NDCG@10 {valid_ndcg:.4f} "
+                     f"(id view alone: {features_view.get(0.0, float('nan')):.4f})")
     log = {
         "epochs": epoch,
         "best_epoch": stopper.best_epoch,
         "best_valid_ndcg@10": valid_ndcg,
         "text_match_valid_ndcg@10": {",".join(f"{v:g}" for v in setting): row for setting, row in text_match.items()},
+        "features_view_valid_ndcg@10": {f"{weight:g}": ndcg for weight, ndcg in features_view.items()},
         "seconds": time.perf_counter() - start,
         "examples_seen": epoch * batches.steps_per_epoch * batches.batch_size,
         "targets_seen": targets_seen,
@@ -491,6 +528,45 @@ def _calibrate_after_training(
                  f"{chosen[2]:g} (features only); valid NDCG@10 {valid_ndcg:.4f} (cold users "
                  f"{text_match[chosen]['cold_ndcg@10']:.4f}; term off: {off:.4f})")
     return valid_ndcg, text_match
+
+
+@torch.no_grad()
+def calibrate_features_view(
+    model: SlateModel,
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    history_length: int,
+    context_dim: int,
+    grid: Sequence[float],
+) -> dict[float, float]:
+    """Set ``model.config.features_view_weight`` to the ``grid`` value with the best validation NDCG@10.
+
+    ``histories`` / ``targets``: the validation users' model inputs and next items (full catalog, history
+    items excluded). The logits are linear in the weight: each batch is scored once in the id view and
+    once in the features view (:meth:`SlateModel.features_only`), and every weight w ranks by
+    ``ids + w * features``; ties go to the smaller weight. Returns ``{weight: validation NDCG@10}``.
+    """
+    if model.item_id_embedding is None:
+        raise ValueError("calibrate_features_view needs a model with id vectors (config.item_id_embeddings=True): "
+                         "without them both views are the same")
+    grid = tuple(float(w) for w in grid)
+    if not grid or min(grid) < 0:
+        raise ValueError(f"grid must hold weights >= 0, got {grid}")
+    targets = np.asarray(targets, dtype=np.int64)
+    model.config = dataclasses.replace(model.config, features_view_weight=0.0)
+    ids_view, features_view = (LLMScorer(model, history_length, context_dim) for _ in range(2))
+    ranks: dict[float, list[np.ndarray]] = {weight: [] for weight in grid}
+    for start in range(0, len(histories), 128):
+        batch = histories[start : start + 128]
+        ids = ids_view.score(batch)
+        with model.features_only():
+            features = features_view.score(batch)
+        for weight in grid:
+            ranks[weight].append(target_ranks(ids + weight * features, targets[start : start + 128], batch))
+    ndcg = {weight: ranking_metrics(np.concatenate(parts))["ndcg@10"] for weight, parts in ranks.items()}
+    best = max(ndcg, key=lambda weight: (ndcg[weight], -weight))
+    model.config = dataclasses.replace(model.config, features_view_weight=best)
+    return ndcg
 
 
 TextMatchSetting = tuple[float, float, float]

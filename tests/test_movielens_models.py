@@ -22,6 +22,7 @@ from llm_policy.next_item import (
     LLMNextItemConfig,
     LLMScorer,
     all_positions_loss,
+    calibrate_features_view,
     calibrate_text_match,
     catalog_logits,
     history_observation,
@@ -491,3 +492,71 @@ def test_private_training_moves_the_average_after_every_step() -> None:
     averaged, _ = train_on_split(split, features, dataclasses.replace(config, ema_decay=1e-12), dp=dp)
     for name, value in trained.state_dict().items():
         torch.testing.assert_close(averaged.state_dict()[name], value, msg=name)
+
+
+def features_view_model() -> tuple[SlateModel, LeaveOneOutSplit]:
+    """A causal tiny model with id vectors for half of 12 items (random weights) and a split of cyclic users."""
+    torch.manual_seed(0)
+    config = causal_llm_config().model
+    model = SlateModel(config, torch.randn(12, 8), context_dim=4).eval()
+    torch.nn.init.normal_(model.item_id_embedding.weight)
+    model.restrict_item_ids(np.arange(12) % 2 == 0)
+    split = leave_one_out_split(cyclic_sequences(np.arange(12), num_users=40, seed=1), num_items=12)
+    return model, split
+
+
+def test_features_view_logits_add_the_weighted_logits_of_the_model_without_id_vectors() -> None:
+    model, split = features_view_model()
+    active = model.item_id_active.clone()
+    obs = history_observation(split.histories("valid")[:5], 12, 6, 4)
+    ids = catalog_logits(model, obs)
+    with model.features_only():
+        assert not model.item_id_active.any()
+        features = catalog_logits(model, obs)
+    assert torch.equal(model.item_id_active, active)  # restored
+    model.restrict_item_ids(np.zeros(12, dtype=bool))
+    torch.testing.assert_close(catalog_logits(model, obs), features)  # = an item never seen, in history and catalog
+    model.restrict_item_ids(active[:-1])
+    assert not torch.allclose(ids, features)
+    model.config = dataclasses.replace(model.config, features_view_weight=0.5)
+    torch.testing.assert_close(catalog_logits(model, obs), ids + 0.5 * features)
+    scorer = LLMScorer(model, 6, 4)  # cached keys of both views
+    np.testing.assert_allclose(scorer.score(split.histories("valid")[:5]), (ids + 0.5 * features).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_calibrate_features_view_picks_the_weight_with_the_best_validation_ndcg(tmp_path) -> None:
+    model, split = features_view_model()
+    histories, targets = split.histories("valid"), split.targets("valid")
+    grid = (0.0, 0.5, 1.0, 3.0)
+    found = calibrate_features_view(model, histories, targets, 6, 4, grid)
+    expected = {}
+    for weight in grid:
+        model.config = dataclasses.replace(model.config, features_view_weight=weight)
+        expected[weight] = evaluate_next_item(LLMScorer(model, 6, 4), split, stage="valid").metrics()["ndcg@10"]
+    assert found == pytest.approx(expected, abs=1e-6)
+    best = max(grid, key=lambda w: (round(expected[w], 6), -w))
+    model.config = dataclasses.replace(model.config, features_view_weight=0.0)
+    calibrate_features_view(model, histories, targets, 6, 4, grid)
+    assert model.config.features_view_weight == best
+    loaded = SlateModel.from_pretrained(model.save_pretrained(tmp_path / "model"))
+    assert loaded.config.features_view_weight == best
+    np.testing.assert_array_equal(LLMScorer(loaded, 6, 4).score(histories), LLMScorer(model, 6, 4).score(histories))
+    with pytest.raises(ValueError, match=r"grid must hold weights >= 0, got \(\)"):
+        calibrate_features_view(model, histories, targets, 6, 4, ())
+    no_ids = SlateModel(tiny_llm_config().model, torch.randn(12, 8), context_dim=4)
+    with pytest.raises(ValueError, match="needs a model with id vectors"):
+        calibrate_features_view(no_ids, histories, targets, 6, 4, grid)
+    with pytest.raises(ValueError, match=r"features_view_grid weights must be >= 0, got \(-1.0,\)"):
+        tiny_llm_config(features_view_grid=(-1.0,))
+
+
+def test_training_with_id_vectors_sets_the_features_view_weight_on_validation_users() -> None:
+    split = leave_one_out_split(cyclic_sequences(np.arange(12), num_users=30), num_items=12)
+    features = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    grid = (0.0, 0.25, 4.0)
+    model, log = train_on_split(split, features, causal_llm_config(max_epochs=2, features_view_grid=grid))
+    tried = {float(w): ndcg for w, ndcg in log["features_view_valid_ndcg@10"].items()}
+    assert set(tried) == set(grid) and model.config.features_view_weight == max(grid, key=lambda w: (tried[w], -w))
+    assert log["best_valid_ndcg@10"] == tried[model.config.features_view_weight]
+    _, off = train_on_split(split, features, causal_llm_config(max_epochs=2, features_view_grid=()))
+    assert off["features_view_valid_ndcg@10"] == {}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llm_policy.config import LLMNextItemConfig
 from tests.benchmark_scripts import load_benchmark
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ml_tiny"
@@ -94,6 +95,10 @@ def test_a_flag_added_after_a_result_was_saved_counts_as_what_the_code_did_then(
     assert bench.differing_flags(before, today) == {"sasrec_windows": ("tail", "chunks")}
     assert bench.differing_flags(before, {**today, "sasrec_windows": "tail"}) == {}
     assert bench.differing_flags({k: v for k, v in today.items() if k != "sasrec_hidden"}, today) == {}
+    llm = bench.model_settings(bench.training_settings(bench.parse_args([])), "llm")
+    ranked_by_ids_alone = {k: v for k, v in llm.items() if k != "llm_no_features_view"}  # saved before the features view
+    assert bench.differing_flags(ranked_by_ids_alone, llm) == {"llm_no_features_view": (True, False)}
+    assert bench.differing_flags(ranked_by_ids_alone, {**llm, "llm_no_features_view": True}) == {}
 
 
 def test_a_legacy_per_seed_file_is_still_read(tmp_path):
@@ -118,6 +123,14 @@ def test_window_flags_reach_both_models_configs():
     assert bench.sasrec_config(tail, 0).windows == "tail" and bench.llm_config(tail).train.windows == "tail"
     with pytest.raises(SystemExit):
         bench.parse_args(["--llm-windows", "all"])
+
+
+def test_weight_averaging_and_features_view_flags_reach_the_llm_config():
+    bench = load_offline()
+    default = bench.llm_config(bench.parse_args([])).train
+    assert default.ema_decay is None and default.features_view_grid == LLMNextItemConfig().features_view_grid != ()
+    chosen = bench.llm_config(bench.parse_args(["--llm-ema-decay", "0.99", "--llm-no-features-view"])).train
+    assert chosen.ema_decay == 0.99 and chosen.features_view_grid == ()
 
 
 def test_recbole_atomic_files_become_a_movielens_folder(tmp_path):
