@@ -136,8 +136,9 @@ class LLMScorer:
         self.model.eval()
         if self._keys is None:
             self._keys = catalog_keys(self.model)
-            with self.model.features_only():
-                self._feature_keys = catalog_keys(self.model)
+            if self.model.config.features_view_weight > 0:  # only the features view reads them
+                with self.model.features_only():
+                    self._feature_keys = catalog_keys(self.model)
         obs = history_observation(histories, self.model.num_items, self.history_length, self.context_dim)
         device = self._keys.device
         obs = {k: v.to(device) for k, v in obs.items()}
