@@ -170,6 +170,9 @@ class Training:
     valid_curve: np.ndarray
     best_epoch: int
     seconds: float
+    calibration: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    """What was chosen on validation users after training (the LLM's ``features_view_weight`` and text-match
+    ``text_match_valid_ndcg@10`` / ``features_view_valid_ndcg@10`` grids); empty for SASRec and older files."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +288,8 @@ def save_result(path: Path, run: ModelRun, fingerprint: str, settings: Mapping[s
     with atomic_open(path, "wb") as handle:
         training = {} if run.training is None else {
             "valid_curve": run.training.valid_curve, "best_epoch": np.array(run.training.best_epoch),
-            "train_seconds": np.array(run.training.seconds)}
+            "train_seconds": np.array(run.training.seconds),
+            "calibration": np.array(json.dumps(dict(run.training.calibration)))}
         np.savez(handle, ranks=run.test.ranks, target_train_counts=run.test.target_train_counts,
                  valid_ranks=run.valid.ranks, valid_target_train_counts=run.valid.target_train_counts,
                  data=np.array(fingerprint), settings=np.array(json.dumps(dict(settings))), **training)
@@ -317,8 +321,9 @@ def saved_results(seed_dir: Path, model: str, fingerprint: str) -> list[tuple[Pa
             key = "ranks" if path.name != LEGACY_FILE else f"ranks/{model}"
             valid = EvaluationResult(archive["valid_ranks"], archive["valid_target_train_counts"]) \
                 if "valid_ranks" in archive else None
-            training = Training(archive["valid_curve"], int(archive["best_epoch"]), float(archive["train_seconds"])) \
-                if "valid_curve" in archive else None
+            calibration = json.loads(str(archive["calibration"])) if "calibration" in archive else {}
+            training = Training(archive["valid_curve"], int(archive["best_epoch"]), float(archive["train_seconds"]),
+                                calibration) if "valid_curve" in archive else None
             run = ModelRun(EvaluationResult(archive[key], archive["target_train_counts"]), valid, training)
             found.append((path, model_settings(json.loads(str(archive["settings"])), model), run))
     return found
@@ -487,8 +492,10 @@ def run_llm(args: argparse.Namespace, seed: int, split: LeaveOneOutSplit, out: P
         f"{train_log['best_epoch']}, {time.perf_counter() - t:.0f} s (incl. item-text encoding); "
         f"checkpoint: {llm.best_dir}"
     )
+    calibration = {"features_view_weight": llm.model.config.features_view_weight,
+                   **{k: train_log[k] for k in ("text_match_valid_ndcg@10", "features_view_valid_ndcg@10")}}
     return ModelRun(llm.test, llm.valid_ranks, Training(validation_curve(train_log["history"]), train_log["best_epoch"],
-                                                         time.perf_counter() - t))
+                                                         time.perf_counter() - t, calibration))
 
 
 def validation_curve(history: Sequence[Mapping[str, float]]) -> np.ndarray:
@@ -509,12 +516,13 @@ def training_table(per_seed: Mapping[int, Mapping[str, ModelRun]]) -> str:
     rows = recorded_trainings(per_seed)
     if not rows:
         return ""
-    lines = ["| model | seed | epochs (kept) | validation NDCG@10 of the kept epoch | seconds |",
-             "| --- | ---: | --- | ---: | ---: |"]
+    lines = ["| model | seed | epochs (kept) | validation NDCG@10 of the kept epoch | features-view weight | seconds |",
+             "| --- | ---: | --- | ---: | ---: | ---: |"]
     for seed, model, training in sorted(rows, key=lambda row: (TRAINED.index(row[1]), row[0])):
         kept = training.valid_curve[training.best_epoch - 1]
+        weight = training.calibration.get("features_view_weight")
         lines.append(f"| {model} | {seed} | {training.valid_curve.size} ({training.best_epoch}) | {kept:.4f} | "
-                     f"{training.seconds:.0f} |")
+                     f"{'' if weight is None else f'{weight:g}'} | {training.seconds:.0f} |")
     return "\n".join(lines)
 
 

@@ -52,6 +52,13 @@ def test_seeds_are_saved_resumed_and_merged_with_a_paired_ndcg_interval(tmp_path
             if model == "sasrec":
                 assert ndcg10(f["valid_ranks"]).mean() == pytest.approx(curve[best - 1], abs=1e-6)
     assert "| llm | 1 | 2 (" in printed and "| sasrec | 0 | 2 (" in printed
+    # the LLM's files also keep what was chosen on validation users after training
+    for f in files["llm"]:
+        calibration = json.loads(str(f["calibration"]))
+        grid = {float(w): v for w, v in calibration["features_view_valid_ndcg@10"].items()}
+        assert calibration["features_view_weight"] in grid and calibration["text_match_valid_ndcg@10"]
+        assert grid[calibration["features_view_weight"]] == max(grid.values())
+        assert f"| {calibration['features_view_weight']:g} |" in printed
     assert (tmp_path / bench.CURVES_PLOT).stat().st_size > 0
     saved = json.loads(str(files["llm"][0]["settings"]))
     assert saved["llm_epochs"] == 2 and "sasrec_windows" not in saved and "seeds" not in saved
