@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,18 +31,11 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from agents.stats import paired_bootstrap_ci95
+from experiments.seeds import parse_seeds
 from llm_policy.metrics import ndcg_at_k
 
 STAGES = {"valid": "valid_ranks", "test": "ranks"}
 MODELS = ("llm", "sasrec")
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2,4"`` -> [0, 1, 2, 4]."""
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2,4") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("folders", nargs="+", type=Path, help="--out folders of offline_movielens.py")
     p.add_argument("--model", default="llm", choices=MODELS, help="which model's results to read")
     p.add_argument("--seeds", type=parse_seeds, default=None,
-                   help="seeds to pair (default: every seed both folders hold)")
+                   help="seeds to pair: 0-4, 0,1,2,4 (default: every seed both folders hold)")
     p.add_argument("--agreement", action="store_true",
                    help="correlate validation and test NDCG@10 over every saved model of the folders")
     p.add_argument("--exclude", action="append", default=[],
@@ -108,25 +100,24 @@ def compare_variants(a: Path, b: Path, model: str, seeds: Sequence[int] | None =
 def validation_test_agreement(folders: Sequence[Path], model: str) -> dict:
     """Spearman correlation of validation and test NDCG@10 over every distinct saved ``model`` result (files that
     are copies of one another, identical ranks, count once)."""
-    points: dict[tuple[float, float], str] = {}
-    test_users: list[np.ndarray] = []
+    results: dict[bytes, tuple[str, dict[str, np.ndarray]]] = {}
     for folder in folders:
         for path in seed_files(folder, model).values():
-            point = tuple(round(float(user_ndcg(path, key).mean()), 8) for key in STAGES.values())
-            if point not in points:
-                points[point] = str(path)
-                test_users.append(user_ndcg(path, STAGES["test"]))
-    if len(points) < 3:
-        raise SystemExit(f"need at least 3 distinct {model} results to correlate, found {len(points)} in "
+            ndcg = {stage: user_ndcg(path, key) for stage, key in STAGES.items()}
+            results.setdefault(ndcg["valid"].tobytes() + ndcg["test"].tobytes(), (str(path), ndcg))
+    if len(results) < 3:
+        raise SystemExit(f"need at least 3 distinct {model} results to correlate, found {len(results)} in "
                          f"{', '.join(map(str, folders))}")
-    valid, test = np.array(list(points)).T
+    valid, test = (np.array([ndcg[stage].mean() for _, ndcg in results.values()]) for stage in STAGES)
+    test_users = [ndcg["test"] for _, ndcg in results.values()]
     rho = spearmanr(valid, test)
     pairs = [a - b for i, a in enumerate(test_users) for b in test_users[i + 1:] if len(a) == len(b)]
-    return {"model": model, "results": len(points), "spearman": float(rho.statistic), "p_value": float(rho.pvalue),
+    return {"model": model, "results": len(results), "spearman": float(rho.statistic), "p_value": float(rho.pvalue),
             "valid_sd": float(valid.std(ddof=1)), "test_sd": float(test.std(ddof=1)),
             "pair_test_diff_rms": float(np.sqrt(np.mean([d.mean() ** 2 for d in pairs]))),
             "pair_test_diff_se": float(np.mean([d.std(ddof=1) / np.sqrt(len(d)) for d in pairs])),
-            "files": {path: {"valid": v, "test": t} for (v, t), path in points.items()}}
+            "files": {path: {"valid": float(v), "test": float(t)}
+                      for (path, _), v, t in zip(results.values(), valid, test, strict=True)}}
 
 
 def comparison_table(result: dict, a: Path, b: Path) -> str:

@@ -76,7 +76,7 @@ def test_bad_input_is_named(tmp_path, capsys):
     assert "expected two folders to pair (variant A, variant B), got 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.parse_args([str(tmp_path), str(tmp_path), "--seeds", "0,x"])
-    assert "--seeds '0,x': expected comma-separated integers" in capsys.readouterr().err
+    assert "--seeds '0,x': expected a range (0-4), a list (0,1,2) or one seed" in capsys.readouterr().err
     save(tmp_path / "a", 0, [1], [1], name="llm-one.npz")
     save(tmp_path / "a", 0, [1], [1], name="llm-two.npz")
     with pytest.raises(SystemExit, match="seed_0 holds 2 llm variants .llm-one.npz, llm-two.npz."):
