@@ -5,7 +5,7 @@ The LLM's test NDCG@10 on ml-latest-small moves with its training seed far more 
 that variance: each model's members (one per seed) score the whole catalog, the ensemble ranks items by the mean
 of the members' log-softmax scores (geometric mean of their next-item probabilities), and the LLM's ensemble is
 compared with SASRec's ensemble of the same seeds, NDCG@10 paired per user (95% bootstrap over users,
-``agents.stats.paired_bootstrap_ci95``) on the validation and the test users, overall and per cold-start bucket.
+``offline_movielens.paired_ndcg``) on the validation and the test users, overall and per cold-start bucket.
 Nothing is chosen here: the members are the models each seed kept (on validation), combined in one fixed way.
 
 The members come from a results folder of ``offline_movielens.py`` (``RESULTS/seed_<s>/{llm,sasrec}-*.npz``, one
@@ -49,12 +49,10 @@ from agents.offline_protocol import (  # noqa: E402
     EvaluationResult,
     LeaveOneOutSplit,
     NextItemScorer,
-    bucket_labels,
     evaluate_next_item,
     leave_one_out_split,
 )
 from agents.sasrec import SASRec, SASRecScorer, train_sasrec  # noqa: E402
-from agents.stats import paired_bootstrap_ci95  # noqa: E402
 from envs.atomic_file import atomic_open, atomic_write_text  # noqa: E402
 from envs.movielens import load_movielens  # noqa: E402
 from experiments.seeds import parse_seeds  # noqa: E402
@@ -170,21 +168,6 @@ def reproduction(member: Member, evaluated: dict[str, EvaluationResult]) -> dict
                     "saved_ndcg@10": float(ndcg_at_k(member.saved[stage], 10).mean())} for stage in STAGES}
 
 
-def paired(treatment: EvaluationResult, control: EvaluationResult) -> dict:
-    """NDCG@10 of ``treatment`` minus ``control`` paired per user, overall and per cold-start bucket."""
-    a, b = user_ndcg(treatment), user_ndcg(control)
-    overall = paired_bootstrap_ci95(a[None], b[None])
-    buckets = treatment.bucket_of_user()
-    by_bucket = {}
-    for index, label in enumerate(bucket_labels(treatment.bucket_edges)):
-        mask = buckets == index
-        if mask.sum() >= 2:
-            diff = paired_bootstrap_ci95(a[None, mask], b[None, mask])
-            by_bucket[label] = {"users": int(mask.sum()), "ndcg@10_diff": diff.value,
-                                "ndcg@10_ci95": [diff.low, diff.high]}
-    return {"ndcg@10_diff": overall.value, "ndcg@10_ci95": [overall.low, overall.high], "by_bucket": by_bucket}
-
-
 def evaluate_ensembles(members: dict[str, list[Member]], split: LeaveOneOutSplit, log: Log) -> dict:
     """Each member and each model's ensemble on both stages; LLM ensemble minus SASRec ensemble, paired."""
     summary: dict[str, object] = {"seeds": [m.seed for m in members["llm"]], "members": {}, "ensemble": {}}
@@ -204,8 +187,8 @@ def evaluate_ensembles(members: dict[str, list[Member]], split: LeaveOneOutSplit
         summary["ensemble"][model] = {
             stage: {**ensembles[model][stage].metrics(),
                     "mean_single_ndcg@10": float(np.mean([s[stage] for s in singles]))} for stage in STAGES}
-    summary["paired"] = {"llm_vs_sasrec": {stage: paired(ensembles["llm"][stage], ensembles["sasrec"][stage])
-                                           for stage in STAGES}}
+    summary["paired"] = {"llm_vs_sasrec": {
+        stage: bench.paired_ndcg({0: {m: ensembles[m][stage] for m in members}}, "llm", "sasrec") for stage in STAGES}}
     return summary
 
 
