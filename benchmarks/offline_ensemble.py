@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import offline_movielens as bench  # noqa: E402
+import offline_variants as variants  # noqa: E402
 
 from agents.offline_protocol import (  # noqa: E402
     EvaluationResult,
@@ -60,8 +61,7 @@ from llm_policy.metrics import ndcg_at_k  # noqa: E402
 from llm_policy.model import SlateModel  # noqa: E402
 from llm_policy.next_item import LLMScorer  # noqa: E402
 
-STAGES = ("valid", "test")
-SAVED_RANKS = {"valid": "valid_ranks", "test": "ranks"}
+STAGES = tuple(variants.STAGES)
 Log = Callable[[str], None]
 
 
@@ -107,12 +107,11 @@ class LogSoftmaxEnsemble:
 
 def results_file(results: Path, seed: int, model: str) -> tuple[Path, dict]:
     """The one ``model`` result of ``seed`` in ``results`` and its model's flags."""
-    found = sorted((results / f"seed_{seed}").glob(f"{model}-*.npz"))
-    if len(found) != 1:
-        raise SystemExit(f"{results / f'seed_{seed}'} holds {len(found)} {model} results "
-                         f"({', '.join(f.name for f in found) or 'none'}); the ensemble needs exactly one per seed")
-    with np.load(found[0]) as archive:
-        return found[0], json.loads(str(archive["settings"]))
+    path = variants.seed_files(results, model).get(seed)
+    if path is None:
+        raise SystemExit(f"{results / f'seed_{seed}'} holds no {model} result; the ensemble needs one per seed")
+    with np.load(path) as archive:
+        return path, json.loads(str(archive["settings"]))
 
 
 def trained_flags(settings: dict) -> dict:
@@ -123,7 +122,7 @@ def trained_flags(settings: dict) -> dict:
 
 def saved_ranks(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as archive:
-        return {stage: archive[key] for stage, key in SAVED_RANKS.items()}
+        return {stage: archive[key] for stage, key in variants.STAGES.items()}
 
 
 def llm_member(args: argparse.Namespace, seed: int) -> Member:
@@ -173,20 +172,19 @@ def evaluate_ensembles(members: dict[str, list[Member]], split: LeaveOneOutSplit
     summary: dict[str, object] = {"seeds": [m.seed for m in members["llm"]], "members": {}, "ensemble": {}}
     ensembles = {}
     for model, group in members.items():
-        singles = []
         for member in group:
             evaluated = {stage: evaluate_next_item(member.scorer, split, stage=stage) for stage in STAGES}
             summary["members"][f"{model}/seed_{member.seed}"] = reproduction(member, evaluated)
-            singles.append({stage: user_ndcg(evaluated[stage]).mean() for stage in STAGES})
             log(f"{model} seed {member.seed}: " + ", ".join(
                 f"{stage} NDCG@10 {row['ndcg@10']:.4f} (saved {row['saved_ndcg@10']:.4f}, "
                 f"{100 * row['same_rank_share']:.0f}% of ranks identical)"
                 for stage, row in summary["members"][f"{model}/seed_{member.seed}"].items()))
+        singles = [summary["members"][f"{model}/seed_{m.seed}"] for m in group]
         ensemble = LogSoftmaxEnsemble([m.scorer for m in group])
         ensembles[model] = {stage: evaluate_next_item(ensemble, split, stage=stage) for stage in STAGES}
         summary["ensemble"][model] = {
             stage: {**ensembles[model][stage].metrics(),
-                    "mean_single_ndcg@10": float(np.mean([s[stage] for s in singles]))} for stage in STAGES}
+                    "mean_single_ndcg@10": float(np.mean([s[stage]["ndcg@10"] for s in singles]))} for stage in STAGES}
     summary["paired"] = {"llm_vs_sasrec": {
         stage: bench.paired_ndcg({0: {m: ensembles[m][stage] for m in members}}, "llm", "sasrec") for stage in STAGES}}
     return summary

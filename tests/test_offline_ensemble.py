@@ -85,5 +85,7 @@ def test_a_missing_checkpoint_or_an_ambiguous_seed_is_refused_by_name(tmp_path):
                              "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match=r"no checkpoint of .*llm-abc.npz in .*ckpt/seed_0/llm-abc/best"):
         bench.llm_member(args, 0)
-    with pytest.raises(SystemExit, match=r"holds 2 sasrec results \(sasrec-def.npz, sasrec-ghi.npz\)"):
+    with pytest.raises(SystemExit, match=r"holds 2 sasrec variants \(sasrec-def.npz, sasrec-ghi.npz\)"):
         bench.results_file(tmp_path / "runs", 0, "sasrec")
+    with pytest.raises(SystemExit, match=r"seed_1 holds no llm result"):
+        bench.results_file(tmp_path / "runs", 1, "llm")
