@@ -24,6 +24,11 @@ ones used.
     python benchmarks/offline_ensemble.py benchmarks/results/offline_movielens_d128_fview_ema --seeds 0-4 \\
         --checkpoints benchmarks/out/ema995_mlsmall benchmarks/out/ema_s1 --out benchmarks/out/ensemble_mlsmall
 
+**Two-member ensembles** ask whether the LLM adds what SASRec lacks (the ID-text complementarity of L. Collins
+et al., "Exploiting ID-Text Complementarity via Ensembling for Sequential Recommendation", 2025): each seed's LLM
+averaged with the same seed's SASRec, against that SASRec averaged with the next seed's SASRec (seeds in a ring).
+Both sides have two members, so ensembling alone cannot make the difference; nothing is weighted or chosen.
+
 The last line printed is a JSON object (also saved as ``<out>/ensemble.json``).
 """
 
@@ -187,7 +192,26 @@ def evaluate_ensembles(members: dict[str, list[Member]], split: LeaveOneOutSplit
                     "mean_single_ndcg@10": float(np.mean([s[stage]["ndcg@10"] for s in singles]))} for stage in STAGES}
     summary["paired"] = {"llm_vs_sasrec": {
         stage: bench.paired_ndcg({0: {m: ensembles[m][stage] for m in members}}, "llm", "sasrec") for stage in STAGES}}
+    if len(members["llm"]) > 1:
+        summary["two_member"] = two_member_ensembles(members, split)
     return summary
+
+
+def two_member_ensembles(members: dict[str, list[Member]], split: LeaveOneOutSplit) -> dict:
+    """Per seed, LLM + SASRec of that seed against SASRec of that seed + SASRec of the next (a ring of seeds),
+    NDCG@10 paired per user with the seeds averaged; each side's mean NDCG@10 per stage."""
+    llm, sasrec = members["llm"], members["sasrec"]
+    pairs = {"llm+sasrec": [(llm[i], sasrec[i]) for i in range(len(llm))],
+             "sasrec+sasrec": [(sasrec[i], sasrec[(i + 1) % len(sasrec)]) for i in range(len(sasrec))]}
+    out: dict[str, object] = {"members": {name: [[a.seed, b.seed] for a, b in group] for name, group in pairs.items()},
+                              "ndcg@10": {}, "paired": {}}
+    for stage in STAGES:
+        per_seed = {i: {name: evaluate_next_item(LogSoftmaxEnsemble([m.scorer for m in group[i]]), split, stage=stage)
+                        for name, group in pairs.items()} for i in range(len(llm))}
+        out["ndcg@10"][stage] = {name: float(np.mean([user_ndcg(r[name]).mean() for r in per_seed.values()]))
+                                 for name in pairs}
+        out["paired"][stage] = bench.paired_ndcg(per_seed, "llm+sasrec", "sasrec+sasrec")
+    return out
 
 
 def summary_table(summary: dict) -> str:
@@ -204,6 +228,16 @@ def summary_table(summary: dict) -> str:
         low, high = row["ndcg@10_ci95"]
         lines.append(f"| test, target seen {label} times ({row['users']} users) | | | {row['ndcg@10_diff']:+.4f} | "
                      f"[{low:+.4f}, {high:+.4f}] |")
+    if "two_member" in summary:
+        two = summary["two_member"]
+        lines += ["", "two-member ensembles: each seed's LLM + its SASRec against its SASRec + the next seed's SASRec", "",
+                  "| users | LLM + SASRec NDCG@10 | SASRec + SASRec NDCG@10 | difference, paired | 95% CI |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for stage in STAGES:
+            ndcg, diff = two["ndcg@10"][stage], two["paired"][stage]
+            low, high = diff["ndcg@10_ci95"]
+            lines.append(f"| {stage} | {ndcg['llm+sasrec']:.4f} | {ndcg['sasrec+sasrec']:.4f} | "
+                         f"{diff['ndcg@10_diff']:+.4f} | [{low:+.4f}, {high:+.4f}] |")
     return "\n".join(lines)
 
 

@@ -63,11 +63,23 @@ def test_members_rebuilt_from_checkpoints_reproduce_their_saved_ranks_and_are_co
         low, high = diff["ndcg@10_ci95"]
         assert low <= diff["ndcg@10_diff"] <= high
     assert "| test | " in printed and "LLM − SASRec, paired" in printed
+    # two-member ensembles: each seed's LLM + SASRec against SASRec + the next seed's SASRec (a ring)
+    two = summary["two_member"]
+    assert two["members"] == {"llm+sasrec": [[0, 0], [1, 1]], "sasrec+sasrec": [[0, 1], [1, 0]]}
+    for stage in ("valid", "test"):
+        diff = two["paired"][stage]
+        assert diff["ndcg@10_diff"] == pytest.approx(
+            two["ndcg@10"][stage]["llm+sasrec"] - two["ndcg@10"][stage]["sasrec+sasrec"], abs=1e-9)
+        assert diff["ndcg@10_ci95"][0] <= diff["ndcg@10_diff"] <= diff["ndcg@10_ci95"][1]
+        # with two seeds every SASRec pair is the two-seed SASRec ensemble
+        assert two["ndcg@10"][stage]["sasrec+sasrec"] == pytest.approx(summary["ensemble"]["sasrec"][stage]["ndcg@10"])
+    assert "LLM + SASRec NDCG@10" in printed
     # SASRec's saved weights are reused, not trained again
     assert bench.main(args) == summary
     assert "sasrec epoch=" not in capsys.readouterr().out
     # an ensemble of one seed is that seed's model
     single = bench.main([*args[:-1], "0"])
+    assert "two_member" not in single  # one seed has no second SASRec to pair with
     for model in ("llm", "sasrec"):
         for stage in ("valid", "test"):
             assert single["ensemble"][model][stage]["ndcg@10"] == pytest.approx(
