@@ -214,30 +214,32 @@ def two_member_ensembles(members: dict[str, list[Member]], split: LeaveOneOutSpl
     return out
 
 
+def difference_cells(paired: dict) -> str:
+    """A ``paired_ndcg`` entry as two Markdown cells: the difference and its 95% CI."""
+    low, high = paired["ndcg@10_ci95"]
+    return f"{paired['ndcg@10_diff']:+.4f} | [{low:+.4f}, {high:+.4f}]"
+
+
 def summary_table(summary: dict) -> str:
     lines = [f"ensembles of seeds {', '.join(map(str, summary['seeds']))} (mean log-softmax)", "",
              "| users | LLM ensemble NDCG@10 (mean single) | SASRec ensemble NDCG@10 (mean single) | "
              "LLM − SASRec, paired | 95% CI |", "| --- | --- | --- | ---: | ---: |"]
     for stage in STAGES:
         llm, sasrec = (summary["ensemble"][m][stage] for m in ("llm", "sasrec"))
-        diff = summary["paired"]["llm_vs_sasrec"][stage]
-        low, high = diff["ndcg@10_ci95"]
         lines.append(f"| {stage} | {llm['ndcg@10']:.4f} ({llm['mean_single_ndcg@10']:.4f}) | {sasrec['ndcg@10']:.4f} "
-                     f"({sasrec['mean_single_ndcg@10']:.4f}) | {diff['ndcg@10_diff']:+.4f} | [{low:+.4f}, {high:+.4f}] |")
+                     f"({sasrec['mean_single_ndcg@10']:.4f}) | "
+                     f"{difference_cells(summary['paired']['llm_vs_sasrec'][stage])} |")
     for label, row in summary["paired"]["llm_vs_sasrec"]["test"]["by_bucket"].items():
-        low, high = row["ndcg@10_ci95"]
-        lines.append(f"| test, target seen {label} times ({row['users']} users) | | | {row['ndcg@10_diff']:+.4f} | "
-                     f"[{low:+.4f}, {high:+.4f}] |")
+        lines.append(f"| test, target seen {label} times ({row['users']} users) | | | {difference_cells(row)} |")
     if "two_member" in summary:
         two = summary["two_member"]
         lines += ["", "two-member ensembles: each seed's LLM + its SASRec against its SASRec + the next seed's SASRec", "",
                   "| users | LLM + SASRec NDCG@10 | SASRec + SASRec NDCG@10 | difference, paired | 95% CI |",
                   "| --- | ---: | ---: | ---: | ---: |"]
         for stage in STAGES:
-            ndcg, diff = two["ndcg@10"][stage], two["paired"][stage]
-            low, high = diff["ndcg@10_ci95"]
+            ndcg = two["ndcg@10"][stage]
             lines.append(f"| {stage} | {ndcg['llm+sasrec']:.4f} | {ndcg['sasrec+sasrec']:.4f} | "
-                         f"{diff['ndcg@10_diff']:+.4f} | [{low:+.4f}, {high:+.4f}] |")
+                         f"{difference_cells(two['paired'][stage])} |")
     return "\n".join(lines)
 
 
